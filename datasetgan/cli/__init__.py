@@ -1,0 +1,45 @@
+"""The ``datasetgan`` command. Sub-commands load lazily, so ``--help`` is instant."""
+from __future__ import annotations
+
+import importlib
+import importlib.util
+
+import click
+
+# name -> module under datasetgan.cli defining a click command called ``command``
+COMMANDS = {
+    "train": "train",
+    "fid": "fid",
+    "annotate": "annotate",
+    "interpret": "interpret",
+    "generate": "generate",
+    "serve": "serve",
+    "bench": "bench",
+    "demo": "demo",
+}
+
+
+class LazyGroup(click.Group):
+    def list_commands(self, ctx):
+        return sorted(n for n in COMMANDS if importlib.util.find_spec(f"datasetgan.cli.{COMMANDS[n]}"))
+
+    def get_command(self, ctx, name):
+        if name not in COMMANDS or not importlib.util.find_spec(f"datasetgan.cli.{COMMANDS[name]}"):
+            return None
+        return importlib.import_module(f"datasetgan.cli.{COMMANDS[name]}").command
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="datasetgan")
+def main():
+    """DatasetGAN data factory: synthetic medical image + mask pairs from ~30 annotations.
+
+    \b
+    The pipeline, each stage writing into one run folder:
+      datasetgan train DATA --out RUN        StyleGAN2-ADA on a folder of images
+      datasetgan annotate RUN --n 30         paint masks on 30 generated images in a browser
+      datasetgan interpret RUN               train the style interpreter on those masks
+      datasetgan generate RUN --n 1000       write image + mask pairs by seed
+      datasetgan serve --runs RUNS           stream pairs over REST
+      datasetgan bench RUN --real DATA       benchmark segmenters on synthetic vs real data
+    """
