@@ -15,6 +15,7 @@ Steps, all on this machine (the service listens on 127.0.0.1 only, and requests 
 """
 from __future__ import annotations
 
+import http.client
 import io
 import json
 import os
@@ -179,6 +180,8 @@ def fetch_pairs(url: str, model_id: str, seeds: list[int], include=("image", "ma
                 pairs.setdefault(int(seed), {})[key] = f.read()
     except urllib.error.HTTPError as e:
         raise DemoError(f"POST /v1/models/{model_id}/pairs failed: {e.code} {e.read().decode(errors='replace')}")
+    except (OSError, tarfile.TarError, http.client.HTTPException) as e:
+        raise DemoError(f"POST /v1/models/{model_id}/pairs broke off ({e.__class__.__name__}: {e})") from None
     return pairs
 
 
@@ -268,7 +271,10 @@ def run_demo(out: Path, run_dir: Path | None = None, port: int = 0, n: int = 8, 
             raise DemoError(f"the service does not list the demo run: {e.code} {e.read().decode(errors='replace')}")
         echo(f"Service up at {url}; requesting {n} pairs ...")
         t0 = time.monotonic()
-        pairs = fetch_pairs(url, DEMO_ID, list(range(n)))
+        try:
+            pairs = fetch_pairs(url, DEMO_ID, list(range(n)))
+        except DemoError as e:
+            raise DemoError(f"{e}; the service log ({server.log_path}) ends:\n{server.log_tail()}") from None
         if sorted(pairs) != list(range(n)):
             raise DemoError(f"asked for seeds 0..{n - 1} but received {sorted(pairs)}; see {server.log_path}")
         write_pairs(out, pairs, info["classes"])
@@ -283,9 +289,9 @@ def run_demo(out: Path, run_dir: Path | None = None, port: int = 0, n: int = 8, 
                 echo(f"The service stopped by itself; see {server.log_path}")
             except KeyboardInterrupt:
                 echo("\nStopping the service ...")
-        else:
-            echo("The service has been stopped; run `datasetgan demo --keep-serving` to keep it up and try the "
-                 "curl commands and the annotation page.")
-        return pairs
     finally:
         server.stop()
+    if not keep_serving:
+        echo("The service has been stopped; run `datasetgan demo --keep-serving` to keep it up and try the "
+             "curl commands and the annotation page.")
+    return pairs

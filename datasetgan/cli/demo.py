@@ -50,3 +50,6 @@ def command(out, run_dir, port, n, keep_serving, make_data, resolution, seed):
         run_demo(out=out, run_dir=run_dir, port=port, n=n, keep_serving=keep_serving, echo=click.echo)
     except DemoError as e:
         raise click.ClickException(str(e)) from None
+    except KeyboardInterrupt:
+        click.echo("\nInterrupted; the service has been stopped.", err=True)
+        raise SystemExit(130) from None
