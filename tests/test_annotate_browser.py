@@ -219,3 +219,89 @@ def test_paint_fill_undo_redo_save_reload(server, page):
                 assert tuple(px) == colours[expected[j, i]], (i, j, px)
             else:
                 assert px[0] == px[1] == px[2], (i, j, px)   # the grayscale image shows through
+
+
+def test_pre_annotated_polygon_eraser_autosave_and_view(server, page):
+    from matplotlib.path import Path as Polygon
+
+    run, url = server
+    aset = AnnotationSet(RunFolder(run).annotations)
+    item = "seed_00000009"
+    pre = np.zeros((RES, RES), np.uint8)
+    pre[4:12, 6:20] = 1
+    aset.save_mask(item, pre, state="pre-annotated", source="model:unet")
+
+    page.goto(url + "#" + item)
+    wait_ready(page)
+    assert page.evaluate("annotator.currentId") == item
+    np.testing.assert_array_equal(page_mask(page), pre)
+    assert page.locator("#item-state").inner_text().lower() == "pre-annotated"
+    assert "model:unet" in page.locator("#item-note").inner_text()
+    left, top, scale, ox, oy = geometry(page)
+
+    def client(x, y):
+        return round(left + ox + x * scale), round(top + oy + y * scale)
+
+    def image(cx, cy):
+        return (cx - left - ox) / scale, (cy - top - oy) / scale
+
+    # --- polygon with class 3: click five vertices, close with Enter
+    page.keyboard.press("3")
+    page.keyboard.press("p")
+    vertices = [client(x, y) for x, y in [(3.3, 16.2), (20.6, 14.1), (27.4, 24.8), (15.2, 29.3), (5.1, 26.7)]]
+    for cx, cy in vertices:
+        page.mouse.click(cx, cy)
+    page.keyboard.press("Enter")
+    poly = [image(cx, cy) for cx, cy in vertices]
+    centres = np.array([(i + 0.5, j + 0.5) for j in range(RES) for i in range(RES)])
+    inside = Polygon(poly).contains_points(centres).reshape(RES, RES)
+    expected = pre.copy()
+    expected[inside] = 3
+    assert 100 < inside.sum() < 400
+    np.testing.assert_array_equal(page_mask(page), expected)
+    assert "pre-annotated" not in page.locator("#item-state").inner_text().lower()   # edited now
+    assert page.locator("#item-note").is_hidden()
+
+    assert geometry(page) == (left, top, scale, ox, oy)   # the layout did not move under the cursor
+
+    # --- eraser (size 3, radius 1.5): one click clears the pixels whose centre is within 1.5
+    page.keyboard.press("e")
+    page.evaluate("(() => { const s = document.getElementById('brush-size'); s.value = 3;"
+                  " s.dispatchEvent(new Event('input')); })()")
+    ecx, ecy = client(10.2, 8.3)
+    page.mouse.click(ecx, ecy)
+    ex, ey = image(ecx, ecy)
+    near = (centres[:, 0] - ex) ** 2 + (centres[:, 1] - ey) ** 2 <= 1.5 ** 2
+    expected[near.reshape(RES, RES)] = 0
+    assert near.sum() >= 5
+    np.testing.assert_array_equal(page_mask(page), expected)
+
+    # --- view: wheel zoom, space-drag pan, right-drag contrast (display only, the mask is unchanged)
+    scale_before = page.evaluate("annotator.view.scale")
+    page.mouse.move(*client(16, 16))
+    page.mouse.wheel(0, -300)
+    page.wait_for_function(f"annotator.view.scale > {scale_before}")
+    ox_before = page.evaluate("annotator.view.ox")
+    page.keyboard.down(" ")
+    page.mouse.down()
+    page.mouse.move(client(16, 16)[0] + 40, client(16, 16)[1], steps=4)
+    page.mouse.up()
+    page.keyboard.up(" ")
+    assert abs(page.evaluate("annotator.view.ox") - (ox_before + 40)) < 1e-6
+    page.mouse.move(600, 400)
+    page.mouse.down(button="right")
+    page.mouse.move(560, 380, steps=4)
+    page.mouse.up(button="right")
+    assert page.locator("#window-width-value").inner_text() == "215"
+    assert page.locator("#window-level-value").inner_text() == "148"
+    np.testing.assert_array_equal(page_mask(page), expected)
+
+    # --- leaving the image autosaves it as a draft (not done: not used for training)
+    page.keyboard.press("ArrowLeft")
+    page.wait_for_function("annotator.ready && annotator.currentId === 'seed_00000005'")
+    np.testing.assert_array_equal(aset.mask(item), expected)
+    rec = aset.record(item)
+    assert (rec.state, rec.source) == ("todo", "human")
+    assert aset.annotated() == [] and [r.id for r in aset.annotated(include_pre_annotated=True)] == []
+    assert "draft" in page.locator(".thumb[data-index='1']").get_attribute("class")
+    assert page.locator("#done-count").inner_text() == "0"

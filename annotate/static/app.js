@@ -500,7 +500,8 @@ async function loadItem(k) {
   renderImage();
   renderMask(null);
   updateItemHeader(); updateStrip(); updateHistoryButtons(); updatePaletteShares(); updateHud();
-  setStatus(it.has_mask ? (it.updated ? `Last saved ${new Date(it.updated * 1000).toLocaleString()}` : "") : "Not saved yet");
+  const when = it.updated ? new Date(it.updated * 1000).toLocaleString([], { dateStyle: "short", timeStyle: "short" }) : "";
+  setStatus(it.has_mask ? (when ? `Last saved ${when}` : "") : "Not saved yet");
   history.replaceState(null, "", `#${it.id}`);
   const thumb = document.querySelector(`.thumb[data-index="${k}"]`);
   if (thumb) thumb.scrollIntoView({ block: "nearest", inline: "nearest" });
