@@ -484,3 +484,85 @@ def test_cli_training_labels_and_busy_port(tmp_path):
     assert r.exit_code != 0 and f"127.0.0.1:{port}" in r.output and "--port" in r.output
     aset = AnnotationSet(RunFolder(root).annotations)
     assert len(aset.classes()) == 5 and len(aset.ids()) == 2
+
+
+def fake_module(name: str, **attrs):
+    import types
+
+    mod = types.ModuleType(name)
+    mod.__dict__.update(attrs)
+    return mod
+
+
+def test_cli_pre_annotate_and_auto_use_the_agreed_interfaces(run, tmp_path, monkeypatch):
+    """The other stages' entry points are stubbed here: this checks our side of the contracts."""
+    aset = AnnotationSet(RunFolder(run).annotations)
+    aset.save_mask("seed_00000003", random_mask(30))          # a person's mask is never overwritten
+    model = tmp_path / "unet.safetensors"
+    model.write_bytes(b"stub")
+    calls = []
+
+    class Segmenter:
+        classes = default_classes(N_CLASSES)
+        resolution = 16                                          # differs from the set: resized both ways
+
+        def predict(self, images):
+            calls.append(images.shape)
+            assert images.dtype == np.uint8
+            return (images[:, 0] // 64).astype(np.uint8)
+
+    monkeypatch.setitem(sys.modules, "datasetgan.bench", fake_module("datasetgan.bench"))
+    monkeypatch.setitem(sys.modules, "datasetgan.bench.segmenters",
+                        fake_module("datasetgan.bench.segmenters", load_segmenter=lambda path: Segmenter()))
+    r = CliRunner().invoke(annotate_command, [str(run), "--pre-annotate", str(model), "--no-serve"])
+    assert r.exit_code == 0, r.output
+    assert calls == [(1, 1, 16, 16)] * 2
+    for item in ("seed_00000007", "seed_00000011"):
+        rec = aset.record(item)
+        assert (rec.state, rec.source) == ("pre-annotated", "model:unet")
+        small = np.asarray(Image.fromarray(aset.image(item)).resize((16, 16), Image.BILINEAR)) // 64
+        np.testing.assert_array_equal(aset.mask(item), np.repeat(np.repeat(small, 2, 0), 2, 1))
+    assert aset.record("seed_00000003").state == "done"
+    assert [r.id for r in aset.annotated()] == ["seed_00000003"]
+    assert len(aset.annotated(include_pre_annotated=True)) == 3
+    listing = TestClient(create_app(run)).get("/api/items").json()
+    assert [it["state"] for it in listing["items"]] == ["done", "pre-annotated", "pre-annotated"]
+
+    # the interpreter: pairs for the seeds of empty items; an image that differs is skipped
+    for item in ("seed_00000007", "seed_00000011"):
+        aset.path(item, "mask").unlink()
+        rec = aset.record(item)
+        rec.state, rec.source = "todo", ""
+        aset.write_record(rec)
+    (RunFolder(run).interpreter).write_bytes(b"stub")
+
+    class Pair:
+        def __init__(self, seed, image, mask):
+            self.seed, self.image, self.mask = seed, image, mask
+
+    class PairFactory:
+        def __init__(self, run_dir, device="cpu"):
+            self.classes = default_classes(N_CLASSES)
+
+        def pairs(self, seeds, truncation=1.0, batch_size=8, should_stop=None):
+            for s in seeds:
+                img = aset.image(f"seed_{s:08d}")[..., None].copy()
+                if s == 11:
+                    img[0, 0, 0] ^= 1                              # not the annotated image
+                yield Pair(s, img, np.full((RES, RES), 2, np.uint8))
+
+    monkeypatch.setitem(sys.modules, "datasetgan.factory", fake_module("datasetgan.factory", PairFactory=PairFactory))
+    r = CliRunner().invoke(annotate_command, [str(run), "--pre-annotate", "interpreter", "--no-serve"])
+    assert r.exit_code == 0, r.output
+    assert (aset.record("seed_00000007").state, aset.record("seed_00000007").source) == ("pre-annotated", "interpreter")
+    assert (aset.mask("seed_00000007") == 2).all()
+    assert aset.record("seed_00000011").state == "todo" and aset.mask("seed_00000011") is None
+    assert "seed_00000011" in r.output and "differs" in r.output
+
+    # --auto hands the chosen seeds to the benchmark's auto-annotator
+    auto_calls = []
+    monkeypatch.setitem(sys.modules, "datasetgan.bench.autoannotate", fake_module(
+        "datasetgan.bench.autoannotate", auto_annotate=lambda *a, **k: auto_calls.append((a, k))))
+    r = CliRunner().invoke(annotate_command, [str(run), "--seeds", "3,20-21", "--auto", str(model), "--no-serve"])
+    assert r.exit_code == 0, r.output
+    assert auto_calls == [((RunFolder(run).root, str(model), 3), {"seeds": [3, 20, 21]})]
