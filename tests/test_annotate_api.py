@@ -361,6 +361,17 @@ def test_mounted_under_prefix(run):
     for asset in ("static/app.js", "static/mask.js", "static/app.css"):
         assert c.get(f"/annotate/run1/{asset}").status_code == 200
     assert c.get("/annotate/run1/api/items").json()["total"] == 3
+    # mounted the way the service does it: full path with root_path set to the prefix
+    app = create_app(run)
+
+    async def prefixed(scope, receive, send):
+        await app({**scope, "root_path": "/annotate/run1"} if scope["type"] == "http" else scope, receive, send)
+
+    c = TestClient(prefixed)
+    assert c.get("/annotate/run1/").status_code == 200
+    assert c.get("/annotate/run1/static/mask.js").status_code == 200
+    assert c.get("/annotate/run1/api/items").json()["total"] == 3
+    assert c.get("/annotate/run1/api/items/..%2fsecret/mask").status_code in (404, 422)
     # the page and its scripts use relative URLs only
     import re
     static = REPO / "annotate" / "static"

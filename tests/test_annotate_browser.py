@@ -276,6 +276,30 @@ def test_pre_annotated_polygon_eraser_autosave_and_view(server, page):
     assert near.sum() >= 5
     np.testing.assert_array_equal(page_mask(page), expected)
 
+    # --- fill limited to similar image intensity: class 2 into background pixels within ±T of the clicked one
+    page.keyboard.press("2")
+    page.keyboard.press("f")
+    assert page.locator("#fill-options").is_visible() and page.locator("#brush-options").is_hidden()
+    intensity = np.asarray(Image.open(aset.path(item, "image"))).astype(np.int32)
+    four = [[0, 1, 0], [1, 1, 1], [0, 1, 0]]
+    fcx, fcy = client(24.4, 6.3)
+    fx, fy = (int(v) for v in image(fcx, fcy))
+    assert expected[fy, fx] == 0
+    whole, _ = ndimage.label(expected == 0, structure=four)
+    for tol in (12, 20, 30, 45, 60, 80):
+        similar, _ = ndimage.label((expected == 0) & (np.abs(intensity - intensity[fy, fx]) <= tol), structure=four)
+        region = similar == similar[fy, fx]
+        if 3 <= region.sum() < (whole == whole[fy, fx]).sum():
+            break
+    else:
+        pytest.fail("no tolerance gives a partial region on this image")
+    page.evaluate("(() => { const s = document.getElementById('fill-tolerance'); s.value = %d;"
+                  " s.dispatchEvent(new Event('input')); })()" % tol)
+    assert page.locator("#fill-tolerance-value").inner_text() == str(tol)
+    page.mouse.click(fcx, fcy)
+    expected[region] = 2
+    np.testing.assert_array_equal(page_mask(page), expected)
+
     # --- view: wheel zoom, space-drag pan, right-drag contrast (display only, the mask is unchanged)
     scale_before = page.evaluate("annotator.view.scale")
     page.mouse.move(*client(16, 16))
