@@ -99,6 +99,13 @@ class TapFeatures:
     def num_images(self) -> int:
         return next(iter(self.maps.values())).shape[0] if self.maps else 0
 
+    @property
+    def device(self) -> torch.device:
+        return next(iter(self.maps.values())).device
+
+    def to(self, device) -> "TapFeatures":
+        return TapFeatures(self.taps, {k: v.to(device) for k, v in self.maps.items()}, self.resolution)
+
     def nbytes(self) -> int:
         return sum(m.numel() * m.element_size() for m in self.maps.values())
 
@@ -113,6 +120,7 @@ class TapFeatures:
 
     def gather(self, img, y, x, dtype=torch.float32) -> torch.Tensor:
         """Concatenated feature vectors [P, C] (taps in order) at full-resolution pixel positions."""
+        img, y, x = (v.to(self.device) for v in (img, y, x))
         return torch.cat([gather_bilinear(self.maps[t.name], img, y, x, self.resolution, dtype)
                           for t in self.taps], dim=1)
 
@@ -152,7 +160,7 @@ def epoch_order(pixels: torch.Tensor, labels: torch.Tensor, count: int | None, g
     n = len(pixels) if count is None else min(int(count), len(pixels)) if not balanced else int(count)
     if not balanced:
         return pixels[torch.randperm(len(pixels), generator=generator)[:n]]
-    lab = labels[pixels].long()
+    lab = labels[pixels.to(labels.device)].long().cpu()
     freq = torch.bincount(lab, minlength=num_classes or int(lab.max()) + 1).double()
     w = 1.0 / freq[lab]
     draws = torch.multinomial(w, n, replacement=True, generator=generator)

@@ -174,9 +174,9 @@ class Interpreter(nn.Module):
     def reference_logits(self, taps: dict[str, torch.Tensor], chunk: int = 16384) -> torch.Tensor:
         """taps {name: [N, c, r, r]} -> logits [N, M, K, R, R] by upsample-all-and-concatenate."""
         self.eval()
-        R, out = self.info.resolution, []
+        R, out, dtype = self.info.resolution, [], next(self.parameters()).dtype
         for i in range(next(iter(taps.values())).shape[0]):
-            vol = torch.cat([upsample(taps[t.name][i: i + 1].float(), R) for t in self.info.taps], 1)[0]
+            vol = torch.cat([upsample(taps[t.name][i: i + 1].to(dtype), R) for t in self.info.taps], 1)[0]
             rows = vol.reshape(self.in_channels, R * R).t()
             logits = torch.stack([torch.cat([m(rows[s: s + chunk]) for s in range(0, R * R, chunk)])
                                   for m in self.members])            # [M, R*R, K]
@@ -225,7 +225,7 @@ class Interpreter(nn.Module):
         hidden = None
         for r in sorted(first, reverse=True):  # full resolution first: its projection needs no upsampling
             names, w = first[r]
-            x = torch.cat([taps[name] for name in names], 1).float().reshape(n, w.shape[1], r * r)
+            x = torch.cat([taps[name] for name in names], 1).to(w.dtype).reshape(n, w.shape[1], r * r)
             proj = torch.matmul(w, x).reshape(n, -1, r, r)                   # [N, M*h1, r, r]
             proj = upsample(proj, R)
             hidden = proj if hidden is None else hidden.add_(proj)
@@ -286,8 +286,9 @@ def evaluate(member: nn.Module, feats: TapFeatures, pixels: torch.Tensor, labels
     for s in range(0, len(pixels), chunk):
         p = pixels[s: s + chunk]
         logits = member(feats.gather(*unflatten(p, feats.resolution)))
-        loss += F.cross_entropy(logits, labels[p], reduction="sum").item()
-        correct += int((logits.argmax(1) == labels[p]).sum())
+        target = labels[p.to(labels.device)]
+        loss += F.cross_entropy(logits, target, reduction="sum").item()
+        correct += int((logits.argmax(1) == target).sum())
     return loss / max(1, len(pixels)), correct / max(1, len(pixels))
 
 
@@ -298,7 +299,7 @@ def train_interpreter(feats: TapFeatures, masks, info: InterpreterInfo, cfg: Int
     ``log(dict)`` receives one line per member and epoch (losses, accuracy, time).
     """
     K, R, N = len(info.classes), feats.resolution, feats.num_images
-    labels = torch.as_tensor(masks).reshape(-1).long()
+    labels = torch.as_tensor(masks).reshape(-1).long().to(feats.device)
     if labels.numel() != N * R * R:
         raise FeatureError(f"masks have shape {tuple(masks.shape)}, expected ({N}, {R}, {R})")
     if int(labels.max()) >= K:
@@ -307,7 +308,7 @@ def train_interpreter(feats: TapFeatures, masks, info: InterpreterInfo, cfg: Int
     if len(val_px) > cfg.val_pixels:
         g = torch.Generator().manual_seed(cfg.seed + 1)
         val_px = val_px[torch.randperm(len(val_px), generator=g)[: cfg.val_pixels]].sort().values
-    interp = Interpreter(info, cfg)
+    interp = Interpreter(info, cfg).to(feats.device)
     per_epoch = len(train_px) if cfg.pixels_per_epoch is None else int(cfg.pixels_per_epoch)
     steps = -(-per_epoch // cfg.batch_size)
     bar = None
@@ -328,7 +329,8 @@ def train_interpreter(feats: TapFeatures, masks, info: InterpreterInfo, cfg: Int
                     batch = order[s: s + cfg.batch_size]
                     if len(batch) < 2:  # BatchNorm cannot normalise a single sample
                         continue
-                    loss = F.cross_entropy(member(feats.gather(*unflatten(batch, R))), labels[batch])
+                    target = labels[batch.to(labels.device)]
+                    loss = F.cross_entropy(member(feats.gather(*unflatten(batch, R))), target)
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
                     opt.step()

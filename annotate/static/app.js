@@ -8,7 +8,7 @@ const AUTOSAVE_MS = 1500;
 
 const S = {
   items: [], index: -1, resolution: 0, channels: 1, classes: [], colors: [],
-  activeClass: 1, tool: "brush", brushSize: 5, maskVisible: true, opacity: 0.55,
+  activeClass: 1, tool: "brush", brushSize: 5, fillTolerance: 0, intensity: null, maskVisible: true, opacity: 0.55,
   win: { width: 255, level: 128 },
   model: null, src: null, R: 0,
   view: { scale: 1, ox: 0, oy: 0 }, fitted: false,
@@ -44,6 +44,8 @@ function parseColor(hex) {
   const v = m ? parseInt(m[1], 16) : 0x888888;
   return [(v >> 16) & 255, (v >> 8) & 255, v & 255];
 }
+
+function displayName(c) { return String(c.name).replace(/_/g, " "); }
 
 function colorOf(cls) { return S.colors[cls] || [255, 0, 255]; }
 function cssColor(cls, alpha = 1) { const [r, g, b] = colorOf(cls); return `rgba(${r},${g},${b},${alpha})`; }
@@ -114,8 +116,22 @@ function draw() {
     ctx.drawImage(maskCanvas, ox, oy, size, size);
     ctx.globalAlpha = 1;
   }
+  if (scale >= 14) drawGrid(ox, oy, scale);
   drawPolygon();
   drawCursor();
+}
+
+function drawGrid(ox, oy, scale) {
+  // faint pixel boundaries when zoomed far in, to place strokes precisely
+  const r = view.getBoundingClientRect();
+  const i0 = Math.max(0, Math.floor(-ox / scale)), i1 = Math.min(S.R, Math.ceil((r.width - ox) / scale));
+  const j0 = Math.max(0, Math.floor(-oy / scale)), j1 = Math.min(S.R, Math.ceil((r.height - oy) / scale));
+  ctx.beginPath();
+  for (let i = i0; i <= i1; i++) { ctx.moveTo(ox + i * scale, oy + j0 * scale); ctx.lineTo(ox + i * scale, oy + j1 * scale); }
+  for (let j = j0; j <= j1; j++) { ctx.moveTo(ox + i0 * scale, oy + j * scale); ctx.lineTo(ox + i1 * scale, oy + j * scale); }
+  ctx.lineWidth = 1;
+  ctx.strokeStyle = "rgba(0,0,0,.22)";
+  ctx.stroke();
 }
 
 function drawCursor() {
@@ -257,7 +273,7 @@ view.addEventListener("pointerdown", (e) => {
     if (box) renderMask(box);
   } else if (e.button === 0 && S.tool === "fill") {
     S.model.checkpoint();
-    const box = S.model.floodFill(p.x, p.y, S.activeClass);
+    const box = S.model.floodFill(p.x, p.y, S.activeClass, S.intensity, S.fillTolerance);
     if (box) renderMask(box);
     finishEdit();
     return;
@@ -327,7 +343,7 @@ function updateHud() {
   const i = Math.floor(p.x), j = Math.floor(p.y), q = 4 * (j * S.R + i), s = S.src.data;
   const value = S.channels === 1 ? `${s[q]}` : `${s[q]},${s[q + 1]},${s[q + 2]}`;
   const cls = S.model.data[j * S.R + i], c = S.classes[cls];
-  $("hud").textContent = `x ${i}  y ${j}  ·  value ${value}  ·  ${c ? c.name : cls}`;
+  $("hud").textContent = `x ${i}  y ${j}  ·  value ${value}  ·  ${c ? displayName(c) : cls}`;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -336,6 +352,8 @@ function updateHud() {
 function setTool(tool) {
   if (tool !== "polygon" && S.polygon.length) S.polygon = [];
   S.tool = tool;
+  $("brush-options").hidden = !["brush", "eraser"].includes(tool);
+  $("fill-options").hidden = tool !== "fill";
   document.querySelectorAll(".tool").forEach((b) => b.setAttribute("aria-checked", String(b.dataset.tool === tool)));
   view.style.cursor = tool === "pan" ? "grab" : "crosshair";
   updateHistoryButtons();
@@ -355,6 +373,12 @@ function setBrushSize(v) {
   $("brush-size").value = S.brushSize;
   $("brush-size-value").textContent = S.brushSize;
   requestDraw();
+}
+
+function setFillTolerance(v) {
+  S.fillTolerance = Math.min(128, Math.max(0, Math.round(v)));
+  $("fill-tolerance").value = S.fillTolerance;
+  $("fill-tolerance-value").textContent = S.fillTolerance ? S.fillTolerance : "off";
 }
 
 function setOpacity(v) {
@@ -383,10 +407,10 @@ function buildPalette() {
     b.className = "swatch-button";
     b.dataset.cls = id;
     b.setAttribute("role", "radio");
-    b.title = `${c.name}${id <= 9 ? ` (${id})` : ""}`;
+    b.title = `${displayName(c)}${id <= 9 ? ` (key ${id})` : ""}`;
     b.innerHTML = `<span class="swatch"></span><span class="name"></span><span><span class="share"></span>${id <= 9 ? `<kbd>${id}</kbd>` : ""}</span>`;
     b.querySelector(".swatch").style.background = c.color;
-    b.querySelector(".name").textContent = c.name;
+    b.querySelector(".name").textContent = displayName(c);
     b.addEventListener("click", () => setClass(id));
     pal.appendChild(b);
   });
@@ -473,8 +497,16 @@ function showMessage(text, bad = false) {
 }
 
 async function loadItem(k) {
-  const it = S.items[k];
   window.annotator.ready = false;
+  try {
+    await loadItemData(k);
+  } finally {
+    window.annotator.ready = Boolean(S.model);
+  }
+}
+
+async function loadItemData(k) {
+  const it = S.items[k];
   const blob = await (await api(`api/items/${it.id}/image`)).blob();
   const bitmap = await createImageBitmap(blob, { colorSpaceConversion: "none", premultiplyAlpha: "none" });
   const R = bitmap.width;
@@ -491,6 +523,8 @@ async function loadItem(k) {
   // commit only once everything loaded, so a failed load leaves the previous item intact
   if (R !== S.R) S.fitted = false;
   S.index = k; S.R = R; S.src = src;
+  S.intensity = new Float32Array(R * R);   // grey value (channel mean) per pixel, for the fill tolerance
+  for (let p = 0; p < R * R; p++) S.intensity[p] = (src.data[4 * p] + src.data[4 * p + 1] + src.data[4 * p + 2]) / 3;
   S.model = new MaskModel(R, data);
   S.dirty = false; S.edited = false; S.polygon = [];
   imgCanvas.width = R; imgCanvas.height = R;
@@ -500,11 +534,11 @@ async function loadItem(k) {
   renderImage();
   renderMask(null);
   updateItemHeader(); updateStrip(); updateHistoryButtons(); updatePaletteShares(); updateHud();
-  setStatus(it.has_mask ? (it.updated ? `Last saved ${new Date(it.updated * 1000).toLocaleString()}` : "") : "Not saved yet");
+  const when = it.updated ? new Date(it.updated * 1000).toLocaleString([], { dateStyle: "short", timeStyle: "short" }) : "";
+  setStatus(it.has_mask ? (when ? `Last saved ${when}` : "") : "Not saved yet");
   history.replaceState(null, "", `#${it.id}`);
   const thumb = document.querySelector(`.thumb[data-index="${k}"]`);
   if (thumb) thumb.scrollIntoView({ block: "nearest", inline: "nearest" });
-  window.annotator.ready = true;
 }
 
 async function goTo(k) {
@@ -620,6 +654,7 @@ function zoomCentered(f) {
 function wire() {
   document.querySelectorAll(".tool").forEach((b) => b.addEventListener("click", () => setTool(b.dataset.tool)));
   $("brush-size").addEventListener("input", (e) => setBrushSize(Number(e.target.value)));
+  $("fill-tolerance").addEventListener("input", (e) => setFillTolerance(Number(e.target.value)));
   $("mask-opacity").addEventListener("input", (e) => setOpacity(Number(e.target.value) / 100));
   $("mask-visible").addEventListener("change", (e) => setMaskVisible(e.target.checked));
   $("window-width").addEventListener("input", (e) => setWindow(Number(e.target.value), S.win.level));

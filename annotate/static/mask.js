@@ -82,12 +82,19 @@ export class MaskModel {
     return this._setPixels(px, cls);
   }
 
-  // 4-connected flood fill of the region of equal class around (x, y).
-  floodFill(x, y, cls) {
+  // 4-connected flood fill of the region of equal class around (x, y). With `intensity` (one value
+  // per pixel) and tolerance > 0, the region also stops where |intensity - intensity at (x, y)| > tolerance.
+  floodFill(x, y, cls, intensity = null, tolerance = 0) {
     const n = this.size, i0 = Math.floor(x), j0 = Math.floor(y);
     if (i0 < 0 || j0 < 0 || i0 >= n || j0 >= n) return null;
     const d = this.data, target = d[j0 * n + i0];
     if (target === cls) return null;
+    let ok = null;
+    if (intensity && tolerance > 0) {
+      const v0 = intensity[j0 * n + i0];
+      ok = new Uint8Array(n * n);
+      for (let p = 0; p < n * n; p++) ok[p] = Math.abs(intensity[p] - v0) <= tolerance ? 1 : 0;
+    }
     const stack = [j0 * n + i0];
     d[j0 * n + i0] = cls;
     let minI = i0, maxI = i0, minJ = j0, maxJ = j0;
@@ -95,10 +102,9 @@ export class MaskModel {
       const p = stack.pop(), i = p % n, j = (p - i) / n;
       if (i < minI) minI = i; if (i > maxI) maxI = i;
       if (j < minJ) minJ = j; if (j > maxJ) maxJ = j;
-      if (i > 0 && d[p - 1] === target) { d[p - 1] = cls; stack.push(p - 1); }
-      if (i < n - 1 && d[p + 1] === target) { d[p + 1] = cls; stack.push(p + 1); }
-      if (j > 0 && d[p - n] === target) { d[p - n] = cls; stack.push(p - n); }
-      if (j < n - 1 && d[p + n] === target) { d[p + n] = cls; stack.push(p + n); }
+      for (const q of [i > 0 ? p - 1 : -1, i < n - 1 ? p + 1 : -1, j > 0 ? p - n : -1, j < n - 1 ? p + n : -1]) {
+        if (q >= 0 && d[q] === target && (!ok || ok[q])) { d[q] = cls; stack.push(q); }
+      }
     }
     return { minI, maxI, minJ, maxJ };
   }
