@@ -105,17 +105,25 @@ def images_key(images: np.ndarray) -> str:
 
 
 def real_stats(model, images: np.ndarray, cache_dir=None, batch: int = 32) -> tuple[np.ndarray, np.ndarray]:
-    """Statistics of real uint8 images [N, C, R, R], cached (``cache_dir=False`` disables the cache)."""
+    """Statistics of real uint8 images [N, C, R, R], cached (``cache_dir=False`` disables the cache).
+
+    A file lock makes concurrent runs on the same data wait for one computation instead of repeating it.
+    """
     key = images_key(images)
-    cache = None if cache_dir is False else Path(cache_dir or default_cache_dir())
-    if cache is not None and (cache / f"{key}.json").is_file():
-        try:
-            return (np.load(cache / f"{key}.mu.npy", allow_pickle=False),
-                    np.load(cache / f"{key}.sigma.npy", allow_pickle=False))
-        except (OSError, ValueError):
-            pass  # a damaged cache entry is recomputed below
-    mu, sigma = feature_stats(inception_features(model, images, batch))
-    if cache is not None:
+    if cache_dir is False:
+        return feature_stats(inception_features(model, images, batch))
+    from filelock import FileLock
+
+    cache = Path(cache_dir or default_cache_dir())
+    cache.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(cache / f"{key}.lock")):
+        if (cache / f"{key}.json").is_file():
+            try:
+                return (np.load(cache / f"{key}.mu.npy", allow_pickle=False),
+                        np.load(cache / f"{key}.sigma.npy", allow_pickle=False))
+            except (OSError, ValueError):
+                pass  # a damaged cache entry is recomputed below
+        mu, sigma = feature_stats(inception_features(model, images, batch))
         for name, arr in (("mu", mu), ("sigma", sigma)):
             with atomic_path(cache / f"{key}.{name}.npy") as tmp:
                 with open(tmp, "wb") as f:
@@ -140,15 +148,19 @@ def generated_images(G, n: int, seed: int = 0, batch: int = 16, truncation: floa
 
 
 class FIDEvaluator:
-    """FID of generators against one real image set; the real statistics are computed (or read) once."""
+    """FID of generators against one real image set; the real statistics are computed (or read) at
+    the first evaluation, then kept."""
 
     def __init__(self, real_images: np.ndarray, n_generated: int, cache_dir=None, seed: int = 0,
                  device="cpu", batch: int = 32):
         self.model = load_inception(device)
         self.n, self.seed, self.batch = n_generated, seed, batch
-        self.mu, self.sigma = real_stats(self.model, real_images, cache_dir, batch)
+        self.real_images, self.cache_dir = real_images, cache_dir
+        self.mu = self.sigma = None
 
     def __call__(self, G, truncation: float = 1.0) -> float:
+        if self.mu is None:
+            self.mu, self.sigma = real_stats(self.model, self.real_images, self.cache_dir, self.batch)
         fake = generated_images(G, self.n, self.seed, batch=self.batch, truncation=truncation)
         mu, sigma = feature_stats(inception_features(self.model, fake, self.batch))
         return frechet_distance(self.mu, self.sigma, mu, sigma)
