@@ -9,6 +9,9 @@ a few hours (see benchmarks/RESULTS.md, section "Training speed", for the measur
   layers of width 128, batch 16.
 * ``cpu-small`` 64x64, channel base 1024 / max 128 (16, 32, 64, 128, 128 channels at 64..4), 2 mapping
   layers of width 128, batch 16.
+* ``cpu-demo``  32x32, channel base 512 / max 64 (16, 32, 64, 64 channels at 32..4), 2 mapping layers
+  of width 64, no path-length regularisation, ADA at the paper's speed: the bundled demo run
+  (demo/rebuild.sh), about 40 minutes for 40k images on one shared thread.
 
 What that costs: far fewer channels per layer (16 at 64x64 instead of 256-512) means less capacity
 for fine texture and less variety, and a 2-layer mapping network disentangles the latent space less
@@ -111,6 +114,9 @@ PRESETS: dict[str, dict] = {
                      batch=16, pl_interval=8, ema_kimg=16 * 10 / 32, ada_kimg=100),
     "cpu-small": dict(resolution=64, z_dim=128, w_dim=128, mapping_layers=2, channel_base=1024, channel_max=128,
                       batch=16, pl_interval=8, ema_kimg=16 * 10 / 32, ada_kimg=100),
+    # the bundled demo run (demo/rebuild.sh): 32x32, 8..64 channels, no path-length regularisation
+    "cpu-demo": dict(resolution=32, z_dim=64, w_dim=64, mapping_layers=2, channel_base=512, channel_max=64,
+                     batch=16, pl_weight=0.0, ema_kimg=16 * 10 / 32),
     "paper256": dict(resolution=256, z_dim=512, w_dim=512, mapping_layers=8, channel_base=16384, channel_max=512,
                      batch=64, mbstd_group=8, r1_gamma=1.0, ema_kimg=20.0, ema_rampup=None),
 }
