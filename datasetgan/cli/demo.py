@@ -44,6 +44,9 @@ def command(out, run_dir, port, n, keep_serving, make_data, resolution, seed):
         click.echo(f"Wrote {n} phantom slices ({resolution}x{resolution}) with masks to {make_data}/ "
                    f"(images/, masks/, labels.json)")
         return
+    if n > 256:
+        raise click.UsageError("--n: the demo streams at most 256 pairs; for more, use `datasetgan generate` "
+                               "or a job (POST /v1/models/{id}/jobs)")
     from ..demo import DemoError, run_demo
 
     try:
