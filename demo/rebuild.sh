@@ -38,14 +38,17 @@ $DG train "$WORK/phantom" --out "$WORK/run" --preset cpu-demo --kimg "$KIMG" --s
 
 log "3. annotator (U-Net on the phantom's real masks)"
 [ -f "$WORK/annotator.safetensors" ] || $DG bench "$WORK/run" --real "$WORK/phantom" --test-real "$WORK/phantom-test" \
-    --train-annotator "$WORK/annotator.safetensors" --annotator-model unet --resolution $RES \
+    --train-annotator "$WORK/annotator.safetensors" --annotator-model unet --resolution $RES --real-limit all \
     --threads "$THREADS" --no-progress
 
 log "4. 30 seeds annotated by the annotator"
-$DG annotate "$WORK/run" --seeds 0-29 --labels "$WORK/phantom/labels.json" --auto "$WORK/annotator.safetensors" --no-serve
+$DG annotate "$WORK/run" --n 30 --diverse --labels "$WORK/phantom/labels.json" --auto "$WORK/annotator.safetensors" --no-serve
 
 log "5. interpreter"
-$DG interpret "$WORK/run" --threads "$THREADS"
+# (its progress bars go to $WORK/interpret.err; per-epoch losses to $WORK/run/interpret/log.jsonl)
+if ! $DG interpret "$WORK/run" --threads "$THREADS" 2>"$WORK/interpret.err"; then
+    tr '\r' '\n' <"$WORK/interpret.err" | tail -5; exit 1
+fi
 
 log "6. copy to demo/run"
 rm -rf demo/run.new && mkdir -p demo/run.new/annotations
