@@ -92,6 +92,9 @@ def create_app(run_dir) -> FastAPI:
             raise ApiError(500, f"the record of {item} is unreadable ({e})") from None
 
     def classes():
+        if not aset.labels_path.is_file():
+            raise ApiError(404, "this run has no annotation set yet: create it with "
+                                "`datasetgan annotate RUN --n 30 --labels labels.json`")
         try:
             return aset.classes()
         except DataError as e:

@@ -379,6 +379,16 @@ def test_mounted_under_prefix(run):
     assert not re.search(r"""(src|href)="/|fetch\(\s*["'`]/|api\(\s*["'`]/|url\(/""", text)
 
 
+def test_run_without_annotation_set(tmp_path):
+    c = TestClient(create_app(tmp_path))
+    assert c.get("/api/items").json() == {"items": [], "done": 0, "total": 0, "resolution": 0, "channels": 0,
+                                          "run": tmp_path.name}
+    r = c.get("/api/labels")
+    assert r.status_code == 404 and "datasetgan annotate" in r.json()["detail"]
+    assert c.get("/").status_code == 200
+    assert list(tmp_path.iterdir()) == []
+
+
 # ---------------------------------------------------------------------------------------------
 # CLI
 

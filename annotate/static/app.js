@@ -470,6 +470,7 @@ function updateItemHeader() {
   $("item-name").title = it.id;
   const shown = S.edited && it.state !== "done" ? "draft" : it.state;
   const badge = $("item-state");
+  badge.hidden = false;
   badge.textContent = stateLabel(shown);
   badge.className = `badge ${shown}`;
   const note = $("item-note");
@@ -479,6 +480,7 @@ function updateItemHeader() {
   } else {
     note.hidden = true;
   }
+  $("save").disabled = false;
   $("prev").disabled = S.index <= 0;
   $("next").disabled = S.index >= S.items.length - 1;
 }
