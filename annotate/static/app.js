@@ -141,10 +141,12 @@ function drawCursor() {
   if (r * r * 3.2 < 6000 && scale >= 2) {
     // exact footprint: the pixels a click here would paint
     ctx.fillStyle = cls === 0 ? "rgba(255,255,255,.28)" : cssColor(cls, 0.45);
+    ctx.beginPath();
     for (const q of S.model.segmentPixels(p.x, p.y, p.x, p.y, r)) {
       const i = q % S.R, j = (q - i) / S.R;
-      ctx.fillRect(ox + i * scale, oy + j * scale, scale, scale);
+      ctx.rect(ox + i * scale, oy + j * scale, scale, scale);
     }
+    ctx.fill();
   }
   const cx = ox + p.x * scale, cy = oy + p.y * scale, rad = Math.max(r * scale, 2);
   ctx.lineWidth = 1.5;
