@@ -13,6 +13,7 @@ import hashlib
 import os
 import platform
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -79,6 +80,21 @@ def find_nvcc() -> Path:
     raise BuildError("nvcc not found (set CUDA_HOME or put nvcc on PATH)")
 
 
+@functools.cache
+def cuda_toolkit_root() -> Path:
+    """The toolkit folder nvcc runs from (nvcc may be a wrapper script, so ask nvcc itself)."""
+    nvcc = find_nvcc()
+    try:
+        out = subprocess.run([str(nvcc), "--dryrun", "-x", "cu", "-c", os.devnull, "-o", os.devnull],
+                             capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise BuildError(f"cannot run {nvcc}: {exc}") from exc
+    for line in (out.stdout + out.stderr).splitlines():
+        if line.startswith("#$ TOP="):
+            return Path(line.split("=", 1)[1].strip()).resolve()
+    return nvcc.resolve().parent.parent
+
+
 def cudart_link_dir(where: Path) -> Path:
     """A folder holding ``libcudart.so`` for the linker.
 
@@ -94,10 +110,10 @@ def cudart_link_dir(where: Path) -> Path:
             candidates += sorted(Path(root).glob("cuda_runtime/lib/libcudart.so*"))
     except ImportError:
         pass
-    nvcc_home = find_nvcc().resolve().parent.parent
-    candidates += sorted((nvcc_home / "lib64").glob("libcudart.so*"))
-    candidates += sorted((nvcc_home / "lib").glob("libcudart.so*"))
-    candidates = [c for c in candidates if c.name != "libcudart.so" or c.resolve().exists()]
+    toolkit = cuda_toolkit_root()
+    candidates += sorted((toolkit / "lib64").glob("libcudart.so.*"))
+    candidates += sorted((toolkit / "lib").glob("libcudart.so.*"))
+    candidates = [c for c in candidates if c.resolve().exists()]
     if not candidates:
         raise BuildError("no libcudart.so* found next to torch or nvcc")
     link = where / "cudart"
@@ -113,15 +129,12 @@ def cudart_link_dir(where: Path) -> Path:
 
 
 def cuda_include_dirs() -> list[str]:
-    dirs = []
-    try:
-        import nvidia
-
-        for root in nvidia.__path__:
-            dirs += [str(p) for p in Path(root).glob("cu*/include") if (p / "cuda_runtime.h").exists()]
-    except ImportError:
-        pass
-    return dirs
+    """The toolkit's headers, for the host compiler (nvcc finds them by itself)."""
+    toolkit = cuda_toolkit_root()
+    for d in [toolkit / "include", *sorted(toolkit.glob("targets/*/include"))]:
+        if (d / "cuda_runtime.h").exists() and (d / "crt" / "host_config.h").exists():
+            return [str(d)]
+    raise BuildError(f"no complete CUDA headers (cuda_runtime.h, crt/host_config.h) under {toolkit}")
 
 
 def gencode_flags() -> list[str]:

@@ -74,7 +74,8 @@ def none_to_empty(t, like):
 def reduce_bias_grad(dx, b, dim, needed):
     if not needed or b is None or b.numel() == 0:
         return None
-    return dx.sum(dim=[d for d in range(dx.ndim) if d != dim]).to(b.dtype)
+    others = [d for d in range(dx.ndim) if d != dim]
+    return (dx.sum(dim=others) if others else dx).to(b.dtype)  # sum(dim=[]) would sum everything
 
 
 # ------------------------------------------------------------------------------------------------
@@ -179,10 +180,23 @@ class FusedBackend:
         if not self.supports(x):
             return ref.modulated_conv2d(x, weight, styles, demodulate, f, up, down, padding)
         n, i, h, wd = x.shape
-        o = weight.shape[0]
-        w = weight.to(x.dtype)[None] * styles.to(x.dtype)[:, None, :, None, None]  # [N, O, I, kh, kw]
+        o, _, kh, kw = weight.shape
+        weight, styles = weight.to(x.dtype), styles.to(x.dtype)
+        out_hw = (h * up // down) * (wd * up // down)
+        if o * i * kh * kw >= i * h * wd + o * out_hw:
+            # Few pixels, many weights (the low resolutions): scale the activations instead of making
+            # N weight tensors, and convolve the whole batch with the shared weight. Exact, because
+            # the resampling is linear per channel and the demodulation is a per-output-channel factor.
+            y = self.conv2d_resample(x * styles[:, :, None, None], weight, f=f, up=up, down=down,
+                                     padding=padding)
+            if demodulate:
+                d = torch.rsqrt(styles.square() @ weight.square().sum(dim=[2, 3]).t() + 1e-8)  # [N, O]
+                y = y * d[:, :, None, None]
+            return y
+        # Many pixels (the high resolutions): one grouped convolution with per-sample weights.
+        w = weight[None] * styles[:, None, :, None, None]  # [N, O, I, kh, kw]
         if demodulate:
             w = w * torch.rsqrt(w.square().sum(dim=[2, 3, 4], keepdim=True) + 1e-8)
-        y = self.conv2d_resample(x.reshape(1, n * i, h, wd), w.reshape(n * o, i, *w.shape[3:]), f=f, up=up,
+        y = self.conv2d_resample(x.reshape(1, n * i, h, wd), w.reshape(n * o, i, kh, kw), f=f, up=up,
                                  down=down, padding=padding, groups=n)
         return y.reshape(n, o, y.shape[2], y.shape[3])
