@@ -62,7 +62,7 @@ def tar_end(written: int) -> bytes:
 def encode_parts(codec, pair, classes, include: Sequence[str]) -> list[tuple[str, bytes]]:
     """(key, bytes) of a pair in a fixed order: the included images, then the JSON record."""
     keys = tuple(PART_KEYS[p] for p in include) + ("json",)
-    encoded = codec.encode_pair(pair, classes, include=tuple(include) + ("json",))
+    encoded = codec.encode_pair(pair, classes, include=keys)
     return [(k, encoded[k]) for k in keys]
 
 
