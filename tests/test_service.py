@@ -353,7 +353,7 @@ def tar_members(data: bytes) -> list[tuple[str, bytes]]:
 
 
 def test_job_runs_survives_restart_downloads_with_range(job_server, factory):
-    s, n, size = job_server, 1200, 40
+    s, n, size = job_server, 600, 40
     body = {"n": n, "seed_start": 2000}
     with s.client() as c:
         r = c.post("/v1/models/run/jobs", json=body, headers={"Idempotency-Key": "job-1"})
@@ -476,7 +476,7 @@ def test_no_key_means_open(server):
 def test_schemathesis_finds_no_server_error(job_server, tmp_path):
     exe = Path(sys.executable).with_name("schemathesis")
     cmd = [str(exe) if exe.exists() else "schemathesis", "run", job_server.url("/openapi.json"),
-           "--checks", "not_a_server_error", "--max-examples", "25", "--max-time", "60", "--workers", "1",
+           "--checks", "not_a_server_error", "--max-examples", "20", "--max-time", "25", "--workers", "1",
            "--request-timeout", "30", "--seed", "1", "--generation-database", "none"]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=240, cwd=tmp_path)
     print(out.stdout[-4000:])
