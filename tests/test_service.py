@@ -4,6 +4,7 @@ PairFactory + encode_pair output for the same seed, byte for byte."""
 from __future__ import annotations
 
 import base64
+import hashlib
 import io
 import json
 import os
@@ -387,7 +388,6 @@ def test_job_runs_survives_restart_downloads_with_range(job_server, factory):
         for rec in job["shards"]:
             r = c.get(rec["url"])
             assert r.status_code == 200 and len(r.content) == rec["bytes"]
-            import hashlib
             assert hashlib.sha256(r.content).hexdigest() == rec["sha256"]
             shards.append(r.content)
         names = [name for data in shards for name, _ in tar_members(data)]

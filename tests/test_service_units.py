@@ -164,3 +164,58 @@ def test_drop_uncertain_stream_is_the_kept_subset():
     seeds = [json.loads(c)["seed"] for c in chunks if c]
     kept = [10 + i for i in FakeCodec.drop_most_uncertain([float(s % 7) for s in range(10, 30)], 0.25)]
     assert seeds == kept and len(seeds) == 15
+
+
+class FakeRegistry:
+    def __init__(self, hashes):
+        self.hashes, self.made = hashes, CountingFactory()
+
+    def info(self, model):
+        from types import SimpleNamespace
+        return SimpleNamespace(generator_sha256=self.hashes[0], interpreter_sha256=self.hashes[1])
+
+    def factory(self, model, hashes=None):
+        return self.made
+
+
+def run_jobs(store, registry, timeout=30):
+    import time
+    from service.jobs import JobRunner
+    runner = JobRunner(store, registry, FakeCodec, batch_size=4)
+    runner.start()
+    deadline = time.monotonic() + timeout
+    while store.unfinished() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    runner.stop()
+
+
+def test_job_of_a_replaced_model_is_reported_not_mixed(tmp_path):
+    from service.jobs import JobStore
+    store = JobStore(tmp_path)
+    job, created = store.create("m", JobRequest(n=10), ("g1", "i1"), 4, None)
+    run_jobs(JobStore(tmp_path), FakeRegistry(("g2", "i1")))  # a restarted server sees another generator
+    state = json.loads((tmp_path / job["id"] / "job.json").read_text())
+    assert state["state"] == "failed" and "changed" in state["error"] and state["shards"] == []
+
+
+def test_job_resumes_after_its_last_complete_shard(tmp_path):
+    from service.jobs import JobStore
+    store = JobStore(tmp_path)
+    job, _ = store.create("m", JobRequest(n=10, seed_start=3), ("g", "i"), 4, "key")
+    reg = FakeRegistry(("g", "i"))
+    run_jobs(store, reg)
+    full = [(tmp_path / job["id"] / "shards" / f"shard-{k:05d}.tar").read_bytes() for k in range(3)]
+    # pretend the server died while writing the last shard: drop it from the state and the disk
+    state = json.loads((tmp_path / job["id"] / "job.json").read_text())
+    state.update(state="running", shards=state["shards"][:2])
+    (tmp_path / job["id"] / "job.json").write_text(json.dumps(state))
+    (tmp_path / job["id"] / "shards" / "shard-00002.tar").unlink()
+    reg2 = FakeRegistry(("g", "i"))
+    store2 = JobStore(tmp_path)
+    assert store2.create("m", JobRequest(n=10, seed_start=3), ("g", "i"), 4, "key")[0]["id"] == job["id"]
+    run_jobs(store2, reg2)
+    assert reg2.made.made == 2  # only the two pairs of the missing shard were made again
+    again = [(tmp_path / job["id"] / "shards" / f"shard-{k:05d}.tar").read_bytes() for k in range(3)]
+    assert again == full and store2.get(job["id"])["state"] == "done"
+    names = [m for data in again for m in tarfile.open(fileobj=io.BytesIO(data)).getnames()]
+    assert names == [f"{s:08d}.{k}" for s in range(3, 13) for k in ("image.png", "mask.png", "json")]
