@@ -9,7 +9,9 @@ server (``datasetgan annotate``) and mounted under a prefix (``/annotate/<run>``
     GET  api/items/{id}                 one item's record
     GET  api/items/{id}/image           the rendered image (PNG)
     GET  api/items/{id}/mask            the saved label map (PNG; ?format=raw gives R*R bytes)
-    PUT  api/items/{id}/mask?state=...  a new label map (PNG body), validated, saved atomically
+    PUT  api/items/{id}/mask?state=...  a new label map (PNG body), validated, saved atomically;
+                                        state=done (a person's "save & mark done", the default) or
+                                        state=todo (an autosaved draft: kept, but not trained on)
 
 Item ids are checked against ``seed_`` + 8 ASCII digits before any file is looked at, so no request
 can name a path outside the annotation set. Bad input is answered 404/413/422 with a message.
@@ -92,6 +94,9 @@ def create_app(run_dir) -> FastAPI:
             raise ApiError(500, f"the record of {item} is unreadable ({e})") from None
 
     def classes():
+        if not aset.labels_path.is_file():
+            raise ApiError(404, "this run has no annotation set yet: create it with "
+                                "`datasetgan annotate RUN --n 30 --labels labels.json`")
         try:
             return aset.classes()
         except DataError as e:
@@ -135,8 +140,11 @@ def create_app(run_dir) -> FastAPI:
         first = recs[0] if recs else None
         channels = 0
         if first is not None:
-            with Image.open(aset.path(first.id, "image")) as im:
-                channels = len(im.getbands())
+            try:
+                with Image.open(aset.path(first.id, "image")) as im:
+                    channels = len(im.getbands())
+            except OSError:
+                channels = 0  # a missing image is reported when the page asks for it
         return {"items": out, "done": sum(o["state"] == "done" for o in out), "total": len(out),
                 "resolution": first.resolution if first else 0, "channels": channels,
                 "run": run.root.resolve().name}

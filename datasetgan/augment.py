@@ -201,8 +201,12 @@ class AugmentPipe:
         eye = torch.eye(3, dtype=mat.dtype)
         identity = (mat - eye).abs().amax(dim=(1, 2)) < 1e-9
         lin, shift = mat[:, :2, :2], mat[:, :2, 2]
-        # Flips, quarter turns and whole-pixel shifts map pixel centres onto pixel centres: copy pixels.
-        blit = ((lin - lin.round()).abs().amax(dim=(1, 2)) < 1e-6) & \
+        # Flips, quarter turns and whole-pixel shifts (a signed permutation matrix and an integer
+        # shift) map pixel centres onto pixel centres: copy pixels.
+        lin_r = lin.round()
+        signed_perm = (lin_r.abs() <= 1).all(dim=(1, 2)) & \
+            ((lin_r @ lin_r.transpose(1, 2)) - eye[:2, :2]).abs().amax(dim=(1, 2)).lt(1e-9)
+        blit = ((lin - lin_r).abs().amax(dim=(1, 2)) < 1e-6) & signed_perm & \
                ((shift - shift.round()).abs().amax(dim=1) < 1e-6) & ~identity
         general = ~identity & ~blit
         out = x

@@ -157,9 +157,10 @@ def epoch_order(pixels: torch.Tensor, labels: torch.Tensor, count: int | None, g
     Plain: a permutation of ``pixels`` (its first ``count`` entries if given). Class-balanced: ``count``
     (default len(pixels)) draws with replacement, each class equally likely overall.
     """
-    n = len(pixels) if count is None else min(int(count), len(pixels)) if not balanced else int(count)
     if not balanced:
+        n = len(pixels) if count is None else min(int(count), len(pixels))
         return pixels[torch.randperm(len(pixels), generator=generator)[:n]]
+    n = len(pixels) if count is None else int(count)
     lab = labels[pixels.to(labels.device)].long().cpu()
     freq = torch.bincount(lab, minlength=num_classes or int(lab.max()) + 1).double()
     w = 1.0 / freq[lab]

@@ -24,6 +24,7 @@ from __future__ import annotations
 import copy
 import math
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -32,8 +33,8 @@ from torch import nn
 
 from .checkpoint import CheckpointError, load_tensors, save_tensors
 from .data import ClassInfo
-from .features import FeatureError, TapFeatures, epoch_order, split_pixels, taps_from_json, taps_to_json, \
-    unflatten, upsample
+from .features import FeatureError, TapFeatures, epoch_order, source_index, split_pixels, taps_from_json, \
+    taps_to_json, unflatten, upsample
 from .networks import FeatureTap
 
 TOP_FRACTION = 0.10  # an image's uncertainty score is the mean JS of its most uncertain 10 % pixels
@@ -186,14 +187,17 @@ class Interpreter(nn.Module):
     # -- fast path ---------------------------------------------------------------------------
     @torch.no_grad()
     def folded(self):
-        """Stacked first-layer weights split by tap resolution, and the later layers with BN folded in."""
+        """Everything the fast path precomputes once: per-resolution first-layer weights, the upsampling
+        tables, and the later layers with each BatchNorm folded into the Linear after it."""
         if self._folded is not None:
             return self._folded
         self.eval()
+        R = self.info.resolution
         lins = [[m for m in member if isinstance(m, nn.Linear)] for member in self.members]
         bns = [[m for m in member if isinstance(m, nn.BatchNorm1d)] for member in self.members]
         w1 = torch.cat([ls[0].weight for ls in lins])                 # [M*h1, C]
         b1 = torch.cat([ls[0].bias for ls in lins])                   # [M*h1]
+        dtype, device = w1.dtype, w1.device
         offsets, start = {}, 0
         for t in self.info.taps:
             offsets[t.name] = (start, start + t.channels)
@@ -202,7 +206,26 @@ class Interpreter(nn.Module):
         for t in self.info.taps:
             by_res.setdefault(t.resolution, []).append(t.name)
         first = {r: (names, torch.cat([w1[:, slice(*offsets[n])] for n in names], 1).contiguous())
-                 for r, names in by_res.items()}
+                 for r, names in sorted(by_res.items(), reverse=True)}
+        # Upsampling of every lower resolution at once: along x with each resolution's two taps per
+        # output column, then along y with one sparse [R, sum of r] matrix whose row Y holds the two
+        # weights of every resolution, so the full-size sum is written in a single pass.
+        xs, rows, cols, vals, off = {}, [], [], [], 0
+        for r in first:
+            if r == R:
+                continue
+            i0, i1, l0, l1 = source_index(R, r, device)
+            xs[r] = off
+            rows += [torch.arange(R, device=device)] * 2
+            cols += [off + i0, off + i1]
+            vals += [l0.to(dtype), l1.to(dtype)]
+            off += r
+        ymat = None
+        if xs:
+            with warnings.catch_warnings():  # CSR support is marked beta; this use is covered by tests
+                warnings.simplefilter("ignore", UserWarning)
+                ymat = torch.sparse_coo_tensor(torch.stack([torch.cat(rows), torch.cat(cols)]), torch.cat(vals),
+                                               (R, off), check_invariants=True).coalesce().to_sparse_csr()
         rest = []  # per later layer: W [M, out, in], b [M, out, 1]
         for j in range(1, len(self.cfg.hidden) + 1):
             ws, bs = [], []
@@ -213,28 +236,44 @@ class Interpreter(nn.Module):
                 ws.append(ls[j].weight * a[None, :])
                 bs.append(ls[j].bias + ls[j].weight @ c)
             rest.append((torch.stack(ws), torch.stack(bs)[:, :, None]))
-        self._folded = (first, b1, rest)
+        self._folded = (first, b1, xs, ymat, off, rest)
         return self._folded
 
     @torch.no_grad()
-    def fast_logits(self, taps: dict[str, torch.Tensor]) -> torch.Tensor:
-        """taps {name: [N, c, r, r]} -> logits [N, M, K, R, R], equal to :meth:`reference_logits`."""
-        first, b1, rest = self.folded()
+    def fast_logits(self, taps: dict[str, torch.Tensor], chunk: int = 512) -> torch.Tensor:
+        """taps {name: [N, c, r, r]} -> logits [N, M, K, R, R], equal to :meth:`reference_logits`.
+
+        Works row-major, [y, channel, x]: each tap resolution's projection is one batched matmul for all
+        members; the upsampled sum is built ``chunk`` hidden channels at a time to bound memory.
+        """
+        first, b1, xs, ymat, rows, rest = self.folded()
         R, M = self.info.resolution, len(self.members)
-        n = next(iter(taps.values())).shape[0]
-        hidden = None
-        for r in sorted(first, reverse=True):  # full resolution first: its projection needs no upsampling
-            names, w = first[r]
-            x = torch.cat([taps[name] for name in names], 1).to(w.dtype).reshape(n, w.shape[1], r * r)
-            proj = torch.matmul(w, x).reshape(n, -1, r, r)                   # [N, M*h1, r, r]
-            proj = upsample(proj, R)
-            hidden = proj if hidden is None else hidden.add_(proj)
-        h = hidden.reshape(n, -1, R * R).add_(b1[None, :, None]).relu_().reshape(n, M, -1, R * R)
-        for j, (w, b) in enumerate(rest):
-            h = torch.matmul(w, h).add_(b)                                    # [N, M, out, R*R]
-            if j < len(rest) - 1:
-                h.relu_()
-        return h.reshape(n, M, self.num_classes, R, R)
+        width = b1.shape[0]
+        out = []
+        for i in range(next(iter(taps.values())).shape[0]):
+            proj, hidden = {}, None
+            for r, (names, w) in first.items():
+                x = torch.cat([taps[name][i] for name in names], 0).to(w.dtype)   # [c, r, r]
+                if r == R:  # [y, M*h1, x]: R matmuls of [M*h1, c] x [c, R]
+                    hidden = torch.matmul(w, x.permute(1, 0, 2))
+                else:       # [M*h1, y, x]: one matmul
+                    proj[r] = torch.matmul(w, x.reshape(x.shape[0], r * r)).reshape(-1, r, r)
+            if hidden is None:
+                hidden = torch.zeros(R, width, R, dtype=b1.dtype, device=b1.device)
+            for c0 in range(0, width, chunk) if xs else ():
+                c1 = min(width, c0 + chunk)
+                # along x: 1D linear interpolation has PyTorch's bilinear weights and a fast kernel;
+                # the cat puts the rows of all resolutions together, y first, in one pass
+                q = torch.cat([F.interpolate(proj[r][c0:c1], size=R, mode="linear", align_corners=False)
+                               .permute(1, 0, 2) for r in xs])                   # [sum r, chunk, R]
+                hidden[:, c0:c1].reshape(R, -1).addmm_(ymat, q.reshape(rows, -1))
+            h = hidden.add_(b1[None, :, None]).relu_().reshape(R, M, -1, R)     # [y, M, h1, x]
+            for j, (w, b) in enumerate(rest):
+                h = torch.matmul(w, h).add_(b)                                   # [y, M, out, x]
+                if j < len(rest) - 1:
+                    h.relu_()
+            out.append(h.permute(1, 2, 0, 3))                                     # [M, K, y, x]
+        return torch.stack(out)
 
     def predict(self, taps: dict[str, torch.Tensor], fast: bool = True) -> Prediction:
         return predict_from_logits(self.fast_logits(taps) if fast else self.reference_logits(taps))

@@ -29,7 +29,6 @@ from fastapi import FastAPI, Header, HTTPException, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, StreamingResponse
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .annotate_mount import AnnotateMount, load_annotate_factory
 from .guards import ApiKeyMiddleware, BodyLimitMiddleware, Slots
@@ -139,10 +138,13 @@ def create_app(settings: Settings, codec=None) -> FastAPI:
 
     @app.get("/healthz", tags=["health"])
     async def healthz() -> dict:
+        """Liveness: answers at once, even while pairs are being generated. Never needs the API key."""
         return {"status": "ok"}
 
     @app.get("/readyz", tags=["health"], responses={503: {"model": Message}})
     async def readyz() -> JSONResponse:
+        """Readiness (runs folder readable, job workers alive) and the service counters, e.g.
+        `generated_pairs_total`. Never needs the API key."""
         runner = state.get("runner")
         ok = settings.runs_dir.is_dir() and runner is not None and all(t.is_alive() for t in runner.threads)
         doc = {"ready": ok, "active_streams": slots.used, "max_concurrent": slots.limit, **metrics.snapshot()}
@@ -158,6 +160,7 @@ def create_app(settings: Settings, codec=None) -> FastAPI:
 
     @app.get("/v1/models", response_model=ModelList, tags=["models"], responses=ERRORS)
     async def list_models():
+        """Runs ready to serve: a folder under RUNS with a generator and an interpreter."""
         return {"models": [r.public() for r in await anyio.to_thread.run_sync(registry.list)]}
 
     @app.get("/v1/models/{model_id}", response_model=ModelOut, tags=["models"], responses=ERRORS)
@@ -171,6 +174,15 @@ def create_app(settings: Settings, codec=None) -> FastAPI:
                          429: {"model": Message, "description": "too many streams at once; retry after Retry-After"},
                          503: {"model": Message}, **ERRORS})
     async def stream_pairs(model_id: str, req: PairsRequest):
+        """Stream pairs as they are made, batch by batch: a tar in WebDataset layout
+        (`{seed:08d}.image.png`, `.mask.png`, `.overlay.png`, `.uncertainty.png`, `.json`) or NDJSON
+        (one pair a line, PNGs in base64). The same request always gives the same bytes.
+
+        `n` is capped by the server (`--max-n`); larger requests must be jobs. With `drop_uncertain`,
+        a scoring pass renders the requested seeds first, keeping only their scores; the kept seeds are
+        then rendered again and streamed (memory stays flat; such requests cost twice the compute and
+        their first byte comes after the scoring pass). A client that disconnects stops generation
+        within one batch."""
         info = await anyio.to_thread.run_sync(registry.info, model_id)
         if req.n > settings.max_n:
             raise HTTPException(422, f"n = {req.n} is over this server's limit of {settings.max_n} pairs per "
@@ -221,6 +233,10 @@ def create_app(settings: Settings, codec=None) -> FastAPI:
                          503: {"model": Message}, **ERRORS})
     async def create_job(model_id: str, req: JobRequest, request: Request,
                          idempotency_key: str | None = Header(None, min_length=1, max_length=200)):
+        """Queue a job writing the pairs into tar shards (`--shard-size` pairs each). Answers 202 with
+        `Location: /v1/jobs/{id}`. A repeated request with the same `Idempotency-Key` returns the same
+        job; the same key with a different request is a 409. Jobs survive a server restart: they continue
+        after their last complete shard."""
         info = await anyio.to_thread.run_sync(registry.info, model_id)
         if req.n > settings.max_job_n:
             raise HTTPException(422, f"n = {req.n} is over this server's job limit of {settings.max_job_n}; "
@@ -248,6 +264,7 @@ def create_app(settings: Settings, codec=None) -> FastAPI:
 
     @app.get("/v1/jobs/{job_id}", response_model=JobOut, tags=["jobs"], responses=ERRORS)
     async def get_job(job_id: str, request: Request):
+        """State and progress of a job, with the URLs of its complete shards."""
         return job_view(request, the_job(job_id))
 
     @app.get("/v1/jobs/{job_id}/events", tags=["jobs"],
@@ -255,6 +272,7 @@ def create_app(settings: Settings, codec=None) -> FastAPI:
                                              "`end` once the job is done, failed or cancelled",
                               "content": {"text/event-stream": {}}}, **ERRORS})
     async def job_events(job_id: str, request: Request):
+        """Server-sent events: `progress` on every change, `end` when the job is done, failed or cancelled."""
         the_job(job_id)
 
         async def events() -> AsyncIterator[bytes]:
@@ -289,6 +307,7 @@ def create_app(settings: Settings, codec=None) -> FastAPI:
                         206: {"description": "part of the shard (Range request)"},
                         416: {"description": "range not satisfiable"}, **ERRORS})
     async def get_shard(job_id: str, k: int):
+        """Shard k of a job (a complete tar); HTTP Range requests are answered with 206."""
         job = the_job(job_id)
         rec = next((s for s in job["shards"] if s["index"] == k), None)
         path = state["store"].shard_path(job_id, k) if rec else None
@@ -300,6 +319,7 @@ def create_app(settings: Settings, codec=None) -> FastAPI:
 
     @app.delete("/v1/jobs/{job_id}", tags=["jobs"], responses=ERRORS)
     async def delete_job(job_id: str) -> dict:
+        """Cancel a queued or running job (its shards are removed), or delete a finished one."""
         the_job(job_id)
         result = await anyio.to_thread.run_sync(state["store"].cancel, job_id)
         metrics.add(f"jobs_{result}_total")

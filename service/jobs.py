@@ -15,6 +15,7 @@ began is reported as failed rather than mixing pairs of two models.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import math
@@ -297,7 +298,6 @@ class JobRunner:
 
 
 def _save_npy(path: Path, array: np.ndarray) -> None:
-    import io
     buf = io.BytesIO()
     np.save(buf, array, allow_pickle=False)
     atomic_write_bytes(path, buf.getvalue())

@@ -17,7 +17,7 @@ import json
 import tarfile
 import threading
 from collections import Counter
-from typing import Callable, Iterable, Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 BLOCK = 512
 RECORD = 20 * BLOCK  # tar archives are padded to whole 10 KiB records, like GNU tar and Python's tarfile
@@ -62,7 +62,7 @@ def tar_end(written: int) -> bytes:
 def encode_parts(codec, pair, classes, include: Sequence[str]) -> list[tuple[str, bytes]]:
     """(key, bytes) of a pair in a fixed order: the included images, then the JSON record."""
     keys = tuple(PART_KEYS[p] for p in include) + ("json",)
-    encoded = codec.encode_pair(pair, classes, include=tuple(include) + ("json",))
+    encoded = codec.encode_pair(pair, classes, include=keys)
     return [(k, encoded[k]) for k in keys]
 
 
@@ -119,11 +119,3 @@ def pair_chunks(factory, codec, seeds: Sequence[int], *, truncation: float, incl
     if fmt == "tar" and not should_stop():
         yield tar_end(written)
 
-
-def write_tar(f, chunks: Iterable[bytes]) -> int:
-    """Write tar chunks to a file; returns the byte count."""
-    n = 0
-    for c in chunks:
-        f.write(c)
-        n += len(c)
-    return n

@@ -379,6 +379,16 @@ def test_mounted_under_prefix(run):
     assert not re.search(r"""(src|href)="/|fetch\(\s*["'`]/|api\(\s*["'`]/|url\(/""", text)
 
 
+def test_run_without_annotation_set(tmp_path):
+    c = TestClient(create_app(tmp_path))
+    assert c.get("/api/items").json() == {"items": [], "done": 0, "total": 0, "resolution": 0, "channels": 0,
+                                          "run": tmp_path.name}
+    r = c.get("/api/labels")
+    assert r.status_code == 404 and "datasetgan annotate" in r.json()["detail"]
+    assert c.get("/").status_code == 200
+    assert list(tmp_path.iterdir()) == []
+
+
 # ---------------------------------------------------------------------------------------------
 # CLI
 
@@ -604,3 +614,27 @@ def test_masks_saved_through_the_api_train_the_interpreter(bare_run, tmp_path):
     assert RunFolder(bare_run).interpreter.is_file()
     meta = json.loads(RunFolder(bare_run).interpreter.with_suffix(".json").read_text())
     assert "seed_00000001" in json.dumps(meta) and "seed_00000003" not in json.dumps(meta)  # drafts are not used
+
+
+def test_random_requests_never_answer_500(client, run):
+    """Random ids, query strings and bodies: always a 2xx/4xx answer with JSON or PNG, never a 500."""
+    from urllib.parse import quote
+
+    rng = np.random.default_rng(0)
+    alphabet = list("seed_0123456789./\\%~:?#&=+ -") + ["٣", "\u202e", "\x00", "é", "seed_00000003"]
+    good = png_bytes(random_mask(40))
+    before = snapshot(run)
+    for _ in range(300):
+        ident = "".join(rng.choice(alphabet, size=int(rng.integers(1, 16))))
+        suffix = str(rng.choice(["", "/image", "/mask", "/mask?format=raw", "/mask?state=x", "/mask?format="]))
+        url = "/api/items/" + quote(ident, safe=str(rng.choice(["", "/", "/%"]))) + suffix
+        method = str(rng.choice(["GET", "PUT", "DELETE", "POST"]))
+        n = int(rng.integers(0, 300))
+        body = bytes(rng.integers(0, 256, n, dtype=np.uint8)) if rng.random() < 0.5 else good[:n]
+        r = client.request(method, url, content=body if method in ("PUT", "POST") else None)
+        assert r.status_code < 500, (method, url, r.status_code, r.text[:200])
+    # only valid ids with a valid body can have saved anything: seed_00000003 with the good mask
+    after = snapshot(run)
+    changed = {k for k in set(before) | set(after) if before.get(k) != after.get(k)}
+    assert changed <= {"annotations/seed_00000003.mask.png", "annotations/seed_00000003.json"} | {
+        k for k in after if k.startswith("annotations/history/seed_00000003.")}

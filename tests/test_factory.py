@@ -129,3 +129,27 @@ def test_factory_refuses_mismatched_interpreter(tiny_run, tmp_path):
         PairFactory(run)
     with pytest.raises(FactoryError, match="datasetgan train"):
         PairFactory(tmp_path / "missing")
+
+
+def test_cli_generate(tiny_run, tmp_path):
+    from click.testing import CliRunner
+
+    from datasetgan.cli.generate import command
+
+    out = tmp_path / "wds"
+    res = CliRunner().invoke(command, [str(tiny_run), "--n", "6", "--seed-start", "10", "--out", str(out),
+                                       "--format", "wds", "--shard-size", "4", "--drop-uncertain", "0.5",
+                                       "--batch-size", "4"])
+    assert res.exit_code == 0, res.output
+    man = json.loads((out / "manifest.json").read_text())
+    assert len(man["seeds_kept"]) == 3 and len(man["seeds_dropped"]) == 3
+    assert man["shards"] == ["shard-000000.tar"]
+    with tarfile.open(out / "shard-000000.tar") as tar:
+        assert sorted({n.split(".")[0] for n in tar.getnames()}) == [f"{s:08d}" for s in man["seeds_kept"]]
+    scores = man["scores"]
+    assert max(scores[f"{s:08d}"] for s in man["seeds_kept"]) <= min(scores[f"{s:08d}"] for s in man["seeds_dropped"])
+    res = CliRunner().invoke(command, [str(tmp_path / "norun"), "--n", "2", "--out", str(tmp_path / "o")])
+    assert res.exit_code == 1 and "does not exist" in res.output
+    res = CliRunner().invoke(command, [str(tiny_run), "--n", "2", "--out", str(out)])
+    assert res.exit_code == 1 and "not an empty folder" in res.output
+    assert "Example" in CliRunner().invoke(command, ["--help"]).output

@@ -141,10 +141,12 @@ function drawCursor() {
   if (r * r * 3.2 < 6000 && scale >= 2) {
     // exact footprint: the pixels a click here would paint
     ctx.fillStyle = cls === 0 ? "rgba(255,255,255,.28)" : cssColor(cls, 0.45);
+    ctx.beginPath();
     for (const q of S.model.segmentPixels(p.x, p.y, p.x, p.y, r)) {
       const i = q % S.R, j = (q - i) / S.R;
-      ctx.fillRect(ox + i * scale, oy + j * scale, scale, scale);
+      ctx.rect(ox + i * scale, oy + j * scale, scale, scale);
     }
+    ctx.fill();
   }
   const cx = ox + p.x * scale, cy = oy + p.y * scale, rad = Math.max(r * scale, 2);
   ctx.lineWidth = 1.5;
@@ -470,6 +472,7 @@ function updateItemHeader() {
   $("item-name").title = it.id;
   const shown = S.edited && it.state !== "done" ? "draft" : it.state;
   const badge = $("item-state");
+  badge.hidden = false;
   badge.textContent = stateLabel(shown);
   badge.className = `badge ${shown}`;
   const note = $("item-note");
@@ -479,6 +482,7 @@ function updateItemHeader() {
   } else {
     note.hidden = true;
   }
+  $("save").disabled = false;
   $("prev").disabled = S.index <= 0;
   $("next").disabled = S.index >= S.items.length - 1;
 }
