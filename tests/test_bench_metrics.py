@@ -147,3 +147,16 @@ def test_hd95_matches_monai_on_random_blobs():
         ref = compute_hausdorff_distance(torch.as_tensor(p)[None, None], torch.as_tensor(t)[None, None],
                                          include_background=True, percentile=95).item()
         assert M.hd95_binary(p, t) == pytest.approx(ref, abs=1e-5)
+
+
+def test_group_folds_keep_groups_together():
+    from datasetgan.bench.folds import group_kfold
+
+    groups = [f"patient{i % 13:03d}" for i in range(100)]
+    folds = group_kfold(groups, 5, seed=1)
+    held = [va.tolist() for _, va in folds]
+    assert sorted(sum(held, [])) == list(range(100))
+    for tr, va in folds:
+        assert not {groups[i] for i in tr} & {groups[i] for i in va}
+    with pytest.raises(ValueError):
+        group_kfold(["a", "b"], 3)

@@ -66,7 +66,7 @@ def test_tiny_run_writes_all_outputs(data, tmp_path):
     run = tmp_path / "run"
     args = ["bench", str(run), "--real", str(data / "real"), "--test-real", str(data / "test"),
             "--synthetic", str(data / "synth"), "--test-generated", str(data / "testg"), "--models", "unet,fcn",
-            "--folds", "2", "--hybrid-real", "3", "--drop-uncertain", "0.2"] + TINY
+            "--folds", "2", "--hybrid-real", "3", "--drop-uncertain", "0.2", "--fold-groups", r"patient\d+"] + TINY
     r = CliRunner().invoke(main, args)
     assert r.exit_code == 0, r.output
     doc = json.loads((run / "bench/results.json").read_text())
@@ -85,6 +85,7 @@ def test_tiny_run_writes_all_outputs(data, tmp_path):
         assert m == pytest.approx(np.mean(vals)) and s == pytest.approx(np.std(vals))
     # the most uncertain 20 % of the 10 synthetic pairs were dropped (scores from records/)
     assert exps["synthetic8/unet"]["set_info"]["annotated"] == 30
+    assert exps["real12/unet"]["fold_groups"] == r"patient\d+"
     tables = (run / "bench/tables.md").read_text()
     for heading in ("Table I:", "Table II:", "Table III:", "Per-class Dice", "held-out fold"):
         assert heading in tables
@@ -94,6 +95,7 @@ def test_tiny_run_writes_all_outputs(data, tmp_path):
     again = CliRunner().invoke(main, args)  # resumes: every fold is already there
     assert again.exit_code == 0 and again.output.count("already done") == 12
     bad = CliRunner().invoke(main, args[:8] + ["--test-generated", str(data / "synth")] + args[10:])
+    assert args[8] == "--test-generated"
     assert bad.exit_code != 0 and "disjoint" in bad.output
 
 

@@ -44,6 +44,8 @@ def _limit(value: str | None) -> int | None:
               help="cpu: 64x64, MobileNetV3 backbones, few epochs. paper: 256x256, ResNet-101, the seed's protocol.")
 @click.option("--sets", help="Training sets: real, synthetic, hybrid (default: every set the given data allows).")
 @click.option("--folds", type=click.IntRange(1, 100), help="Cross-validation folds (profile default 5).")
+@click.option("--fold-groups", metavar="REGEX",
+              help="Keep images whose names share this regex match in one fold, e.g. 'patient\\d+' for ACDC.")
 @click.option("--real-limit", help="Use k real training images drawn at random (seeded), or 'all'. Profile default 500.")
 @click.option("--hybrid-real", type=click.IntRange(1), help="Real images added to the synthetic set (default 30).")
 @click.option("--synthetic-sizes", help="Synthetic set sizes, e.g. 1500,5000,10000 (Table I).")
@@ -73,7 +75,8 @@ def _limit(value: str | None) -> int | None:
 @click.option("--subset-seed", type=int, default=0, show_default=True, help="Seed of the random real subsets.")
 @click.option("--report-only", is_flag=True, help="Only rewrite tables and figures from RUN/bench/results.json.")
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
-def command(run, real, test_real, synthetic, test_generated, models, profile_name, sets, folds, real_limit,
+def command(run, real, test_real, synthetic, test_generated, models, profile_name, sets, folds, fold_groups,
+            real_limit,
             hybrid_real, synthetic_sizes, drop_uncertain, annotated, resolution, epochs, batch_size, lr, unet_channels,
             threads,
             device, save_models, init_weights, train_annotator, annotator_model, grade_dir, grade_reference,
@@ -142,6 +145,12 @@ def command(run, real, test_real, synthetic, test_generated, models, profile_nam
                    (["hybrid"] if synthetic and real else [])
     if want_bench and not set_list and not test_real:
         raise click.UsageError("give training data: --real DATA and/or --synthetic DIR (see --help)")
+    if fold_groups is not None:
+        import re
+        try:
+            re.compile(fold_groups)
+        except re.error as e:
+            raise click.BadParameter(f"not a regular expression: {e}", param_hint="--fold-groups") from None
     if grade_dir is not None and not grade_reference:
         raise click.UsageError("--grade needs --grade-reference (a segmenter file or a folder of masks)")
     if train_annotator is not None and real is None:
@@ -170,7 +179,8 @@ def command(run, real, test_real, synthetic, test_generated, models, profile_nam
                                              len(inputs.classes))
             runner.run_benchmark(run, inputs, model_cfgs, profile, save_models=save_models, init_weights=weights,
                                  device=device, progress=progress, log=click.echo,
-                                 on_fold=lambda doc: report.write_report(bench_dir, figures=False))
+                                 on_fold=lambda doc: report.write_report(bench_dir, figures=False),
+                                 fold_groups=fold_groups)
         if grade_dir is not None:
             from ..bench import grading
             g = grading.grade_folder(grade_dir, grade_reference, grade_n, device=device)
