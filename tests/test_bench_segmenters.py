@@ -98,3 +98,22 @@ def test_init_weights_from_rgb_state_dict(tmp_path):
     other = Segmenter(cfg("unet", "resnet101"))
     with pytest.raises(ValueError, match="no tensor"):
         load_init_weights(other, path)
+
+
+def test_profiles_and_model_specs():
+    from datasetgan.bench.profiles import get_profile
+    from datasetgan.bench.runner import parse_models
+
+    paper = get_profile("paper")
+    (dl,) = parse_models(list(paper.models), paper, 1, 4)
+    assert (dl.arch, dl.backbone, dl.resolution, dl.aux_loss) == ("deeplabv3", "resnet101", 256, True)
+    assert paper.folds == 5 and paper.hybrid_real == 30 and 1500 in paper.synthetic_sizes
+    cpu = get_profile("cpu", resolution=32, epochs=2)
+    cfgs = parse_models(["deeplabv3", "fcn:resnet50", "unet"], cpu, 3, 7)
+    assert [c.name for c in cfgs] == ["deeplabv3_mobilenet_v3_large", "fcn_resnet50", "unet"]
+    assert all(c.resolution == 32 and c.in_channels == 3 and c.num_classes == 7 for c in cfgs)
+    assert cpu.train.epochs == 2 and not cfgs[2].aux_loss
+    with pytest.raises(ValueError):
+        parse_models(["unet", "unet"], cpu, 1, 2)
+    with pytest.raises(ValueError):
+        get_profile("gpu")
