@@ -80,19 +80,23 @@ def generated_seeds(names: list[str], folder) -> list[int]:
 
 
 def read_scores(folder, names: list[str]) -> np.ndarray:
-    """Uncertainty score of each pair from ``records/<name>.json`` (key ``score``)."""
+    """Uncertainty score of each pair: ``records/<name>.json`` (key ``uncertainty_score`` or ``score``),
+    else the ``scores`` table of ``manifest.json``."""
+    manifest_scores = read_manifest(folder).get("scores") or {}
     scores = []
     for n in names:
         p = Path(folder) / "records" / f"{n}.json"
-        try:
-            rec = json.loads(p.read_text())
-        except FileNotFoundError:
-            raise DataError(f"{p}: missing; dropping uncertain pairs needs the records/ of a generated folder") from None
-        except json.JSONDecodeError as e:
-            raise DataError(f"{p}: not valid JSON ({e})") from None
-        score = rec.get("score", (rec.get("uncertainty") or {}).get("score") if isinstance(rec.get("uncertainty"), dict) else None)
+        rec = {}
+        if p.is_file():
+            try:
+                rec = json.loads(p.read_text())
+            except json.JSONDecodeError as e:
+                raise DataError(f"{p}: not valid JSON ({e})") from None
+        score = next((rec[k] for k in ("uncertainty_score", "score") if isinstance(rec.get(k), (int, float))),
+                     manifest_scores.get(n))
         if not isinstance(score, (int, float)):
-            raise DataError(f"{p}: has no numeric 'score'")
+            raise DataError(f"{p}: no uncertainty score for pair {n} (records/{n}.json or manifest.json 'scores'); "
+                            "dropping uncertain pairs needs a folder written by `datasetgan generate`")
         scores.append(float(score))
     return np.asarray(scores)
 
@@ -107,16 +111,29 @@ def read_manifest(folder) -> dict:
         raise DataError(f"{p}: not valid JSON ({e})") from None
 
 
-def annotation_count(manifest: dict) -> int | None:
-    """How many annotated images trained the interpreter that made a generated folder, if recorded."""
-    keys = ("n_annotations", "num_annotations", "annotations", "annotated", "n_annotated")
-    for scope in (manifest, manifest.get("interpreter") if isinstance(manifest.get("interpreter"), dict) else {}):
-        for k in keys:
-            v = scope.get(k)
-            if isinstance(v, int) and not isinstance(v, bool):
-                return v
-            if isinstance(v, list):
-                return len(v)
+def annotation_count(manifest: dict, folder=None) -> int | None:
+    """How many annotated images trained the interpreter that made a generated folder: from the
+    manifest if it says, else from the interpreter's JSON sidecar of the run folder the generated
+    folder sits in (RUN/generated/NAME or RUN/NAME), when its hash matches the manifest's."""
+    for k in ("n_annotations", "num_annotations", "annotations", "annotated"):
+        v = manifest.get(k)
+        if isinstance(v, int) and not isinstance(v, bool):
+            return v
+        if isinstance(v, list):
+            return len(v)
+    sha = manifest.get("interpreter_sha256")
+    if folder is None or not sha:
+        return None
+    folder = Path(folder).resolve()
+    for run in (folder.parent.parent, folder.parent):
+        side = run / "interpreter.json"
+        if side.is_file():
+            try:
+                meta = json.loads(side.read_text())
+            except json.JSONDecodeError:
+                continue
+            if meta.get("sha256") == sha and isinstance(meta.get("annotations"), list):
+                return len(meta["annotations"])
     return None
 
 
@@ -142,7 +159,7 @@ def load_generated(path, resolution: int, size: int | None = None, drop_uncertai
     out.seeds = [seeds[i] for i in idx]
     manifest = read_manifest(path)
     out.info.update(kind="synthetic", n=len(out), size=n, drop_uncertain=drop_uncertain,
-                    annotated=annotation_count(manifest), seed_min=min(out.seeds), seed_max=max(out.seeds))
+                    annotated=annotation_count(manifest, path), seed_min=min(out.seeds), seed_max=max(out.seeds))
     return out
 
 

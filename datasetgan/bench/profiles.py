@@ -7,7 +7,9 @@ DeepLabV3 recipe (SGD, momentum 0.9, lr 0.01 with polynomial decay, weight decay
 head weighted 0.5).
 
 ``cpu``: the same protocol scaled to a shared 2-core CPU: 64x64, MobileNetV3-Large backbones and a
-narrow U-Net, Adam, a few epochs; a 3-model comparison on 500 real images takes about half an hour.
+narrow U-Net, Adam, a few epochs; a 3-model comparison on 500 real images takes about half an hour
+of one core. It uses ONE thread: on a shared, oversubscribed CPU, OpenMP threads spin-waiting for each
+other made a 2-thread training step cost 17x the CPU time of a 1-thread step (measured here).
 """
 from __future__ import annotations
 
@@ -67,7 +69,7 @@ PROFILES = {
         backbones={"deeplabv3": "mobilenet_v3_large", "fcn": "mobilenet_v3_large"},
         unet_channels=(16, 32, 64, 128, 256), aux_loss=False,
         train=TrainConfig(epochs=5, batch_size=8, optimizer="adam", lr=1e-3, weight_decay=1e-4),
-        folds=5, real_limit=500, hybrid_real=30, synthetic_sizes=(1500,), threads=2, eval_batch=64),
+        folds=5, real_limit=500, hybrid_real=30, synthetic_sizes=(1500,), threads=1, eval_batch=64),
 }
 
 

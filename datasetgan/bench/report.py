@@ -235,13 +235,16 @@ def plot_predictions(doc: dict, bench_dir: Path) -> bytes | None:
     return data
 
 
-def write_report(bench_dir) -> list[Path]:
-    """Write tables.md, bars.png and predictions.png from results.json; returns the paths written."""
+def write_report(bench_dir, figures: bool = True) -> list[Path]:
+    """Write tables.md (and, with ``figures``, bars.png and predictions.png) from results.json;
+    returns the paths written."""
     bench_dir = Path(bench_dir)
     doc = json.loads((bench_dir / "results.json").read_text())
     written = []
     atomic_write_text(bench_dir / "tables.md", build_tables(doc))
     written.append(bench_dir / "tables.md")
+    if not figures:
+        return written
     for name, data in (("bars.png", plot_bars(doc)), ("predictions.png", plot_predictions(doc, bench_dir))):
         if data:
             atomic_write_bytes(bench_dir / name, data)

@@ -18,7 +18,7 @@ import torch
 
 from ..atomic import atomic_path, atomic_write_text
 from . import datasets as D
-from .folds import kfold
+from .folds import group_kfold, kfold
 from .metrics import evaluate, mean_std, to_json
 from .profiles import Profile
 from .segmenters import Segmenter, SegmenterConfig, load_init_weights, save_segmenter
@@ -29,7 +29,7 @@ METRIC_NOTES = (
     "IoU/Dice/pixel accuracy from one confusion matrix summed over the test set; a class absent from both "
     "truth and prediction in the whole set is skipped (NaN), one never predicted scores 0. miou includes "
     "background (class 0), miou_fg excludes it. HD95 in pixels at the benchmark resolution, per image and "
-    "foreground class (MONAI, percentile 95); skipped when the class is absent from both masks, set to the "
+    "foreground class (boundary distances, percentile 95, as MONAI); skipped when the class is absent from both masks, set to the "
     "image diagonal when absent from exactly one; averaged over images then classes. mean +- std over folds "
     "(population std). Each fold trains on k-1 parts of the training set; 'val' is its held-out part.")
 SPLITS = ("val", "test_r", "test_g")
@@ -126,6 +126,16 @@ def load_inputs(profile: Profile, sets: list[str], real=None, test_real=None, sy
     return BenchInputs(train_sets, test_r, test_g, classes)
 
 
+def name_groups(names: list[str], pattern: str) -> list[str]:
+    """The group of each name: the regex match (its first group if any); a name without one is alone."""
+    rx = re.compile(pattern)
+    out = []
+    for n in names:
+        m = rx.search(n)
+        out.append((m.group(1) if rx.groups else m.group(0)) if m else f"\0{n}")
+    return out
+
+
 def fingerprint(*parts) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -185,8 +195,12 @@ def save_npy(path: Path, array: np.ndarray) -> None:
 
 def run_benchmark(run_dir, inputs: BenchInputs, models: list[SegmenterConfig], profile: Profile,
                   folds: int | None = None, save_models: bool = False, init_weights: dict | None = None,
-                  device: str = "cpu", progress: bool = True, log=print, on_fold=None, should_stop=None) -> dict:
-    """Train and score every (training set, model) pair over k folds; returns the results document."""
+                  device: str = "cpu", progress: bool = True, log=print, on_fold=None, should_stop=None,
+                  fold_groups: str | None = None) -> dict:
+    """Train and score every (training set, model) pair over k folds; returns the results document.
+
+    ``fold_groups``: a regular expression whose match (first group if it has one) in an image name
+    is its group (e.g. ``patient\\d+``); a group's images then stay in one fold."""
     bench = Path(run_dir) / "bench"
     bench.mkdir(parents=True, exist_ok=True)
     results = Results(bench)
@@ -204,15 +218,23 @@ def run_benchmark(run_dir, inputs: BenchInputs, models: list[SegmenterConfig], p
     # fold-major order: an interrupted run has every model for its first folds, not one model for all
     plans = []
     for exp in experiments:
-        fp = fingerprint(exp.train.info, len(exp.train), exp.model.to_dict(), profile.train.__dict__, k,
-                         str((init_weights or {}).get(exp.model.arch)))
+        parts = [exp.train.info, len(exp.train), exp.model.to_dict(), profile.train.__dict__, k,
+                 str((init_weights or {}).get(exp.model.arch))]
+        if fold_groups:
+            parts.append(fold_groups)
+        fp = fingerprint(*parts)
         entry = results.doc["experiments"].get(exp.key)
         if not entry or entry.get("fingerprint") != fp:
             entry = {"set": exp.set_key, "set_info": exp.train.info, "model": exp.model.to_dict(),
                      "model_name": exp.model.name, "train": profile.train.__dict__, "folds_k": k,
                      "n_train": len(exp.train), "fingerprint": fp, "folds": []}
         results.doc["experiments"][exp.key] = entry
-        plans.append((exp, entry, kfold(len(exp.train), k, seed=profile.train.seed)))
+        if fold_groups:
+            splits = group_kfold(name_groups(exp.train.names, fold_groups), k, seed=profile.train.seed)
+        else:
+            splits = kfold(len(exp.train), k, seed=profile.train.seed)
+        entry["fold_groups"] = fold_groups
+        plans.append((exp, entry, splits))
     # experiments of earlier runs that this run does not repeat are kept in results.json as they were
     results.save()
     for f_i in range(k):
@@ -223,7 +245,7 @@ def run_benchmark(run_dir, inputs: BenchInputs, models: list[SegmenterConfig], p
                 log(f"[{exp.key}] fold {f_i + 1}/{k} already done; skipped")
                 continue
             train, (tr, va) = exp.train, splits[f_i]
-            t0 = time.time()
+            t0, c0 = time.time(), time.process_time()
             torch.manual_seed(profile.train.seed + f_i)
             model = Segmenter(exp.model, inputs.classes).to(device)
             if init_weights and init_weights.get(exp.model.arch):
@@ -243,6 +265,7 @@ def run_benchmark(run_dir, inputs: BenchInputs, models: list[SegmenterConfig], p
                     if split == "test_r" and (not entry["folds"] or not sample.is_file()):
                         save_npy(sample, pred[sample_indices(test.masks)])
             rec["seconds"] = round(time.time() - t0, 1)
+            rec["cpu_seconds"] = round(time.process_time() - c0, 1)  # wall time depends on the machine's load
             if save_models:
                 path = bench / "models" / f"{safe_name(exp.key)}_fold{f_i}.safetensors"
                 save_segmenter(path, model, {"experiment": exp.key, "fold": f_i})

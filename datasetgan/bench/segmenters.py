@@ -141,7 +141,7 @@ class Segmenter(nn.Module):
     @staticmethod
     def normalise(images: np.ndarray | torch.Tensor) -> torch.Tensor:
         """uint8 [N, C, H, W] -> float [-1, 1] (the range generated images come from)."""
-        x = torch.as_tensor(np.asarray(images)) if not torch.is_tensor(images) else images
+        x = images if torch.is_tensor(images) else torch.from_numpy(np.array(images, dtype=np.uint8))
         return x.float() / 127.5 - 1.0
 
     @torch.no_grad()

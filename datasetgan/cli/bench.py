@@ -44,6 +44,8 @@ def _limit(value: str | None) -> int | None:
               help="cpu: 64x64, MobileNetV3 backbones, few epochs. paper: 256x256, ResNet-101, the seed's protocol.")
 @click.option("--sets", help="Training sets: real, synthetic, hybrid (default: every set the given data allows).")
 @click.option("--folds", type=click.IntRange(1, 100), help="Cross-validation folds (profile default 5).")
+@click.option("--fold-groups", metavar="REGEX",
+              help="Keep images whose names share this regex match in one fold, e.g. 'patient\\d+' for ACDC.")
 @click.option("--real-limit", help="Use k real training images drawn at random (seeded), or 'all'. Profile default 500.")
 @click.option("--hybrid-real", type=click.IntRange(1), help="Real images added to the synthetic set (default 30).")
 @click.option("--synthetic-sizes", help="Synthetic set sizes, e.g. 1500,5000,10000 (Table I).")
@@ -55,6 +57,7 @@ def _limit(value: str | None) -> int | None:
 @click.option("--epochs", type=click.IntRange(1), help="Override the profile's epochs.")
 @click.option("--batch-size", type=click.IntRange(2), help="Override the profile's batch size.")
 @click.option("--lr", type=float, help="Override the profile's learning rate.")
+@click.option("--unet-channels", help="U-Net channel widths per level, e.g. 16,32,64,128,256 (profile default).")
 @click.option("--threads", type=click.IntRange(1), help="torch.set_num_threads (profile default).")
 @click.option("--device", default="cpu", show_default=True, help="cpu or cuda[:N].")
 @click.option("--save-models", is_flag=True, help="Keep every fold's segmenter in RUN/bench/models/.")
@@ -72,8 +75,10 @@ def _limit(value: str | None) -> int | None:
 @click.option("--subset-seed", type=int, default=0, show_default=True, help="Seed of the random real subsets.")
 @click.option("--report-only", is_flag=True, help="Only rewrite tables and figures from RUN/bench/results.json.")
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
-def command(run, real, test_real, synthetic, test_generated, models, profile_name, sets, folds, real_limit,
-            hybrid_real, synthetic_sizes, drop_uncertain, annotated, resolution, epochs, batch_size, lr, threads,
+def command(run, real, test_real, synthetic, test_generated, models, profile_name, sets, folds, fold_groups,
+            real_limit,
+            hybrid_real, synthetic_sizes, drop_uncertain, annotated, resolution, epochs, batch_size, lr, unet_channels,
+            threads,
             device, save_models, init_weights, train_annotator, annotator_model, grade_dir, grade_reference,
             grade_n, subset_seed, report_only, no_progress):
     """Benchmark DeepLabV3, FCN and U-Net trained on synthetic, real and hybrid sets; score on test-R/test-G.
@@ -96,6 +101,7 @@ def command(run, real, test_real, synthetic, test_generated, models, profile_nam
     """
     import torch
 
+    from ..checkpoint import CheckpointError
     from ..data import DataError
     from ..bench import report
     from ..bench.profiles import get_profile
@@ -112,6 +118,10 @@ def command(run, real, test_real, synthetic, test_generated, models, profile_nam
                                        threads=threads).items() if v is not None}
     if folds is not None:
         overrides["folds"] = folds
+    if unet_channels is not None:
+        overrides["unet_channels"] = tuple(_csv(unet_channels, int))
+        if len(overrides["unet_channels"]) < 2:
+            raise click.BadParameter("give at least two widths", param_hint="--unet-channels")
     if resolution is not None and (resolution < 16 or resolution & (resolution - 1)):
         raise click.BadParameter("must be a power of two, at least 16", param_hint="--resolution")
     try:
@@ -135,6 +145,12 @@ def command(run, real, test_real, synthetic, test_generated, models, profile_nam
                    (["hybrid"] if synthetic and real else [])
     if want_bench and not set_list and not test_real:
         raise click.UsageError("give training data: --real DATA and/or --synthetic DIR (see --help)")
+    if fold_groups is not None:
+        import re
+        try:
+            re.compile(fold_groups)
+        except re.error as e:
+            raise click.BadParameter(f"not a regular expression: {e}", param_hint="--fold-groups") from None
     if grade_dir is not None and not grade_reference:
         raise click.UsageError("--grade needs --grade-reference (a segmenter file or a folder of masks)")
     if train_annotator is not None and real is None:
@@ -145,9 +161,11 @@ def command(run, real, test_real, synthetic, test_generated, models, profile_nam
     progress = not no_progress
     try:
         wanted_sets = set_list if want_bench else []
-        inputs = runner.load_inputs(profile, wanted_sets, real, test_real, list(synthetic), test_generated, limit,
-                                    hybrid_real, _csv(synthetic_sizes, int) or None, drop_uncertain,
-                                    _csv(annotated, int) or None, subset_seed)
+        inputs = None
+        if want_bench or train_annotator is not None:
+            inputs = runner.load_inputs(profile, wanted_sets, real, test_real, list(synthetic), test_generated,
+                                        limit, hybrid_real, _csv(synthetic_sizes, int) or None, drop_uncertain,
+                                        _csv(annotated, int) or None, subset_seed)
         if train_annotator is not None:
             from ..bench import datasets as D
             train = D.load_real(real, profile.resolution, limit, subset_seed, "--real")
@@ -161,15 +179,16 @@ def command(run, real, test_real, synthetic, test_generated, models, profile_nam
                                              len(inputs.classes))
             runner.run_benchmark(run, inputs, model_cfgs, profile, save_models=save_models, init_weights=weights,
                                  device=device, progress=progress, log=click.echo,
-                                 on_fold=lambda doc: report.write_report(bench_dir))
+                                 on_fold=lambda doc: report.write_report(bench_dir, figures=False),
+                                 fold_groups=fold_groups)
         if grade_dir is not None:
             from ..bench import grading
-            g = grading.grade_folder(grade_dir, grade_reference, profile.resolution, grade_n, device=device)
+            g = grading.grade_folder(grade_dir, grade_reference, grade_n, device=device)
             grading.store(bench_dir, g)
             click.echo(grading.summary_line(g))
     except (DataError, ValueError, FileNotFoundError) as e:
         raise click.ClickException(str(e)) from None
-    except RuntimeError as e:  # checkpoint errors and the like
+    except CheckpointError as e:
         raise click.ClickException(str(e)) from None
     if (bench_dir / "results.json").is_file():
         for p in report.write_report(bench_dir):
