@@ -86,3 +86,29 @@ def test_evaluator_scores_a_generator(inception, tmp_path):
 def test_rejects_wrong_input(inception):
     with pytest.raises(fid.FIDError, match="uint8"):
         fid.inception_features(inception, np.zeros((2, 1, 8, 8), np.float32))
+
+
+def test_fid_command(tmp_path, monkeypatch, inception):
+    from click.testing import CliRunner
+    from PIL import Image
+
+    from datasetgan.checkpoint import save_generator
+    from datasetgan.cli import main
+
+    monkeypatch.setenv("DATASETGAN_CACHE", str(tmp_path / "cache"))
+    data = tmp_path / "data"
+    data.mkdir()
+    for i, img in enumerate(smooth_set(n=4, size=16)):
+        Image.fromarray(img[0]).save(data / f"{i}.png")
+    run = tmp_path / "run"
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        G = Generator(GeneratorConfig(resolution=16, z_dim=16, w_dim=16, mapping_layers=1, channel_base=64,
+                                      channel_max=16))
+    save_generator(run / "generator.safetensors", G)
+    res = CliRunner().invoke(main, ["fid", str(run), str(data), "--n", "4", "--json"])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.output.strip().splitlines()[-1])
+    assert out["generated"] == 4 and out["real"] == 4 and out["fid"] > 0
+    res = CliRunner().invoke(main, ["fid", str(tmp_path / "data"), str(data)])  # a folder without a generator
+    assert res.exit_code != 0 and "run `datasetgan train` first" in res.output and "Traceback" not in res.output

@@ -55,10 +55,21 @@ def test_train_writes_outputs_and_resume_is_exact(acdc, tmp_path, monkeypatch):
     full, cut = tmp_path / "full", tmp_path / "cut"
     # Uninterrupted: 320 images with a snapshot every 160.
     run_cli(["train", acdc, "--out", str(full), "--kimg", "0.32", "--snap", "0.16", *TINY])
-    # Interrupted after the first snapshot, then resumed to the same total.
-    run_cli(["train", acdc, "--out", str(cut), "--kimg", "0.16", "--snap", "0.16", *TINY])
+    # Interrupted (Ctrl-C) at 240 images, after the snapshot at 160 and log lines beyond it ...
+    real_step = Trainer.train_step
+
+    def step_then_interrupt(self):
+        if self.nimg >= 240:
+            raise KeyboardInterrupt
+        real_step(self)
+
+    with monkeypatch.context() as m:
+        m.setattr(Trainer, "train_step", step_then_interrupt)
+        res = CliRunner().invoke(main, ["train", acdc, "--out", str(cut), "--kimg", "0.32", "--snap", "0.16", *TINY])
+    assert res.exit_code != 0 and "interrupted at 240 images" in res.output and "Traceback" not in res.output
     _, mid = snapshot_state(cut)
     assert mid["nimg"] == 160 and mid["step"] == 20
+    # ... then resumed to the same total.
     res = run_cli(["train", acdc, "--out", str(cut), "--kimg", "0.32", "--snap", "0.16", "--resume", *TINY])
     assert "resumed from snapshot-000000160" in res.output
 
