@@ -7,11 +7,12 @@ the environment variable ``STYLEGAN2_OPS_BACKEND`` forces a choice for the whole
 from __future__ import annotations
 
 from . import ref
+from .allocator import tune_allocator
 from .backend import select
 from .filters import down_padding, setup_filter, up_padding
 
 __all__ = ["bias_act", "upfirdn2d", "conv2d_resample", "modulated_conv2d", "setup_filter",
-           "up_padding", "down_padding"]
+           "up_padding", "down_padding", "tune_allocator"]
 
 
 def bias_act(x, b=None, dim=1, act="linear", alpha=None, gain=None, clamp=None, backend=None):
