@@ -158,9 +158,7 @@ def uncertainty_png(js: np.ndarray, scale: float) -> np.ndarray:
 
 
 def encode_pair(pair: Pair, classes: list[ClassInfo], include=KEYS) -> dict[str, bytes]:
-    """The files of a pair as bytes (same pair -> same bytes). ``include`` names parts as keys
-    ("image.png") or, as the service contract does, without the suffix ("image")."""
-    include = tuple(k if k in KEYS else f"{k}.png" for k in include)
+    """The files of a pair as bytes (same pair -> same bytes)."""
     bad = set(include) - set(KEYS)
     if bad:
         raise FactoryError(f"unknown part(s) {sorted(bad)}; choose from {list(KEYS)}")
