@@ -6,11 +6,11 @@
 #
 # Steps (every intermediate file goes to $WORK, default build/demo, which git ignores):
 #   1. phantom data: 1000 training slices (seed 0) and 200 held-out slices (seed 1), 32x32, with masks
-#   2. the generator: StyleGAN2-ADA, preset cpu-demo (32x32, 8..64 channels), 40k images shown
+#   2. the generator: StyleGAN2-ADA, preset cpu-demo (32x32, 16..64 channels), 60k images shown
 #   3. the annotator: a small U-Net trained on the phantom's real masks, scored on the held-out slices
 #   4. 30 generated seeds labelled by that annotator (model-assisted annotation, recorded as model-made)
 #   5. the style interpreter (10 pixel classifiers) trained on those 30 masks
-#   6. generator + interpreter (+ the annotation set's labels and records) copied to demo/run/
+#   6. generator + interpreter + the annotation set (30 images, masks, records) copied to demo/run/
 #   7. a check: 16 pairs generated from demo/run/ and graded against the annotator
 #
 # Needs `datasetgan` on PATH (pip install -e .) or DATASETGAN="python -m datasetgan" from the repo root.
@@ -20,7 +20,7 @@ cd "$(dirname "$0")/.."
 DG=${DATASETGAN:-datasetgan}
 WORK=${WORK:-build/demo}
 THREADS=${THREADS:-1}
-KIMG=${KIMG:-40}
+KIMG=${KIMG:-60}
 RES=32
 export OMP_NUM_THREADS=$THREADS
 
@@ -54,7 +54,7 @@ log "6. copy to demo/run"
 rm -rf demo/run.new && mkdir -p demo/run.new/annotations
 cp "$WORK/run/generator.safetensors" "$WORK/run/generator.json" \
    "$WORK/run/interpreter.safetensors" "$WORK/run/interpreter.json" demo/run.new/
-cp "$WORK/run/annotations/labels.json" "$WORK/run/annotations/"seed_*.json demo/run.new/annotations/
+cp "$WORK/run/annotations/labels.json" "$WORK/run/annotations/"seed_* demo/run.new/annotations/
 [ -f "$WORK/run/training/log.jsonl" ] && cp "$WORK/run/training/log.jsonl" demo/run.new/training-log.jsonl
 rm -rf demo/run && mv demo/run.new demo/run
 du -sh demo/run
