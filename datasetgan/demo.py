@@ -93,6 +93,10 @@ class Server:
         root = str(Path(datasetgan.__file__).resolve().parents[1])
         env["PYTHONPATH"] = os.pathsep.join([root] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
         env["PYTHONUNBUFFERED"] = "1"
+        # The demo's 32x32 model gains nothing from the fused C++ operations, whose first use compiles
+        # them (minutes on a small machine); the pure PyTorch reference starts at once. An explicit
+        # STYLEGAN2_OPS_BACKEND still wins.
+        env.setdefault("STYLEGAN2_OPS_BACKEND", "ref")
         cmd = [sys.executable, "-m", "datasetgan", "serve", "--runs", str(runs_dir), "--host", "127.0.0.1",
                "--port", str(port), "--api-key-env", "DATASETGAN_DEMO_NO_KEY", "--log-level", "info"]
         self.cmd = cmd

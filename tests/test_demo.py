@@ -43,7 +43,7 @@ def _cli(args, **kw):
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw)
 
 
-def test_demo_writes_pairs_and_prints_instructions(demo_run, tmp_path):
+def test_demo_writes_pairs_and_prints_instructions(demo_run, tmp_path, monkeypatch):
     run, extra = demo_run
     proc = _cli(["--out", "out", "--n", "3", *extra], cwd=tmp_path)
     output, _ = proc.communicate(timeout=600)
@@ -65,9 +65,11 @@ def test_demo_writes_pairs_and_prints_instructions(demo_run, tmp_path):
     # the written folder is a canonical data folder
     ds = load_image_folder(out, res, cache_dir=False)
     assert len(ds) == 3 and ds.masks is not None
-    # the pairs are the run's own: same bytes as the pair factory makes in this process
+    # the pairs are the run's own: same bytes as the pair factory makes in this process (with the
+    # reference operations, which the demo's server uses)
     from datasetgan.factory import PairFactory, encode_pair
 
+    monkeypatch.setenv("STYLEGAN2_OPS_BACKEND", "ref")
     factory = PairFactory(out / "runs" / DEMO_ID)
     pair = next(iter(factory.pairs([1])))
     files = encode_pair(pair, factory.classes)
