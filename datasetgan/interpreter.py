@@ -256,20 +256,16 @@ class Interpreter(nn.Module):
                 x = torch.cat([taps[name][i] for name in names], 0).to(w.dtype)   # [c, r, r]
                 if r == R:  # [y, M*h1, x]: R matmuls of [M*h1, c] x [c, R]
                     hidden = torch.matmul(w, x.permute(1, 0, 2))
-                else:       # one matmul, then laid out as [chunk k, y, channel in chunk, x]
-                    p = torch.matmul(w, x.reshape(x.shape[0], r * r))              # [M*h1, r*r]
-                    proj[r] = torch.stack([p[c0: c0 + chunk].reshape(-1, r, r).transpose(0, 1)
-                                           for c0 in range(0, width, chunk)]) if width % chunk == 0 else \
-                        [p[c0: c0 + chunk].reshape(-1, r, r).transpose(0, 1).contiguous()
-                         for c0 in range(0, width, chunk)]
+                else:       # [M*h1, y, x]: one matmul
+                    proj[r] = torch.matmul(w, x.reshape(x.shape[0], r * r)).reshape(-1, r, r)
             if hidden is None:
                 hidden = torch.zeros(R, width, R, dtype=b1.dtype, device=b1.device)
-            for k, c0 in enumerate(range(0, width, chunk) if xs else ()):
+            for c0 in range(0, width, chunk) if xs else ():
                 c1 = min(width, c0 + chunk)
-                # along x: 1D linear interpolation (PyTorch's bilinear weights, a fast kernel) of
-                # [y, channel, x] blocks; the cat stacks the rows of all resolutions, y first
-                q = torch.cat([F.interpolate(proj[r][k], size=R, mode="linear", align_corners=False)
-                               for r in xs])                                     # [sum r, chunk, R]
+                # along x: 1D linear interpolation has PyTorch's bilinear weights and a fast kernel;
+                # the cat puts the rows of all resolutions together, y first, in one pass
+                q = torch.cat([F.interpolate(proj[r][c0:c1], size=R, mode="linear", align_corners=False)
+                               .permute(1, 0, 2) for r in xs])                   # [sum r, chunk, R]
                 hidden[:, c0:c1].reshape(R, -1).addmm_(ymat, q.reshape(rows, -1))
             h = hidden.add_(b1[None, :, None]).relu_().reshape(R, M, -1, R)     # [y, M, h1, x]
             for j, (w, b) in enumerate(rest):
