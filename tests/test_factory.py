@@ -153,3 +153,21 @@ def test_cli_generate(tiny_run, tmp_path):
     res = CliRunner().invoke(command, [str(tiny_run), "--n", "2", "--out", str(out)])
     assert res.exit_code == 1 and "not an empty folder" in res.output
     assert "Example" in CliRunner().invoke(command, ["--help"]).output
+
+
+def test_rgb_run_with_five_classes(tmp_path):
+    from conftest import build_tiny_run
+
+    run = build_tiny_run(tmp_path / "rgb", resolution=32, img_channels=3, num_classes=5, annotated=3, members=2)
+    f = PairFactory(run)
+    assert f.img_channels == 3 and f.resolution == 32 and len(f.classes) == 5
+    man = generate(f, [4, 8, 15], tmp_path / "out", batch_size=2)
+    assert man["seeds_kept"] == [4, 8, 15] and man["seeds_dropped"] == []
+    ds = load_image_folder(tmp_path / "out", 32, cache_dir=False)
+    assert ds.images.shape == (3, 3, 32, 32) and ds.masks.max() < 5 and len(ds.classes) == 5
+    p = next(f.pairs([8]))
+    ov = np.asarray(Image.open(tmp_path / "out" / "overlays" / "00000008.png"))
+    assert ov.shape == (32, 32, 3)
+    assert np.array_equal(ov[p.mask == 0], p.image[p.mask == 0])     # class 0 is not tinted
+    if (p.mask > 0).any():
+        assert not np.array_equal(ov[p.mask > 0], p.image[p.mask > 0])
