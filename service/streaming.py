@@ -93,6 +93,15 @@ def kept_seeds(codec, seeds: Sequence[int], scores: Sequence[float], fraction: f
     return [seeds[i] for i in kept]
 
 
+def first_alone(factory, seeds: Sequence[int], truncation: float, batch_size: int,
+                should_stop: Callable[[], bool]) -> Iterator:
+    """The pairs of the seeds, the first one in a batch of its own so that the first byte leaves
+    after one pair's work rather than a whole batch's (a pair does not depend on its batch)."""
+    for part in (seeds[:1], seeds[1:]):
+        if len(part):
+            yield from factory.pairs(part, truncation=truncation, batch_size=batch_size, should_stop=should_stop)
+
+
 def pair_chunks(factory, codec, seeds: Sequence[int], *, truncation: float, include: Sequence[str], fmt: str,
                 drop_uncertain: float, batch_size: int, should_stop: Callable[[], bool],
                 metrics: Metrics | None = None) -> Iterator[bytes]:
@@ -107,7 +116,7 @@ def pair_chunks(factory, codec, seeds: Sequence[int], *, truncation: float, incl
         seeds = kept_seeds(codec, seeds, scores, drop_uncertain)
     written = 0
     classes = factory.classes
-    for pair in factory.pairs(seeds, truncation=truncation, batch_size=batch_size, should_stop=should_stop):
+    for pair in first_alone(factory, seeds, truncation, batch_size, should_stop):
         if metrics:
             metrics.add("generated_pairs_total")
         parts = encode_parts(codec, pair, classes, include)

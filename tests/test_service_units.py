@@ -219,3 +219,19 @@ def test_job_resumes_after_its_last_complete_shard(tmp_path):
     assert again == full and store2.get(job["id"])["state"] == "done"
     names = [m for data in again for m in tarfile.open(fileobj=io.BytesIO(data)).getnames()]
     assert names == [f"{s:08d}.{k}" for s in range(3, 13) for k in ("image.png", "mask.png", "json")]
+
+
+def test_serve_cli_refuses_bad_options(tmp_path):
+    from click.testing import CliRunner
+
+    from datasetgan.cli import main
+    runner = CliRunner()
+    r = runner.invoke(main, ["serve", "--help"])
+    assert r.exit_code == 0 and "Example" in r.output
+    r = runner.invoke(main, ["serve", "--runs", str(tmp_path / "missing")])
+    assert r.exit_code == 2 and "no such folder" in r.output
+    r = runner.invoke(main, ["serve", "--runs", str(tmp_path), "--max-n", "0"])
+    assert r.exit_code == 2 and "--max-n" in r.output
+    (tmp_path / "file").write_text("")
+    r = runner.invoke(main, ["serve", "--runs", str(tmp_path), "--jobs-dir", str(tmp_path / "file" / "jobs")])
+    assert r.exit_code == 1 and "jobs folder" in r.output and "Traceback" not in r.output

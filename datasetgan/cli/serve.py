@@ -62,6 +62,11 @@ def command(runs_dir, host, port, api_key_env, api_key, max_n, max_job_n, max_co
                             shard_size=shard_size, device=device, torch_threads=torch_threads)
     except ValueError as e:
         raise click.UsageError(str(e)) from None
+    try:
+        settings.jobs_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise click.ClickException(f"cannot create the jobs folder {settings.jobs_dir} ({e.strerror}); "
+                                   "choose another with --jobs-dir") from None
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     app = create_app(settings)
     click.echo(f"serving {runs_dir} on http://{host}:{port} (API key {'required' if api_key else 'off'}; docs at /docs)")
