@@ -141,20 +141,17 @@ def read_mask(path: Path) -> np.ndarray:
                     f"got mode {im.mode}")
 
 
-def square_box(h: int, w: int, fit: str) -> tuple[int, int, int, int]:
-    """(top, left, size, size): the centred square to crop (fit=crop) or pad to (fit=pad)."""
-    s = min(h, w) if fit == "crop" else max(h, w)
-    return (h - s) // 2, (w - s) // 2, s, s
-
-
 def fit_square(a: np.ndarray, fit: str) -> np.ndarray:
     """Centre-crop or zero-pad an [H, W, ...] array to a square."""
     h, w = a.shape[:2]
-    top, left, s, _ = square_box(h, w, fit)
     if fit == "crop":
+        s = min(h, w)
+        top, left = (h - s) // 2, (w - s) // 2
         return a[top: top + s, left: left + s]
+    s = max(h, w)
+    top, left = (s - h) // 2, (s - w) // 2
     out = np.zeros((s, s) + a.shape[2:], dtype=a.dtype)
-    out[-top: -top + h, -left: -left + w] = a
+    out[top: top + h, left: left + w] = a
     return out
 
 

@@ -1,0 +1,90 @@
+"""``datasetgan interpret RUN``: train the style interpreter on the run's annotations."""
+from __future__ import annotations
+
+import json
+import time
+
+import click
+
+
+@click.command(name="interpret")
+@click.argument("run", type=click.Path(file_okay=False, path_type=str))
+@click.option("--members", default=10, show_default=True, type=click.IntRange(1, 100), help="Ensemble size.")
+@click.option("--epochs", default=10, show_default=True, type=click.IntRange(1), help="Epochs per member (upper bound).")
+@click.option("--patience", default=2, show_default=True, type=click.IntRange(1),
+              help="Stop a member after this many epochs without held-out improvement.")
+@click.option("--lr", default=1e-4, show_default=True, type=click.FloatRange(0, min_open=True), help="Adam learning rate.")
+@click.option("--batch-size", default=1024, show_default=True, type=click.IntRange(2), help="Pixels per step.")
+@click.option("--pixels-per-epoch", default=None, type=click.IntRange(1),
+              help="Pixels per epoch (default: every training pixel once).")
+@click.option("--hidden", default="256,128", show_default=True, help="Hidden widths, comma separated.")
+@click.option("--holdout", default=0.1, show_default=True, type=click.FloatRange(0, 1, max_open=True),
+              help="Share of annotated pixels held out for early stopping.")
+@click.option("--balanced/--no-balanced", default=False, show_default=True, help="Class-balanced pixel sampling.")
+@click.option("--include-pre-annotated", is_flag=True,
+              help="Also train on pre-annotated (model-made, unreviewed) masks.")
+@click.option("--seed", default=0, show_default=True, type=int, help="Seed of the held-out split and the members.")
+@click.option("--device", default="cpu", show_default=True, help="torch device, e.g. cpu or cuda.")
+@click.option("--threads", default=None, type=click.IntRange(1), help="CPU threads (default: torch's choice).")
+def command(run, members, epochs, patience, lr, batch_size, pixels_per_epoch, hidden, holdout, balanced,
+            include_pre_annotated, seed, device, threads):
+    """Train the style interpreter (an ensemble of pixel classifiers) on RUN/annotations.
+
+    Uses every annotation in state "done" (and "pre-annotated" with --include-pre-annotated),
+    re-rendering each seed with its own truncation and noise mode. Writes
+    RUN/interpreter.safetensors + .json and a log of every epoch in RUN/interpret/log.jsonl.
+
+    \b
+    Example:
+      datasetgan interpret runs/acdc64 --members 10 --epochs 20
+    """
+    import torch
+
+    from ..annotations import AnnotationError, AnnotationSet
+    from ..checkpoint import CheckpointError, load_generator
+    from ..data import DataError
+    from ..features import FeatureError, render_annotated
+    from ..interpreter import InterpreterConfig, InterpreterInfo, save_interpreter, train_interpreter
+    from ..runfolder import RunFolder
+
+    if threads:
+        torch.set_num_threads(threads)
+    rf = RunFolder(run)
+    if not rf.generator.is_file():
+        raise click.ClickException(f"{rf.generator} does not exist; run `datasetgan train` first")
+    if not rf.annotations.is_dir():
+        raise click.ClickException(f"{rf.annotations} does not exist; run `datasetgan annotate {run}` first")
+    try:
+        widths = tuple(int(h) for h in hidden.split(","))
+        cfg = InterpreterConfig(members=members, hidden=widths, lr=lr, batch_size=batch_size, epochs=epochs,
+                                pixels_per_epoch=pixels_per_epoch, patience=patience, holdout=holdout,
+                                balanced=balanced, seed=seed)
+    except ValueError as e:
+        raise click.BadParameter(f"{e}", param_hint="--hidden") from None
+    log_path = rf.root / "interpret" / "log.jsonl"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        G = load_generator(rf.generator, device)
+        aset = AnnotationSet(rf.annotations)
+        classes = aset.classes()
+        feats, masks, records = render_annotated(G, aset, include_pre_annotated, progress=True)
+        modes = sorted({r.noise_mode for r in records})
+        if len(modes) > 1:
+            raise click.ClickException(f"annotations mix noise modes {modes}; the interpreter needs one")
+        info = InterpreterInfo(feats.taps, classes, G.cfg.resolution, G.cfg.img_channels, G.sha256, modes[0],
+                               [r.id for r in records])
+        click.echo(f"{len(records)} annotated images, {feats.channels} feature channels from {len(feats.taps)} taps "
+                   f"({feats.nbytes() / 2**20:.0f} MiB at native resolution, float16)")
+        with open(log_path, "a") as logf:
+            def log(line):
+                logf.write(json.dumps({"time": time.time(), **line}) + "\n")
+                logf.flush()
+
+            log({"event": "start", "config": cfg.to_dict(), "annotations": info.annotations})
+            interp = train_interpreter(feats.to(device), masks, info, cfg,
+                                       log=log, progress=True)
+            sha = save_interpreter(rf.interpreter, interp)
+            log({"event": "saved", "path": str(rf.interpreter), "sha256": sha})
+    except (AnnotationError, DataError, FeatureError, CheckpointError) as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(f"wrote {rf.interpreter} (sha256 {sha[:12]}...)")

@@ -1,0 +1,428 @@
+"""StyleGAN2-ADA training: the loop, its losses and regularisers, EMA, snapshots and resuming.
+
+One training step (one minibatch of ``batch`` real images) runs the phases of StyleGAN2 with lazy
+regularisation:
+
+    G main   non-saturating logistic loss softplus(-D(A(G(z)))) with style mixing
+    G reg    every ``pl_interval`` steps: path-length penalty, weighted by the interval
+    D main   softplus(D(A(G(z)))) + softplus(-D(A(x))); the signs of D(A(x)) feed the ADA controller
+    D reg    every ``r1_interval`` steps: R1 = gamma/2 * |grad_x D(A(x))|^2 on reals, weighted by the interval
+
+where A is the augmentation pipeline (see :mod:`datasetgan.augment`). Because the regularisers take
+extra optimiser steps, Adam's learning rate and betas are corrected by c = interval / (interval + 1)
+(lr * c, beta ** c), as in the StyleGAN2 paper. After each step the EMA copy of G moves towards G.
+
+Randomness comes only from explicit ``torch.Generator`` objects (data order, latents, noise, mixing,
+augmentation), whose states are part of every snapshot, together with the weights, both optimisers,
+ADA's state and the step count. Resuming from a snapshot therefore continues exactly where the run
+was: the same weights, step count and p as an uninterrupted run (bit-identical on the same machine and
+thread count).
+
+Snapshot layout in RUN/training/:
+
+    config.json                          the TrainConfig (also stored in every snapshot)
+    snapshot-<images seen>.safetensors   G, G_ema, D, optimiser states, RNG states (+ .json sidecar)
+    latest.json                          which snapshot is the newest (written last, atomically)
+    log.jsonl                            one JSON line per tick: kimg, losses, p, r_t, FID, images/s, time
+    grid-<images seen>.png, reals.png    fixed-seed samples of G_ema; a grid of training images
+    curves.png                           losses, p and r_t, FID against thousands of images
+"""
+from __future__ import annotations
+
+import copy
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from . import checkpoint
+from .atomic import atomic_write_text
+from .augment import AdaController, AugmentPipe
+from .networks import Discriminator, Generator
+from .presets import TrainConfig
+from .runfolder import RunFolder
+
+SNAPSHOT_KIND = "training-snapshot"
+RNG_NAMES = ("data", "latent", "noise", "mixing", "augment")
+
+
+class TrainingError(RuntimeError):
+    """A problem with a run folder or snapshot, explained for the user."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Optimiser states <-> flat tensors + JSON
+
+
+def flatten_optimizer(opt: torch.optim.Optimizer, prefix: str) -> tuple[dict[str, torch.Tensor], dict]:
+    """Split an optimiser state into tensors (``prefix.state.<param>.<key>``) and JSON metadata."""
+    sd = opt.state_dict()
+    tensors, scalars = {}, {}
+    for pid, st in sd["state"].items():
+        for key, value in st.items():
+            if torch.is_tensor(value):
+                tensors[f"{prefix}.state.{pid}.{key}"] = value
+            else:
+                scalars[f"{pid}.{key}"] = value
+    groups = [{k: (list(v) if isinstance(v, tuple) else v) for k, v in g.items()} for g in sd["param_groups"]]
+    return tensors, {"param_groups": groups, "scalars": scalars}
+
+
+def unflatten_optimizer(opt: torch.optim.Optimizer, prefix: str, tensors: dict, meta: dict) -> None:
+    state: dict[int, dict] = {}
+    head = f"{prefix}.state."
+    for name, value in tensors.items():
+        if name.startswith(head):
+            pid, key = name[len(head):].split(".", 1)
+            state.setdefault(int(pid), {})[key] = value
+    for name, value in meta["scalars"].items():
+        pid, key = name.split(".", 1)
+        state.setdefault(int(pid), {})[key] = value
+    groups = [{k: (tuple(v) if k == "betas" else v) for k, v in g.items()} for g in meta["param_groups"]]
+    opt.load_state_dict({"state": state, "param_groups": groups})
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class StepStats:
+    """Running sums of the losses between two log lines."""
+
+    sums: dict[str, float] = field(default_factory=dict)
+    counts: dict[str, int] = field(default_factory=dict)
+
+    def add(self, name: str, value: float) -> None:
+        self.sums[name] = self.sums.get(name, 0.0) + float(value)
+        self.counts[name] = self.counts.get(name, 0) + 1
+
+    def means(self) -> dict[str, float]:
+        return {k: self.sums[k] / self.counts[k] for k in self.sums}
+
+
+def lazy_adam(params, lr: float, betas, eps: float, interval: int) -> torch.optim.Adam:
+    """Adam with StyleGAN2's correction for lazy regularisation (interval 0 = not lazy)."""
+    c = interval / (interval + 1) if interval else 1.0
+    return torch.optim.Adam(params, lr=lr * c, betas=tuple(b ** c for b in betas), eps=eps)
+
+
+class Trainer:
+    """Holds the networks, optimisers, random generators and counters of one training run."""
+
+    def __init__(self, cfg: TrainConfig, images: np.ndarray, device: str = "cpu"):
+        if images.ndim != 4 or images.shape[1] != cfg.img_channels or images.shape[-1] != cfg.resolution:
+            raise TrainingError(f"data of shape {tuple(images.shape)} does not fit the configuration "
+                                f"({cfg.img_channels} channel(s), {cfg.resolution}x{cfg.resolution})")
+        self.cfg, self.device = cfg, torch.device(device)
+        self.images = torch.from_numpy(np.ascontiguousarray(images))
+        # Network initialisation draws from a forked global RNG seeded with cfg.seed, leaving the
+        # process-wide generator untouched.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg.seed)
+            self.G = Generator(cfg.generator_config()).to(self.device)
+            self.D = Discriminator(cfg.discriminator_config()).to(self.device)
+        self.G_ema = copy.deepcopy(self.G).eval().requires_grad_(False)
+        self.opt_G = lazy_adam(self.G.parameters(), cfg.g_lr, cfg.betas, cfg.eps, cfg.pl_interval)
+        self.opt_D = lazy_adam(self.D.parameters(), cfg.d_lr, cfg.betas, cfg.eps, cfg.r1_interval)
+        self.rng = {name: torch.Generator().manual_seed(cfg.seed * 1000 + i + 1) for i, name in enumerate(RNG_NAMES)}
+        self.augment = AugmentPipe(cfg.augpipe)
+        self.ada = AdaController(cfg.batch, cfg.ada_target, cfg.ada_interval, cfg.ada_kimg,
+                                 p=cfg.aug_p if cfg.aug != "none" else 0.0)
+        self.pl_mean = torch.zeros([])
+        self.step_count = 0
+        self.nimg = 0
+        self.train_seconds = 0.0  # time spent training, summed over resumes
+        self.stats = StepStats()
+
+    # -- helpers ----------------------------------------------------------------------------------
+
+    @property
+    def p(self) -> float:
+        return 0.0 if self.cfg.aug == "none" else self.ada.p
+
+    def real_batch(self, n: int) -> torch.Tensor:
+        idx = torch.randint(len(self.images), (n,), generator=self.rng["data"])
+        x = self.images[idx].to(self.device, torch.float32) / 127.5 - 1
+        if self.cfg.mirror:
+            flip = torch.rand(n, generator=self.rng["data"]) < 0.5
+            x = torch.where(flip.reshape(n, 1, 1, 1).to(self.device), x.flip(-1), x)
+        return x
+
+    def latents(self, n: int) -> torch.Tensor:
+        return torch.randn(n, self.cfg.z_dim, generator=self.rng["latent"]).to(self.device)
+
+    def mapped(self, G: Generator, n: int, update_w_avg: bool = False) -> torch.Tensor:
+        """w+ [n, num_ws, w_dim] for fresh latents, with style mixing (one cutoff per batch)."""
+        ws = G.mapping(self.latents(n), update_w_avg=update_w_avg)
+        u = torch.rand(2, generator=self.rng["mixing"])
+        if self.cfg.style_mixing > 0 and float(u[0]) < self.cfg.style_mixing:
+            cutoff = 1 + int(float(u[1]) * (ws.shape[1] - 1))
+            ws2 = G.mapping(self.latents(n), update_w_avg=False)
+            ws = torch.cat([ws[:, :cutoff], ws2[:, cutoff:]], dim=1)
+        return ws
+
+    def synthesize(self, G: Generator, ws: torch.Tensor) -> torch.Tensor:
+        return G.synthesis(ws, noise_mode="random", noise_generator=self.rng["noise"])
+
+    def run_D(self, img: torch.Tensor) -> torch.Tensor:
+        if self.p > 0:
+            img = self.augment(img, self.p, self.rng["augment"])
+        return self.D(img)
+
+    # -- one step ---------------------------------------------------------------------------------
+
+    def train_step(self) -> None:
+        cfg, G, D = self.cfg, self.G, self.D
+        n = cfg.batch
+
+        # G main: non-saturating logistic loss.
+        G.requires_grad_(True); D.requires_grad_(False)
+        logits = self.run_D(self.synthesize(G, self.mapped(G, n, update_w_avg=True)))
+        loss_G = F.softplus(-logits).mean()
+        self.opt_G.zero_grad(set_to_none=True)
+        loss_G.backward()
+        self.opt_G.step()
+        self.stats.add("loss_G", loss_G.item())
+
+        # G reg: path length, a smaller batch.
+        if cfg.pl_interval and cfg.pl_weight and self.step_count % cfg.pl_interval == 0:
+            m = max(n // cfg.pl_batch_shrink, 1)
+            ws = self.mapped(G, m)
+            img = self.synthesize(G, ws)
+            noise = torch.randn(img.shape, generator=self.rng["noise"]).to(img.device) / math.sqrt(img.shape[2] * img.shape[3])
+            (grads,) = torch.autograd.grad((img * noise).sum(), ws, create_graph=True)
+            lengths = grads.square().sum(2).mean(1).sqrt()
+            self.pl_mean = self.pl_mean.lerp(lengths.detach().mean().cpu(), cfg.pl_decay)
+            penalty = (lengths - self.pl_mean.to(lengths.device)).square().mean()
+            self.opt_G.zero_grad(set_to_none=True)
+            (penalty * cfg.pl_weight * cfg.pl_interval).backward()
+            self.opt_G.step()
+            self.stats.add("pl_penalty", penalty.item())
+
+        # D main: logistic loss on fakes and reals.
+        G.requires_grad_(False); D.requires_grad_(True)
+        with torch.no_grad():
+            fake = self.synthesize(G, self.mapped(G, n))
+        logits_fake = self.run_D(fake)
+        real = self.real_batch(n)
+        logits_real = self.run_D(real)
+        loss_D = F.softplus(logits_fake).mean() + F.softplus(-logits_real).mean()
+        self.opt_D.zero_grad(set_to_none=True)
+        loss_D.backward()
+        self.opt_D.step()
+        self.ada.accumulate(logits_real)
+        self.stats.add("loss_D", loss_D.item())
+        self.stats.add("D_real", logits_real.mean().item())
+        self.stats.add("D_fake", logits_fake.mean().item())
+
+        # D reg: R1 on reals, differentiated through the augmentation.
+        if cfg.r1_interval and cfg.r1_gamma and self.step_count % cfg.r1_interval == 0:
+            real = real.detach().requires_grad_(True)  # the same reals as D main
+            logits = self.run_D(real)
+            (grads,) = torch.autograd.grad(logits.sum(), real, create_graph=True)
+            penalty = grads.square().sum(dim=(1, 2, 3)).mean()
+            self.opt_D.zero_grad(set_to_none=True)
+            (penalty * (cfg.r1_gamma / 2) * cfg.r1_interval).backward()
+            self.opt_D.step()
+            self.stats.add("r1_penalty", penalty.item())
+
+        self.ada.step(adjust=cfg.aug == "ada")
+        self.step_count += 1
+        self.nimg += n
+        self.update_ema()
+
+    @torch.no_grad()
+    def update_ema(self) -> None:
+        ema_nimg = self.cfg.ema_kimg * 1000
+        if self.cfg.ema_rampup is not None:
+            ema_nimg = min(ema_nimg, self.nimg * self.cfg.ema_rampup)
+        beta = 0.5 ** (self.cfg.batch / max(ema_nimg, 1e-8))
+        for p_ema, p in zip(self.G_ema.parameters(), self.G.parameters()):
+            p_ema.copy_(p.detach().lerp(p_ema, beta))
+        for b_ema, b in zip(self.G_ema.buffers(), self.G.buffers()):
+            b_ema.copy_(b)
+
+    # -- snapshots --------------------------------------------------------------------------------
+
+    def state_tensors(self) -> tuple[dict[str, torch.Tensor], dict]:
+        tensors: dict[str, torch.Tensor] = {}
+        for name, module in (("G", self.G), ("G_ema", self.G_ema), ("D", self.D)):
+            tensors.update({f"{name}.{k}": v for k, v in module.state_dict().items()})
+        t_g, m_g = flatten_optimizer(self.opt_G, "opt_G")
+        t_d, m_d = flatten_optimizer(self.opt_D, "opt_D")
+        tensors.update(t_g)
+        tensors.update(t_d)
+        for name, gen in self.rng.items():
+            tensors[f"rng.{name}"] = gen.get_state()
+        tensors["rng.torch_global"] = torch.get_rng_state()
+        tensors["pl_mean"] = self.pl_mean.clone()
+        meta = {"kind": SNAPSHOT_KIND, "config": self.cfg.to_dict(), "opt_G": m_g, "opt_D": m_d,
+                "state": {"step": self.step_count, "nimg": self.nimg, "train_seconds": self.train_seconds,
+                          "ada": self.ada.state()}}
+        return tensors, meta
+
+    def load_state(self, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+        for name, module in (("G", self.G), ("G_ema", self.G_ema), ("D", self.D)):
+            head = f"{name}."
+            sd = {k[len(head):]: v for k, v in tensors.items() if k.startswith(head)}
+            module.load_state_dict(sd)
+        unflatten_optimizer(self.opt_G, "opt_G", tensors, meta["opt_G"])
+        unflatten_optimizer(self.opt_D, "opt_D", tensors, meta["opt_D"])
+        for name, gen in self.rng.items():
+            gen.set_state(tensors[f"rng.{name}"])
+        torch.set_rng_state(tensors["rng.torch_global"])
+        self.pl_mean = tensors["pl_mean"].clone()
+        state = meta["state"]
+        self.step_count, self.nimg = int(state["step"]), int(state["nimg"])
+        self.train_seconds = float(state["train_seconds"])
+        self.ada.load_state(state["ada"])
+
+
+# ---------------------------------------------------------------------------------------------
+# Run folders
+
+
+def snapshot_name(nimg: int) -> str:
+    return f"snapshot-{nimg:09d}.safetensors"
+
+
+def latest_snapshot(training_dir: Path) -> Path | None:
+    pointer = Path(training_dir) / "latest.json"
+    if not pointer.is_file():
+        return None
+    try:
+        return Path(training_dir) / json.loads(pointer.read_text())["snapshot"]
+    except (json.JSONDecodeError, KeyError) as e:
+        raise TrainingError(f"{pointer}: not a valid snapshot pointer ({e})") from None
+
+
+def save_snapshot(trainer: Trainer, training_dir: Path, keep: int = 2) -> Path:
+    """Write a snapshot, then point latest.json at it, then delete all but the ``keep`` newest."""
+    training_dir = Path(training_dir)
+    path = training_dir / snapshot_name(trainer.nimg)
+    tensors, meta = trainer.state_tensors()
+    checkpoint.save_tensors(path, tensors, meta)
+    atomic_write_text(training_dir / "latest.json", json.dumps({"snapshot": path.name, "nimg": trainer.nimg}))
+    older = sorted(training_dir.glob("snapshot-*.safetensors"))
+    for old in older[:-keep] if keep > 0 else []:
+        if old != path:
+            old.unlink(missing_ok=True)
+            checkpoint.sidecar(old).unlink(missing_ok=True)
+    return path
+
+
+def load_snapshot(path: Path) -> tuple[dict, dict]:
+    try:
+        tensors, meta = checkpoint.load_tensors(path)
+    except checkpoint.CheckpointError as e:
+        raise TrainingError(str(e)) from None
+    if meta.get("kind") != SNAPSHOT_KIND:
+        raise TrainingError(f"{path}: holds a {meta.get('kind')!r}, not a training snapshot")
+    return tensors, meta
+
+
+def read_log(path: Path) -> list[dict]:
+    if not Path(path).is_file():
+        return []
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+def truncate_log(path: Path, nimg: int) -> None:
+    """Drop log lines written after the snapshot we resume from, so the curve continues cleanly."""
+    rows = read_log(path)
+    kept = [r for r in rows if r["nimg"] <= nimg]
+    if len(kept) != len(rows):
+        atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
+
+
+def append_log(path: Path, row: dict) -> None:
+    with open(path, "a") as f:
+        f.write(json.dumps(row) + "\n")
+        f.flush()
+
+
+@dataclass
+class LoopOptions:
+    kimg: float                      # train until this many thousand images have been seen in total
+    snap_kimg: float                 # snapshot every this many thousand images
+    log_kimg: float | None = None    # a log line every this many thousand images (default: snap / 4)
+    grid_seeds: int = 32             # fixed seeds of the sample grid
+    keep_snapshots: int = 2
+    progress: bool = True
+    fid: Callable[[Generator], float] | None = None  # computes FID of G_ema at each snapshot
+
+
+def train(trainer: Trainer, run_dir, opts: LoopOptions, reals_grid: np.ndarray | None = None) -> None:
+    """Train until ``opts.kimg``, writing snapshots, grids, log lines and curves into RUN/training."""
+    from tqdm import tqdm
+
+    from .curves import plot_curves
+    from .imagegrid import save_grid
+    from .render import render, to_uint8
+
+    run = RunFolder(run_dir)
+    tdir = run.training
+    tdir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(tdir / "config.json", trainer.cfg.to_json())
+    if reals_grid is not None and not (tdir / "reals.png").exists():
+        save_grid(tdir / "reals.png", reals_grid)
+    log_path = tdir / "log.jsonl"
+    total = int(round(opts.kimg * 1000))
+    snap = max(int(round(opts.snap_kimg * 1000)), 1)
+    log_every = max(int(round((opts.log_kimg or opts.snap_kimg / 4) * 1000)), 1)
+    grid_seeds = list(range(opts.grid_seeds))
+
+    def write_outputs(fid: float | None):
+        save_snapshot(trainer, tdir, opts.keep_snapshots)
+        checkpoint.save_generator(run.generator, trainer.G_ema,
+                                  {"training": {"nimg": trainer.nimg, "step": trainer.step_count,
+                                                "config": trainer.cfg.to_dict()}})
+        grid = to_uint8(render(trainer.G_ema, grid_seeds, noise_mode="const"))
+        save_grid(tdir / f"grid-{trainer.nimg:09d}.png", grid)
+        plot_curves(log_path, tdir / "curves.png")
+
+    if trainer.nimg == 0 and not (tdir / "latest.json").exists():
+        append_log(log_path, log_row(trainer, StepStats(), 0.0, fid=None))
+        write_outputs(None)
+
+    bar = tqdm(total=total, initial=min(trainer.nimg, total), unit="img", disable=not opts.progress,
+               dynamic_ncols=True, smoothing=0.1)
+    tick_start, tick_nimg = time.perf_counter(), trainer.nimg
+    try:
+        while trainer.nimg < total:
+            t0 = time.perf_counter()
+            before = trainer.nimg
+            trainer.train_step()
+            trainer.train_seconds += time.perf_counter() - t0
+            bar.update(trainer.nimg - before)
+            means = trainer.stats.means()
+            bar.set_postfix({k: f"{means[k]:.3f}" for k in ("loss_G", "loss_D") if k in means} | {"p": f"{trainer.p:.3f}"},
+                            refresh=False)
+            crossed_snap = trainer.nimg // snap != before // snap or trainer.nimg >= total
+            crossed_log = trainer.nimg // log_every != before // log_every
+            if crossed_log or crossed_snap:
+                now = time.perf_counter()
+                speed = (trainer.nimg - tick_nimg) / max(now - tick_start, 1e-9)
+                fid = opts.fid(trainer.G_ema) if (crossed_snap and opts.fid is not None) else None
+                append_log(log_path, log_row(trainer, trainer.stats, speed, fid))
+                trainer.stats = StepStats()
+                if crossed_snap:
+                    write_outputs(fid)
+                    if fid is not None:
+                        bar.write(f"kimg {trainer.nimg / 1000:.2f}: FID {fid:.2f}")
+                tick_start, tick_nimg = time.perf_counter(), trainer.nimg
+    finally:
+        bar.close()
+
+
+def log_row(trainer: Trainer, stats: StepStats, speed: float, fid: float | None) -> dict:
+    return {"kimg": trainer.nimg / 1000, "nimg": trainer.nimg, "step": trainer.step_count,
+            **{k: round(v, 6) for k, v in stats.means().items()},
+            "p": trainer.p, "r_t": trainer.ada.last_rt, "fid": fid, "images_per_s": round(speed, 3),
+            "train_seconds": round(trainer.train_seconds, 1), "time": time.time()}

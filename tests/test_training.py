@@ -1,0 +1,180 @@
+"""Training loop: a short real run on ACDC writes its outputs, and resuming is exact."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from datasetgan.checkpoint import load_generator, load_tensors
+from datasetgan.cli import main
+from datasetgan.presets import make_config
+from datasetgan.training import Trainer, flatten_optimizer, latest_snapshot, unflatten_optimizer
+
+
+def find_acdc() -> Path:
+    """../shared/data/acdc relative to the repository root (also from a git worktree deeper down)."""
+    here = Path(__file__).resolve()
+    for parent in here.parents[1:]:
+        if (parent / "shared/data/acdc/train").is_dir():
+            return parent / "shared/data/acdc/train"
+    return here.parents[2] / "shared/data/acdc/train"
+
+
+ACDC = find_acdc()
+
+# A small network so that a few hundred images train in seconds on a shared CPU.
+TINY = ["--preset", "cpu-tiny", "--cbase", "256", "--cmax", "32", "--map", "1", "--batch", "8",
+        "--limit", "96", "--fid", "0", "--grid", "4", "--threads", "1", "--no-progress",
+        "--aug", "ada", "--p", "0.2", "--ada-kimg", "0.5", "--keep", "0"]
+
+
+def run_cli(args):
+    res = CliRunner().invoke(main, args, catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    return res
+
+
+def snapshot_state(run: Path):
+    tensors, meta = load_tensors(latest_snapshot(run / "training"))
+    return tensors, meta["state"]
+
+
+@pytest.fixture(scope="module")
+def acdc():
+    if not ACDC.is_dir():
+        pytest.skip(f"ACDC data not found at {ACDC}")
+    return str(ACDC)
+
+
+def test_train_writes_outputs_and_resume_is_exact(acdc, tmp_path, monkeypatch):
+    monkeypatch.setenv("DATASETGAN_CACHE", str(tmp_path / "cache"))
+    full, cut = tmp_path / "full", tmp_path / "cut"
+    # Uninterrupted: 320 images with a snapshot every 160.
+    run_cli(["train", acdc, "--out", str(full), "--kimg", "0.32", "--snap", "0.16", *TINY])
+    # Interrupted (Ctrl-C) at 240 images, after the snapshot at 160 and log lines beyond it ...
+    real_step = Trainer.train_step
+
+    def step_then_interrupt(self):
+        if self.nimg >= 240:
+            raise KeyboardInterrupt
+        real_step(self)
+
+    with monkeypatch.context() as m:
+        m.setattr(Trainer, "train_step", step_then_interrupt)
+        res = CliRunner().invoke(main, ["train", acdc, "--out", str(cut), "--kimg", "0.32", "--snap", "0.16", *TINY])
+    assert res.exit_code != 0 and "interrupted at 240 images" in res.output and "Traceback" not in res.output
+    _, mid = snapshot_state(cut)
+    assert mid["nimg"] == 160 and mid["step"] == 20
+    # ... then resumed to the same total.
+    res = run_cli(["train", acdc, "--out", str(cut), "--kimg", "0.32", "--snap", "0.16", "--resume", *TINY])
+    assert "resumed from snapshot-000000160" in res.output
+
+    t_full, s_full = snapshot_state(full)
+    t_cut, s_cut = snapshot_state(cut)
+    assert s_full["step"] == s_cut["step"] == 40 and s_full["nimg"] == s_cut["nimg"] == 320
+    assert s_full["ada"] == s_cut["ada"]
+    assert s_full["ada"]["p"] != 0.2  # p moved, so "the same p" is a real check
+    assert t_full.keys() == t_cut.keys()
+    for name in t_full:
+        assert torch.equal(t_full[name], t_cut[name]), name
+
+    # Outputs a person and the later stages look at.
+    tdir = full / "training"
+    for name in ("config.json", "log.jsonl", "curves.png", "reals.png", "grid-000000000.png",
+                 "grid-000000160.png", "grid-000000320.png"):
+        assert (tdir / name).is_file(), name
+    G = load_generator(full / "generator.safetensors")
+    assert G.cfg.resolution == 32 and G.cfg.img_channels == 1
+    for key, t in G.state_dict().items():
+        assert torch.equal(t, t_full[f"G_ema.{key}"]), key
+    rows = [json.loads(line) for line in (tdir / "log.jsonl").read_text().splitlines()]
+    assert rows[-1]["nimg"] == 320 and {"loss_G", "loss_D", "p", "r_t", "images_per_s"} <= rows[-1].keys()
+    # The resumed log continues the curve: same kimg sequence as the uninterrupted one.
+    rows_cut = [json.loads(line) for line in (cut / "training" / "log.jsonl").read_text().splitlines()]
+    assert [r["nimg"] for r in rows_cut] == [r["nimg"] for r in rows]
+    assert [r["p"] for r in rows_cut] == [r["p"] for r in rows]
+
+
+def test_cli_refuses_bad_input(tmp_path, acdc):
+    runner = CliRunner()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    res = runner.invoke(main, ["train", str(empty), "--out", str(tmp_path / "run")])
+    assert res.exit_code != 0 and "no PNG or JPEG images" in res.output
+    res = runner.invoke(main, ["train", acdc, "--out", str(tmp_path / "run2"), "--resume"])
+    assert res.exit_code != 0 and "holds no snapshot" in res.output
+    assert "Traceback" not in res.output
+
+
+def test_optimizer_state_round_trip():
+    torch.manual_seed(0)
+    net = torch.nn.Linear(3, 2)
+    opt = torch.optim.Adam(net.parameters(), lr=0.01, betas=(0.0, 0.99))
+    for _ in range(3):
+        opt.zero_grad()
+        net(torch.randn(4, 3)).square().sum().backward()
+        opt.step()
+    tensors, meta = flatten_optimizer(opt, "opt")
+    json.dumps(meta)  # metadata is plain JSON
+    opt2 = torch.optim.Adam(net.parameters(), lr=0.5)
+    unflatten_optimizer(opt2, "opt", tensors, json.loads(json.dumps(meta)))
+    a, b = opt.state_dict(), opt2.state_dict()
+    assert a["param_groups"][0]["betas"] == b["param_groups"][0]["betas"] and b["param_groups"][0]["lr"] == 0.01
+    for pid in a["state"]:
+        for k in a["state"][pid]:
+            assert torch.equal(a["state"][pid][k], b["state"][pid][k])
+
+
+def test_lazy_regularisation_corrects_adam():
+    cfg = make_config("cpu-tiny", channel_base=128, channel_max=16, mapping_layers=1, batch=4)
+    tr = Trainer(cfg, np.zeros((4, 1, 32, 32), np.uint8))
+    g = tr.opt_G.param_groups[0]
+    c = cfg.pl_interval / (cfg.pl_interval + 1)
+    assert g["lr"] == pytest.approx(0.0025 * c) and g["betas"][1] == pytest.approx(0.99 ** c)
+    d = tr.opt_D.param_groups[0]
+    c = cfg.r1_interval / (cfg.r1_interval + 1)
+    assert d["lr"] == pytest.approx(0.0025 * c) and d["betas"][1] == pytest.approx(0.99 ** c)
+
+
+def test_ema_follows_g_with_rampup():
+    cfg = make_config("cpu-tiny", channel_base=128, channel_max=16, mapping_layers=1, batch=4)
+    tr = Trainer(cfg, np.zeros((4, 1, 32, 32), np.uint8))
+    with torch.no_grad():
+        for p in tr.G.parameters():
+            p.add_(1.0)
+    before = [p.clone() for p in tr.G_ema.parameters()]
+    tr.nimg = 4  # early: the ramp-up makes the half-life 0.05 * 4 images, so EMA ~ G
+    tr.update_ema()
+    beta = 0.5 ** (4 / (4 * 0.05))
+    for pe, p, b in zip(tr.G_ema.parameters(), tr.G.parameters(), before):
+        assert torch.allclose(pe, p * (1 - beta) + b * beta, atol=1e-6)
+
+
+def test_make_grid_places_images_in_rows():
+    from datasetgan.imagegrid import make_grid
+
+    imgs = np.stack([np.full((2, 3, 1), i, np.uint8) for i in range(5)])
+    grid = make_grid(imgs, cols=3, pad=1, pad_value=255)
+    assert grid.shape == (2 * 3 - 1, 3 * 4 - 1, 1)
+    assert (grid[0:2, 0:3] == 0).all() and (grid[0:2, 8:11] == 2).all() and (grid[3:5, 4:7] == 4).all()
+    assert (grid[2] == 255).all() and (grid[3:5, 8:11] == 255).all()  # padding and the empty cell
+    with pytest.raises(ValueError):
+        make_grid(imgs.astype(np.float32))
+
+
+def test_curves_png_from_log(tmp_path):
+    from PIL import Image
+
+    from datasetgan.curves import plot_curves
+
+    log = tmp_path / "log.jsonl"
+    rows = [{"kimg": k, "nimg": k * 1000, "loss_G": 1.0 + k, "loss_D": 1.0, "p": 0.1 * k, "r_t": 0.5,
+             "fid": (100 - k) if k % 2 == 0 else None} for k in range(5)]
+    log.write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"kimg": 5, "cut sh')  # a torn last line
+    plot_curves(log, tmp_path / "curves.png")
+    with Image.open(tmp_path / "curves.png") as im:
+        assert im.format == "PNG" and im.size[0] > im.size[1] > 100
