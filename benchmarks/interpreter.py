@@ -116,6 +116,15 @@ def speed(res: int, rounds: int) -> dict:
 # Training memory (child process)
 
 
+def vm_hwm() -> int:
+    """Peak resident set of this process image (VmHWM, reset by exec, unlike ru_maxrss which Linux
+    carries over from the parent at fork + exec)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
 def train_memory_child(n: int, res: int, steps: int) -> dict:
     from datasetgan.annotations import AnnotationSet, render_items
     from datasetgan.features import render_annotated
@@ -124,7 +133,7 @@ def train_memory_child(n: int, res: int, steps: int) -> dict:
     t0 = time.time()
     G = paper_generator(res)
     G.sha256 = "benchmark"
-    rss_model = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    rss_model = vm_hwm()
     with tempfile.TemporaryDirectory() as d:
         aset = AnnotationSet(Path(d))
         ids = render_items(aset, G, range(n), classes=default_classes(4))
@@ -145,7 +154,8 @@ def train_memory_child(n: int, res: int, steps: int) -> dict:
         train_interpreter(feats, masks, info, cfg)
         t3 = time.time()
     return {"images": n, "resolution": res, "feature_bytes": feats.nbytes(), "channels": feats.channels,
-            "steps_per_member": steps, "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+            "steps_per_member": steps, "peak_rss_bytes": vm_hwm(),
+            "ru_maxrss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
             "rss_after_generator_bytes": rss_model, "render_annotations_s": t1 - t0, "features_s": t2 - t1,
             "train_s": t3 - t2, "train_s_per_step": (t3 - t2) / (10 * steps)}
 
@@ -169,7 +179,9 @@ def report(speeds: list[dict], mem: dict | None, args) -> str:
              f"Command: `PYTHONPATH=$PWD python benchmarks/interpreter.py {' '.join(sys.argv[1:])}` "
              f"(torch {torch.__version__}, {args.threads} thread(s), a 2-core machine shared with other jobs; "
              f"medians of {args.rounds} interleaved rounds). Random-weight paper generator (channel base 16384, "
-             "max 512, 1 channel) and a random 10-member interpreter (hidden 256, 128; 4 classes).", "",
+             "max 512, 1 channel) and a random 10-member interpreter (hidden 256, 128; 4 classes)."
+             + (f" Parts not measured by this command come from the earlier run logged in `{args.reuse.name}`."
+                if args.reuse else ""), "",
              "| res | feature ch | generator pairs/s | fast pairs/s | reference pairs/s | fast/ref (pairs) "
              "| MAC bound (pairs) | fast/ref (interpreter only) | MAC bound (interpreter) | fast / generator-only |",
              "|---|---|---|---|---|---|---|---|---|---|"]
@@ -189,7 +201,9 @@ def report(speeds: list[dict], mem: dict | None, args) -> str:
         lines += ["", f"Training memory ({mem['images']} annotated {mem['resolution']}x{mem['resolution']} images, "
                   f"{mem['channels']} channels, 10 members, {mem['steps_per_member']} steps of 1024 pixels each, "
                   "measured in a child process):", "",
-                  f"- peak RSS (ru_maxrss): **{fmt_bytes(mem['peak_rss_bytes'])}** "
+                  f"- peak RSS of the child (VmHWM): **{fmt_bytes(mem['peak_rss_bytes'])}**; its ru_maxrss "
+                  f"{fmt_bytes(mem.get('ru_maxrss_bytes', 0))} (Linux carries ru_maxrss over from the parent at "
+                  "fork + exec, so it is an upper bound when the parent is larger) "
                   f"(of which {fmt_bytes(mem['rss_after_generator_bytes'])} after importing torch and building the generator)",
                   f"- native-resolution float16 taps of all {mem['images']} images: {fmt_bytes(mem['feature_bytes'])}",
                   f"- the original design's full-resolution concatenated volume alone: {mem['images']} x "
@@ -223,19 +237,28 @@ def main():
     ap.add_argument("--skip-memory", action="store_true")
     ap.add_argument("--skip-speed", action="store_true")
     ap.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md alone")
+    ap.add_argument("--reuse", type=Path, default=None,
+                    help="stdout of an earlier run: its JSON lines fill in the parts skipped now")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     if args.child:
         print(json.dumps(train_memory_child(args.train_images, args.train_res, args.train_steps)))
         return
-    speeds = []
+    speeds, mem = [], None
+    if args.reuse:
+        for line in args.reuse.read_text().splitlines():
+            if line.startswith("{"):
+                d = json.loads(line)
+                if "pairs_per_s" in d and args.skip_speed:
+                    speeds.append(d)
+                elif "peak_rss_bytes" in d and args.skip_memory:
+                    mem = d
     if not args.skip_speed:
         for res in args.resolutions:
             s = speed(res, args.rounds)
             print(json.dumps(s), flush=True)
             speeds.append(s)
-    mem = None
     if not args.skip_memory:
         mem = train_memory(args.train_images, args.train_res, args.train_steps, args.threads)
         print(json.dumps(mem), flush=True)
