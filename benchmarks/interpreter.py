@@ -175,13 +175,16 @@ def fmt_bytes(b: float) -> str:
 
 
 def report(speeds: list[dict], mem: dict | None, args) -> str:
+    def cmd(argv):
+        return f"`PYTHONPATH=$PWD python benchmarks/interpreter.py {' '.join(argv)}`"
+
+    speed_cmd = cmd(speeds[0].get("argv", sys.argv[1:])) if speeds else ""
+    mem_cmd = cmd(mem.get("argv", sys.argv[1:])) if mem else ""
     lines = [SECTION, "",
-             f"Command: `PYTHONPATH=$PWD python benchmarks/interpreter.py {' '.join(sys.argv[1:])}` "
-             f"(torch {torch.__version__}, {args.threads} thread(s), a 2-core machine shared with other jobs; "
-             f"medians of {args.rounds} interleaved rounds). Random-weight paper generator (channel base 16384, "
-             "max 512, 1 channel) and a random 10-member interpreter (hidden 256, 128; 4 classes)."
-             + (f" Parts not measured by this command come from the earlier run logged in `{args.reuse.name}`."
-                if args.reuse else ""), "",
+             f"Commands: speed {speed_cmd}; training memory {mem_cmd} (torch {torch.__version__}, "
+             f"{args.threads} thread(s), a 2-core machine shared with other jobs{args.note}; medians of {speeds[0]['rounds'] if speeds else args.rounds} interleaved rounds). "
+             "Random-weight paper generator (channel base 16384, max 512, 1 channel) and a random 10-member "
+             "interpreter (hidden 256, 128; 4 classes).", "",
              "| res | feature ch | generator pairs/s | fast pairs/s | reference pairs/s | fast/ref (pairs) "
              "| MAC bound (pairs) | fast/ref (interpreter only) | MAC bound (interpreter) | fast / generator-only |",
              "|---|---|---|---|---|---|---|---|---|---|"]
@@ -196,6 +199,18 @@ def report(speeds: list[dict], mem: dict | None, args) -> str:
         m = s["macs"]
         lines.append(f"| {s['resolution']} | {m['generator'] / 1e9:.1f} G | {m['fast_interp'] / 1e9:.1f} G | "
                      f"{m['ref_interp'] / 1e9:.1f} G |")
+    for s in speeds:
+        m, sec = s["macs"], s["seconds"]
+        eff = {k: m[km] / sec[ks] / 1e9 for k, km, ks in (("generator", "generator", "generator"),
+                                                          ("fast", "fast_interp", "fast_interp_only"),
+                                                          ("reference", "ref_interp", "ref_interp_only"))}
+        ceiling = m["generator"] / (m["generator"] + m["fast_interp"])
+        lines += ["", f"At {s['resolution']}: fast/reference reaches {s['fast_over_ref_interp'] / s['mac_bound_interp']:.0%} "
+                  f"of the multiply-add bound for the interpreter alone ({s['fast_over_ref_pairs'] / s['mac_bound_pairs']:.0%} "
+                  f"for whole pairs). Achieved rates: generator {eff['generator']:.1f}, fast interpreter "
+                  f"{eff['fast']:.1f}, reference interpreter {eff['reference']:.1f} G multiply-adds/s. At equal rates "
+                  f"the exact fast path could reach at most {ceiling:.2f}x the generator-only pairs/s "
+                  f"(measured {s['fast_vs_generator']:.2f}x)."]
     if mem:
         ref_bytes = mem["images"] * mem["resolution"] ** 2 * mem["channels"] * 4
         lines += ["", f"Training memory ({mem['images']} annotated {mem['resolution']}x{mem['resolution']} images, "
@@ -239,6 +254,7 @@ def main():
     ap.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md alone")
     ap.add_argument("--reuse", type=Path, default=None,
                     help="stdout of an earlier run: its JSON lines fill in the parts skipped now")
+    ap.add_argument("--note", default="", help="text added after the machine description, e.g. the load seen")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -257,10 +273,12 @@ def main():
     if not args.skip_speed:
         for res in args.resolutions:
             s = speed(res, args.rounds)
+            s["argv"] = sys.argv[1:]
             print(json.dumps(s), flush=True)
             speeds.append(s)
     if not args.skip_memory:
         mem = train_memory(args.train_images, args.train_res, args.train_steps, args.threads)
+        mem["argv"] = sys.argv[1:]
         print(json.dumps(mem), flush=True)
     text = report(speeds, mem, args)
     print(text)
