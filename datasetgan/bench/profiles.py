@@ -44,6 +44,7 @@ class Profile:
     backbones: dict = field(default_factory=dict)   # arch -> backbone
     unet_channels: tuple[int, ...] = (16, 32, 64, 128, 256)
     aux_loss: bool = False
+    output_stride: int = 16                    # MobileNetV3 backbones
     train: TrainConfig = field(default_factory=TrainConfig)
     folds: int = 5
     real_limit: int | None = 500

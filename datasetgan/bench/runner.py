@@ -61,7 +61,7 @@ def parse_models(spec: list[str], profile: Profile, in_channels: int, num_classe
         backbone = backbone or profile.backbones.get(arch, "resnet101")
         out.append(SegmenterConfig(arch=arch, backbone=backbone, in_channels=in_channels, num_classes=num_classes,
                                    resolution=profile.resolution, aux_loss=profile.aux_loss and arch != "unet",
-                                   unet_channels=profile.unet_channels))
+                                   unet_channels=profile.unet_channels, output_stride=profile.output_stride))
     names = [c.name for c in out]
     if len(set(names)) != len(names):
         raise ValueError(f"a model is listed twice: {names}")

@@ -58,6 +58,8 @@ def _limit(value: str | None) -> int | None:
 @click.option("--batch-size", type=click.IntRange(2), help="Override the profile's batch size.")
 @click.option("--lr", type=float, help="Override the profile's learning rate.")
 @click.option("--unet-channels", help="U-Net channel widths per level, e.g. 16,32,64,128,256 (profile default).")
+@click.option("--output-stride", type=click.Choice(["8", "16"]), help="Output stride of MobileNetV3 backbones "
+              "(profile default; 8 keeps an 8x8 grid at 64x64).")
 @click.option("--threads", type=click.IntRange(1), help="torch.set_num_threads (profile default).")
 @click.option("--device", default="cpu", show_default=True, help="cpu or cuda[:N].")
 @click.option("--save-models", is_flag=True, help="Keep every fold's segmenter in RUN/bench/models/.")
@@ -78,7 +80,7 @@ def _limit(value: str | None) -> int | None:
 def command(run, real, test_real, synthetic, test_generated, models, profile_name, sets, folds, fold_groups,
             real_limit,
             hybrid_real, synthetic_sizes, drop_uncertain, annotated, resolution, epochs, batch_size, lr, unet_channels,
-            threads,
+            output_stride, threads,
             device, save_models, init_weights, train_annotator, annotator_model, grade_dir, grade_reference,
             grade_n, subset_seed, report_only, no_progress):
     """Benchmark DeepLabV3, FCN and U-Net trained on synthetic, real and hybrid sets; score on test-R/test-G.
@@ -118,6 +120,8 @@ def command(run, real, test_real, synthetic, test_generated, models, profile_nam
                                        threads=threads).items() if v is not None}
     if folds is not None:
         overrides["folds"] = folds
+    if output_stride is not None:
+        overrides["output_stride"] = int(output_stride)
     if unet_channels is not None:
         overrides["unet_channels"] = tuple(_csv(unet_channels, int))
         if len(overrides["unet_channels"]) < 2:
