@@ -196,7 +196,7 @@ def save_npy(path: Path, array: np.ndarray) -> None:
 def run_benchmark(run_dir, inputs: BenchInputs, models: list[SegmenterConfig], profile: Profile,
                   folds: int | None = None, save_models: bool = False, init_weights: dict | None = None,
                   device: str = "cpu", progress: bool = True, log=print, on_fold=None, should_stop=None,
-                  fold_groups: str | None = None) -> dict:
+                  fold_groups: str | None = None, command: str | None = None) -> dict:
     """Train and score every (training set, model) pair over k folds; returns the results document.
 
     ``fold_groups``: a regular expression whose match (first group if it has one) in an image name
@@ -206,6 +206,8 @@ def run_benchmark(run_dir, inputs: BenchInputs, models: list[SegmenterConfig], p
     results = Results(bench)
     k = profile.folds if folds is None else folds
     nc = len(inputs.classes)
+    if command:
+        results.doc["command"] = command
     results.doc.update(profile=profile.to_dict(), classes=[c.__dict__ for c in inputs.classes],
                        test_sets={"test_r": inputs.test_r.info if inputs.test_r else None,
                                   "test_g": inputs.test_g.info if inputs.test_g else None})

@@ -27,6 +27,15 @@ def _limit(value: str | None) -> int | None:
     return v
 
 
+def _command_line() -> str:
+    """This invocation as `datasetgan bench ...`, for results.json."""
+    import shlex
+    import sys
+
+    args = sys.argv[1:]
+    return "datasetgan " + " ".join(shlex.quote(a) for a in (args[args.index("bench"):] if "bench" in args else args))
+
+
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("run", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--real", type=click.Path(exists=True, file_okay=False, path_type=Path),
@@ -184,7 +193,7 @@ def command(run, real, test_real, synthetic, test_generated, models, profile_nam
             runner.run_benchmark(run, inputs, model_cfgs, profile, save_models=save_models, init_weights=weights,
                                  device=device, progress=progress, log=click.echo,
                                  on_fold=lambda doc: report.write_report(bench_dir, figures=False),
-                                 fold_groups=fold_groups)
+                                 fold_groups=fold_groups, command=_command_line())
         if grade_dir is not None:
             from ..bench import grading
             g = grading.grade_folder(grade_dir, grade_reference, grade_n, device=device)
