@@ -91,7 +91,10 @@ def main() -> None:
     parts = [SECTION, ""] + ([a.note, ""] if a.note else [])
     for run in runs:
         doc = json.loads((Path(run) / "bench/results.json").read_text())
-        command = doc.get("command") or " ".join(["datasetgan", "bench", run] + base + a.extra)
+        extra = list(a.extra)
+        if doc["profile"].get("output_stride", 16) != 16 and "--output-stride" not in extra:
+            extra += ["--output-stride", str(doc["profile"]["output_stride"])]  # runs made before "command" was kept
+        command = doc.get("command") or " ".join(["datasetgan", "bench", run] + base + extra)
         command = command.replace(str(data.parent.parent), "../shared")
         parts.append(section(doc, command, Path(run), f"`{run}`"))
     text = "\n".join(parts)

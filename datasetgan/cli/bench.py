@@ -66,6 +66,7 @@ def _command_line() -> str:
 @click.option("--epochs", type=click.IntRange(1), help="Override the profile's epochs.")
 @click.option("--batch-size", type=click.IntRange(2), help="Override the profile's batch size.")
 @click.option("--lr", type=float, help="Override the profile's learning rate.")
+@click.option("--loss", type=click.Choice(["ce", "dice_ce"]), help="Training loss (profile default: ce).")
 @click.option("--unet-channels", help="U-Net channel widths per level, e.g. 16,32,64,128,256 (profile default).")
 @click.option("--output-stride", type=click.Choice(["8", "16"]), help="Output stride of MobileNetV3 backbones "
               "(profile default; 8 keeps an 8x8 grid at 64x64).")
@@ -88,7 +89,7 @@ def _command_line() -> str:
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
 def command(run, real, test_real, synthetic, test_generated, models, profile_name, sets, folds, fold_groups,
             real_limit,
-            hybrid_real, synthetic_sizes, drop_uncertain, annotated, resolution, epochs, batch_size, lr, unet_channels,
+            hybrid_real, synthetic_sizes, drop_uncertain, annotated, resolution, epochs, batch_size, lr, loss, unet_channels,
             output_stride, threads,
             device, save_models, init_weights, train_annotator, annotator_model, grade_dir, grade_reference,
             grade_n, subset_seed, report_only, no_progress):
@@ -126,7 +127,7 @@ def command(run, real, test_real, synthetic, test_generated, models, profile_nam
         return
 
     overrides = {k: v for k, v in dict(resolution=resolution, epochs=epochs, batch_size=batch_size, lr=lr,
-                                       threads=threads).items() if v is not None}
+                                       loss=loss, threads=threads).items() if v is not None}
     if folds is not None:
         overrides["folds"] = folds
     if output_stride is not None:
