@@ -184,7 +184,10 @@ def main():
              f"{'tuned with stylegan2_ops.tune_allocator()' if tuned else 'at its defaults'} for both backends.",
              "Both backends run in the same process, interleaved round by round; each figure is the median of "
              f"{args.rounds} rounds ({args.network_rounds} for whole networks); ratio = ref time / cpu time (above 1: the cpu backend is faster). "
-             "Other processes shared the cores, so single figures are noisy; the ratios are the point.",
+             "Other processes shared the cores, so single figures are noisy (and absolute times inflated "
+             "many times over when the load is high); the ratios are the point. "
+             "modulated_conv2d 64->64 at 64x64 does the same work in both backends (one grouped convolution, "
+             "no resampling), so its ratio shows the noise level.",
              "Networks: default GeneratorConfig / DiscriminatorConfig (channel_base 4096, channel_max 256, 1 channel).",
              "",
              "| item | ref (ms) | cpu (ms) | ref / cpu |", "|---|---:|---:|---:|"]
