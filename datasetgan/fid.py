@@ -175,8 +175,8 @@ class FIDEvaluator:
     the first evaluation, then kept."""
 
     def __init__(self, real_images: np.ndarray, n_generated: int, cache_dir=None, seed: int = 0,
-                 device="cpu", batch: int = 32, reference: bool = False):
-        self.model = load_inception(device)
+                 device="cpu", batch: int = 32, reference: bool = False, model=None):
+        self.model = model if model is not None else load_inception(device)
         self.n, self.seed, self.batch, self.reference = n_generated, seed, batch, reference
         self.real_images, self.cache_dir = real_images, cache_dir
         self.mu = self.sigma = None

@@ -89,8 +89,7 @@ def test_evaluator_scores_a_generator(inception, tmp_path):
         torch.manual_seed(0)
         G = Generator(GeneratorConfig(resolution=16, z_dim=16, w_dim=16, mapping_layers=1, channel_base=64,
                                       channel_max=16)).eval()
-    ev = fid.FIDEvaluator(smooth_set(n=8, size=16), n_generated=8, cache_dir=tmp_path, batch=8)
-    ev.model = inception
+    ev = fid.FIDEvaluator(smooth_set(n=8, size=16), n_generated=8, cache_dir=tmp_path, batch=8, model=inception)
     a = ev(G)
     assert np.isfinite(a) and a > 0
     # The same latents every time, so scores of successive snapshots are comparable.
