@@ -3,9 +3,10 @@ ACDC test (test-R), with the `--profile cpu` settings. Prints the comparison and
 "## Segmenter benchmark" section of benchmarks/RESULTS.md (only that section is replaced).
 
     PYTHONPATH=$PWD python benchmarks/segmenters.py [--run runs/acdc_cpu] [--report-only] [-- extra bench options]
+    PYTHONPATH=$PWD python benchmarks/segmenters.py --report-only --run runs/acdc_cpu --run runs/acdc_cpu_os8
 
 The run is resumable: folds already in RUN/bench/results.json are skipped, so rerunning after an
-interruption continues where it stopped; --report-only only rewrites the section.
+interruption continues where it stopped; --report-only only rewrites the section (one table per run).
 """
 from __future__ import annotations
 
@@ -28,14 +29,16 @@ def acdc() -> Path:
     sys.exit("ACDC not found at ../shared/data/acdc")
 
 
-def section(doc: dict, command: str, run: Path) -> str:
+def section(doc: dict, command: str, run: Path, title: str) -> str:
     from datasetgan.bench.report import fmt
 
-    lines = [SECTION, "", f"Command (from the repository root): `{command}`", "",
+    prof = doc["profile"]
+    lines = [f"### {title}", "", f"Command (from the repository root): `{command}`", "",
              f"Machine: shared 2-core CPU, `torch.set_num_threads({doc['profile']['threads']})`. "
              f"Profile `{doc['profile']['name']}`: {doc['profile']['resolution']}x{doc['profile']['resolution']}, "
              f"{doc['profile']['train']['epochs']} epochs, batch {doc['profile']['train']['batch_size']}, "
-             f"{doc['profile']['train']['optimizer']} lr {doc['profile']['train']['lr']}; "
+             f"{doc['profile']['train']['optimizer']} lr {doc['profile']['train']['lr']}, "
+             f"MobileNetV3 output stride {prof.get('output_stride', 16)}, U-Net widths {prof.get('unet_channels')}; "
              "training set = 500 ACDC train slices drawn at random (seed 0), k-fold CV (each fold trains on 4/5), "
              f"test-R = ACDC test ({(doc.get('test_sets') or {}).get('test_r', {}).get('n')} slices, unseen patients).",
              "", "mIoU includes background; 'no bg' excludes it; Dice is the mean over foreground classes; "
@@ -70,22 +73,31 @@ def write_section(text: str) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--run", default="runs/acdc_cpu")
+    ap.add_argument("--run", action="append", help="run folder (repeat to report several; default runs/acdc_cpu)")
+    ap.add_argument("--note", default="", help="text put under the section heading")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--report-only", action="store_true")
     ap.add_argument("extra", nargs="*", help="more `datasetgan bench` options (after --)")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     data = acdc()
-    args = ["bench", a.run, "--real", str(data / "train"), "--test-real", str(data / "test"),
-            "--profile", "cpu", "--models", "deeplabv3,fcn,unet", "--real-limit", "500",
-            "--threads", str(a.threads)] + a.extra
-    shown = ["datasetgan"] + [s.replace(str(data.parent.parent), "..") for s in args]
+    runs = a.run or ["runs/acdc_cpu"]
+    base = ["--real", str(data / "train"), "--test-real", str(data / "test"), "--profile", "cpu",
+            "--models", "deeplabv3,fcn,unet", "--real-limit", "500", "--threads", str(a.threads)]
     if not a.report_only:
         from datasetgan.cli import main as cli
-        cli.main(args, standalone_mode=False)
-    doc = json.loads((Path(a.run) / "bench/results.json").read_text())
-    text = section(doc, " ".join(shown), Path(a.run))
+        for run in runs:
+            cli.main(["bench", run] + base + a.extra, standalone_mode=False)
+    parts = [SECTION, ""] + ([a.note, ""] if a.note else [])
+    for run in runs:
+        doc = json.loads((Path(run) / "bench/results.json").read_text())
+        extra = list(a.extra)
+        if doc["profile"].get("output_stride", 16) != 16 and "--output-stride" not in extra:
+            extra += ["--output-stride", str(doc["profile"]["output_stride"])]  # runs made before "command" was kept
+        command = doc.get("command") or " ".join(["datasetgan", "bench", run] + base + extra)
+        command = command.replace(str(data.parent.parent), "../shared")
+        parts.append(section(doc, command, Path(run), f"`{run}`"))
+    text = "\n".join(parts)
     print(text)
     write_section(text)
 

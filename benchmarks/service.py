@@ -165,7 +165,8 @@ def main():
         SECTION, "",
         f"`PYTHONPATH=$PWD python benchmarks/service.py{' --runs ' + str(args.runs) if args.runs else ''}` "
         f"({time.strftime('%Y-%m-%d')}; model {args.model}: {res}x{res}, {model['channels']} channel(s), "
-        f"{len(model['classes'])} classes; server `--threads {args.server_threads} --max-concurrent 4`, CPU, "
+        f"{len(model['classes'])} classes; server `--threads {args.server_threads} --max-concurrent 4`, "
+        f"stylegan2_ops backend {os.environ.get('STYLEGAN2_OPS_BACKEND', 'auto')}, CPU, "
         f"{os.cpu_count()} cores shared with other work, load average {os.getloadavg()[0]:.1f}). "
         "Every pair carries image, mask, overlay and uncertainty PNGs and its JSON record.", "",
         "| figure | value |", "|---|---|",

@@ -22,7 +22,7 @@ import re
 import time
 from pathlib import Path
 
-from datasetgan.allocator import tune_allocator
+from stylegan2_ops import tune_allocator
 
 tune_allocator()
 

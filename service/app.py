@@ -19,6 +19,7 @@ import asyncio
 import importlib
 import json
 import logging
+import os
 import threading
 import time
 from contextlib import asynccontextmanager
@@ -311,10 +312,15 @@ def create_app(settings: Settings, codec=None) -> FastAPI:
         job = the_job(job_id)
         rec = next((s for s in job["shards"] if s["index"] == k), None)
         path = state["store"].shard_path(job_id, k) if rec else None
-        if rec is None or not path.exists():
+        try:
+            stat = os.stat(path) if rec else None  # given to FileResponse: a shard deleted meanwhile is a 404
+        except FileNotFoundError:
+            stat = None
+        if stat is None:
             raise HTTPException(404, f"shard {k} of job {job_id} is not ready; the job has "
                                      f"{len(job['shards'])} complete shards ({job['state']})")
         return FileResponse(path, media_type="application/x-tar", filename=f"{job_id}-{k:05d}.tar",
+                            stat_result=stat,
                             headers={"ETag": f'"{rec["sha256"]}"', "Cache-Control": "no-store"})
 
     @app.delete("/v1/jobs/{job_id}", tags=["jobs"], responses=ERRORS)

@@ -160,3 +160,17 @@ def test_group_folds_keep_groups_together():
         assert not {groups[i] for i in tr} & {groups[i] for i in va}
     with pytest.raises(ValueError):
         group_kfold(["a", "b"], 3)
+
+
+def test_soft_dice_loss():
+    import torch
+    from datasetgan.bench.trainer import segmentation_loss, soft_dice_loss
+
+    target = torch.as_tensor(TRUTH.astype(np.int64))[None]
+    perfect = torch.nn.functional.one_hot(target, 3).permute(0, 3, 1, 2).float() * 50
+    assert soft_dice_loss(perfect, target).item() == pytest.approx(0.0, abs=1e-6)
+    background = torch.zeros(1, 3, 4, 4)
+    background[:, 0] = 50  # all background: foreground Dice (2*0+1)/(0+4+1) per class
+    assert soft_dice_loss(background, target).item() == pytest.approx(1 - 1 / 5, abs=1e-4)  # 4 px per class
+    ce = torch.nn.functional.cross_entropy(background, target)
+    assert segmentation_loss(background, target, "dice_ce").item() == pytest.approx(ce.item() + 1 - 1 / 5, abs=1e-4)

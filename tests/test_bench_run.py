@@ -153,3 +153,25 @@ def test_annotator_auto_annotate_and_grading(data, tmp_path):
     g = json.loads((run / "bench/results.json").read_text())["grading"]
     assert g["counts"] == {"good": 10, "partial": 0, "bad": 0}
     assert "Pair grading" in (run / "bench/tables.md").read_text()
+
+
+def test_on_pairs_from_the_factory(tiny_run, tmp_path):
+    """The real contract: folders written by `datasetgan generate` (tiny run, 16x16, 3 classes)."""
+    from datasetgan.factory import PairFactory, generate
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    factory = PairFactory(run)
+    generate(factory, range(0, 10), run / "generated/train")
+    generate(factory, range(1000, 1004), run / "generated/test")
+    args = ["bench", str(run), "--synthetic", str(run / "generated/train"), "--test-generated",
+            str(run / "generated/test"), "--models", "unet", "--folds", "2", "--drop-uncertain", "0.2",
+            "--resolution", "16", "--epochs", "1", "--batch-size", "4", "--threads", "1", "--no-progress",
+            "--unet-channels", "4,8"]
+    r = CliRunner().invoke(main, args)
+    assert r.exit_code == 0, r.output
+    e = json.loads((run / "bench/results.json").read_text())["experiments"]["synthetic8/unet"]
+    assert e["set_info"]["annotated"] == 4          # read from the run's interpreter.json
+    assert e["summary"]["test_g"]["folds"] == 2 and len(e["folds"][0]["test_g"]["dice"]) == 3
+    r = CliRunner().invoke(main, args[:5] + [str(run / "generated/train")] + args[6:])
+    assert r.exit_code != 0 and "disjoint" in r.output

@@ -117,3 +117,24 @@ def test_profiles_and_model_specs():
         parse_models(["unet", "unet"], cpu, 1, 2)
     with pytest.raises(ValueError):
         get_profile("gpu")
+
+
+@pytest.mark.parametrize("arch", ["deeplabv3", "fcn"])
+def test_mobilenet_output_stride(arch):
+    grids = {}
+    for os_ in (16, 8):
+        m = Segmenter(SegmenterConfig(arch, "mobilenet_v3_large", 1, 3, 64, output_stride=os_)).eval()
+        with torch.no_grad():
+            grids[os_] = m.net.backbone(torch.zeros(1, 1, 64, 64))["out"].shape[-1]
+            assert m(torch.zeros(1, 1, 64, 64))["out"].shape == (1, 3, 64, 64)
+    assert grids == {16: 4, 8: 8}
+    with pytest.raises(ValueError):
+        SegmenterConfig(arch, "mobilenet_v3_large", output_stride=4)
+
+
+def test_mobilenet_deeplab_matches_torchvision_layout():
+    from torchvision.models.segmentation import deeplabv3_mobilenet_v3_large
+
+    ref = deeplabv3_mobilenet_v3_large(weights=None, weights_backbone=None, num_classes=4, aux_loss=True)
+    mine = Segmenter(SegmenterConfig("deeplabv3", "mobilenet_v3_large", 3, 4, 64, aux_loss=True))
+    assert {k: v.shape for k, v in ref.state_dict().items()} == {k: v.shape for k, v in mine.net.state_dict().items()}

@@ -101,6 +101,20 @@ def post_pairs(client: httpx.Client, body: dict, model: str = "run") -> httpx.Re
     return r
 
 
+@pytest.fixture(scope="module", autouse=True)
+def reference_ops():
+    """stylegan2_ops' reference backend, here and in the servers (which inherit the environment): the
+    service does not depend on the backend, and its tests should not wait for the C++ build, which
+    the ops tests cover. Both sides use the same backend, so their bytes can be compared."""
+    old = os.environ.get("STYLEGAN2_OPS_BACKEND")
+    os.environ["STYLEGAN2_OPS_BACKEND"] = "ref"
+    yield
+    if old is None:
+        del os.environ["STYLEGAN2_OPS_BACKEND"]
+    else:
+        os.environ["STYLEGAN2_OPS_BACKEND"] = old
+
+
 @pytest.fixture(scope="module")
 def runs(tiny_run) -> Path:
     return tiny_run.parent  # the folder of runs; the tiny run's id is its folder name, "run"

@@ -26,9 +26,12 @@ class TrainConfig:
     weight_decay: float = 1e-4
     poly_power: float = 0.9          # lr * (1 - step/steps) ** power; 0 keeps lr constant
     aux_weight: float = 0.5          # weight of torchvision's auxiliary head loss, when present
+    loss: str = "ce"                 # ce | dice_ce (cross-entropy + soft Dice over foreground classes)
     seed: int = 0
 
     def __post_init__(self):
+        if self.loss not in ("ce", "dice_ce"):
+            raise ValueError(f"loss must be ce or dice_ce, got {self.loss!r}")
         if self.optimizer not in ("adam", "sgd"):
             raise ValueError(f"optimizer must be adam or sgd, got {self.optimizer!r}")
         if self.epochs < 1 or self.batch_size < 2:
@@ -44,6 +47,7 @@ class Profile:
     backbones: dict = field(default_factory=dict)   # arch -> backbone
     unet_channels: tuple[int, ...] = (16, 32, 64, 128, 256)
     aux_loss: bool = False
+    output_stride: int = 16                    # MobileNetV3 backbones
     train: TrainConfig = field(default_factory=TrainConfig)
     folds: int = 5
     real_limit: int | None = 500

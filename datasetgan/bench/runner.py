@@ -61,7 +61,7 @@ def parse_models(spec: list[str], profile: Profile, in_channels: int, num_classe
         backbone = backbone or profile.backbones.get(arch, "resnet101")
         out.append(SegmenterConfig(arch=arch, backbone=backbone, in_channels=in_channels, num_classes=num_classes,
                                    resolution=profile.resolution, aux_loss=profile.aux_loss and arch != "unet",
-                                   unet_channels=profile.unet_channels))
+                                   unet_channels=profile.unet_channels, output_stride=profile.output_stride))
     names = [c.name for c in out]
     if len(set(names)) != len(names):
         raise ValueError(f"a model is listed twice: {names}")
@@ -196,7 +196,7 @@ def save_npy(path: Path, array: np.ndarray) -> None:
 def run_benchmark(run_dir, inputs: BenchInputs, models: list[SegmenterConfig], profile: Profile,
                   folds: int | None = None, save_models: bool = False, init_weights: dict | None = None,
                   device: str = "cpu", progress: bool = True, log=print, on_fold=None, should_stop=None,
-                  fold_groups: str | None = None) -> dict:
+                  fold_groups: str | None = None, command: str | None = None) -> dict:
     """Train and score every (training set, model) pair over k folds; returns the results document.
 
     ``fold_groups``: a regular expression whose match (first group if it has one) in an image name
@@ -206,6 +206,8 @@ def run_benchmark(run_dir, inputs: BenchInputs, models: list[SegmenterConfig], p
     results = Results(bench)
     k = profile.folds if folds is None else folds
     nc = len(inputs.classes)
+    if command:
+        results.doc["command"] = command
     results.doc.update(profile=profile.to_dict(), classes=[c.__dict__ for c in inputs.classes],
                        test_sets={"test_r": inputs.test_r.info if inputs.test_r else None,
                                   "test_g": inputs.test_g.info if inputs.test_g else None})

@@ -3,8 +3,9 @@
 Architectures (never downloaded: ``weights=None, weights_backbone=None`` always):
 
     deeplabv3   torchvision DeepLabV3; backbone resnet101 (the seed's), resnet50 or mobilenet_v3_large
-    fcn         torchvision FCN; backbone resnet101, resnet50, or mobilenet_v3_large (an FCN head on
-                MobileNetV3 features, assembled from torchvision's own FCN classes)
+    fcn         torchvision FCN; backbone resnet101, resnet50, or mobilenet_v3_large
+                (ResNets at output stride 8 as torchvision builds them; MobileNetV3 models are assembled
+                from torchvision's classes at output stride 16 as torchvision's, or 8)
     unet        MONAI's UNet (residual units, batch norm), channel widths from the config
 
 Every network takes C input channels (the first convolution is replaced when C != 3) and predicts
@@ -37,6 +38,7 @@ class SegmenterConfig:
     num_classes: int = 2
     resolution: int = 256                   # training resolution; predict() resizes other sizes to it
     aux_loss: bool = False                  # torchvision's auxiliary FCN head (training only)
+    output_stride: int = 16                 # MobileNetV3 backbones: 16 (torchvision's) or 8
     unet_channels: tuple[int, ...] = (16, 32, 64, 128, 256)
     unet_res_units: int = 2
 
@@ -45,6 +47,8 @@ class SegmenterConfig:
             raise ValueError(f"unknown segmenter {self.arch!r}; choose from {', '.join(ARCHITECTURES)}")
         if self.arch != "unet" and self.backbone not in BACKBONES:
             raise ValueError(f"unknown backbone {self.backbone!r}; choose from {', '.join(BACKBONES)}")
+        if self.output_stride not in (8, 16):
+            raise ValueError(f"output stride must be 8 or 16, got {self.output_stride}")
         if self.in_channels < 1 or self.num_classes < 2:
             raise ValueError("a segmenter needs at least 1 input channel and 2 classes")
         self.unet_channels = tuple(int(c) for c in self.unet_channels)
@@ -76,14 +80,25 @@ def _replace_first_conv(model: nn.Module, in_channels: int) -> None:
     raise RuntimeError("no 3-channel input convolution found")  # a torchvision change; should not happen
 
 
-def _mobilenet_fcn(num_classes: int, aux_loss: bool) -> nn.Module:
-    """FCN head on a dilated MobileNetV3-Large (output stride 16), the layout torchvision uses for
-    its MobileNet DeepLabV3; torchvision ships no FCN-MobileNet builder."""
-    from torchvision.models import mobilenet_v3_large
+def _mobilenet_model(arch: str, num_classes: int, aux_loss: bool, output_stride: int) -> nn.Module:
+    """DeepLabV3 or FCN on a dilated MobileNetV3-Large, assembled from torchvision's own classes the
+    way torchvision builds its DeepLabV3-MobileNetV3 (output stride 16), or at output stride 8 (the
+    last two stages dilated instead of strided): at 64x64 input, stride 16 leaves a 4x4 grid, too
+    coarse for small structures. torchvision ships no FCN-MobileNet builder."""
     from torchvision.models._utils import IntermediateLayerGetter
+    from torchvision.models.mobilenetv3 import MobileNetV3, _mobilenet_v3_conf
+    from torchvision.models.segmentation.deeplabv3 import DeepLabHead, DeepLabV3
     from torchvision.models.segmentation.fcn import FCN, FCNHead
 
-    features = mobilenet_v3_large(weights=None, dilated=True).features
+    if output_stride not in (8, 16):
+        raise ValueError(f"output stride must be 8 or 16, got {output_stride}")
+    settings, last_channel = _mobilenet_v3_conf("mobilenet_v3_large", dilated=True)
+    if output_stride == 8:
+        strided = [i for i, c in enumerate(settings) if c.stride > 1]
+        for i, c in enumerate(settings):  # the last two strided stages: stride 1, dilation 2 and 4
+            if i >= strided[-2]:
+                c.dilation = 4 if i >= strided[-1] else 2
+    features = MobileNetV3(settings, last_channel).features
     stages = [0] + [i for i, b in enumerate(features) if getattr(b, "_is_cn", False)] + [len(features) - 1]
     out_pos, aux_pos = stages[-1], stages[-4]
     return_layers = {str(out_pos): "out"}
@@ -91,7 +106,9 @@ def _mobilenet_fcn(num_classes: int, aux_loss: bool) -> nn.Module:
         return_layers[str(aux_pos)] = "aux"
     backbone = IntermediateLayerGetter(features, return_layers=return_layers)
     aux = FCNHead(features[aux_pos].out_channels, num_classes) if aux_loss else None
-    return FCN(backbone, FCNHead(features[out_pos].out_channels, num_classes), aux)
+    if arch == "fcn":
+        return FCN(backbone, FCNHead(features[out_pos].out_channels, num_classes), aux)
+    return DeepLabV3(backbone, DeepLabHead(features[out_pos].out_channels, num_classes), aux)
 
 
 def build_network(cfg: SegmenterConfig) -> nn.Module:
@@ -104,8 +121,8 @@ def build_network(cfg: SegmenterConfig) -> nn.Module:
                     num_res_units=cfg.unet_res_units, norm="batch")
     from torchvision.models import segmentation as S
 
-    if cfg.arch == "fcn" and cfg.backbone == "mobilenet_v3_large":
-        net = _mobilenet_fcn(cfg.num_classes, cfg.aux_loss)
+    if cfg.backbone == "mobilenet_v3_large":
+        net = _mobilenet_model(cfg.arch, cfg.num_classes, cfg.aux_loss, cfg.output_stride)
     else:
         builder = getattr(S, f"{cfg.arch}_{cfg.backbone}")
         net = builder(weights=None, weights_backbone=None, num_classes=cfg.num_classes, aux_loss=cfg.aux_loss)

@@ -27,6 +27,15 @@ def _limit(value: str | None) -> int | None:
     return v
 
 
+def _command_line() -> str:
+    """This invocation as `datasetgan bench ...`, for results.json."""
+    import shlex
+    import sys
+
+    args = sys.argv[1:]
+    return "datasetgan " + " ".join(shlex.quote(a) for a in (args[args.index("bench"):] if "bench" in args else args))
+
+
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("run", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--real", type=click.Path(exists=True, file_okay=False, path_type=Path),
@@ -57,7 +66,10 @@ def _limit(value: str | None) -> int | None:
 @click.option("--epochs", type=click.IntRange(1), help="Override the profile's epochs.")
 @click.option("--batch-size", type=click.IntRange(2), help="Override the profile's batch size.")
 @click.option("--lr", type=float, help="Override the profile's learning rate.")
+@click.option("--loss", type=click.Choice(["ce", "dice_ce"]), help="Training loss (profile default: ce).")
 @click.option("--unet-channels", help="U-Net channel widths per level, e.g. 16,32,64,128,256 (profile default).")
+@click.option("--output-stride", type=click.Choice(["8", "16"]), help="Output stride of MobileNetV3 backbones "
+              "(profile default; 8 keeps an 8x8 grid at 64x64).")
 @click.option("--threads", type=click.IntRange(1), help="torch.set_num_threads (profile default).")
 @click.option("--device", default="cpu", show_default=True, help="cpu or cuda[:N].")
 @click.option("--save-models", is_flag=True, help="Keep every fold's segmenter in RUN/bench/models/.")
@@ -77,8 +89,8 @@ def _limit(value: str | None) -> int | None:
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
 def command(run, real, test_real, synthetic, test_generated, models, profile_name, sets, folds, fold_groups,
             real_limit,
-            hybrid_real, synthetic_sizes, drop_uncertain, annotated, resolution, epochs, batch_size, lr, unet_channels,
-            threads,
+            hybrid_real, synthetic_sizes, drop_uncertain, annotated, resolution, epochs, batch_size, lr, loss, unet_channels,
+            output_stride, threads,
             device, save_models, init_weights, train_annotator, annotator_model, grade_dir, grade_reference,
             grade_n, subset_seed, report_only, no_progress):
     """Benchmark DeepLabV3, FCN and U-Net trained on synthetic, real and hybrid sets; score on test-R/test-G.
@@ -115,9 +127,11 @@ def command(run, real, test_real, synthetic, test_generated, models, profile_nam
         return
 
     overrides = {k: v for k, v in dict(resolution=resolution, epochs=epochs, batch_size=batch_size, lr=lr,
-                                       threads=threads).items() if v is not None}
+                                       loss=loss, threads=threads).items() if v is not None}
     if folds is not None:
         overrides["folds"] = folds
+    if output_stride is not None:
+        overrides["output_stride"] = int(output_stride)
     if unet_channels is not None:
         overrides["unet_channels"] = tuple(_csv(unet_channels, int))
         if len(overrides["unet_channels"]) < 2:
@@ -180,7 +194,7 @@ def command(run, real, test_real, synthetic, test_generated, models, profile_nam
             runner.run_benchmark(run, inputs, model_cfgs, profile, save_models=save_models, init_weights=weights,
                                  device=device, progress=progress, log=click.echo,
                                  on_fold=lambda doc: report.write_report(bench_dir, figures=False),
-                                 fold_groups=fold_groups)
+                                 fold_groups=fold_groups, command=_command_line())
         if grade_dir is not None:
             from ..bench import grading
             g = grading.grade_folder(grade_dir, grade_reference, grade_n, device=device)
