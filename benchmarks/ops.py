@@ -7,7 +7,7 @@ interleaved (ref, cpu, ref, cpu, ...) so load from other processes on the machin
 the figure per backend is the median of the rounds and the ratio is ref time / cpu time (> 1: the
 cpu backend is faster). Prints a table and replaces its own section of benchmarks/RESULTS.md.
 
-    PYTHONPATH=$PWD python benchmarks/ops.py --threads 2 --rounds 7
+    PYTHONPATH=$PWD python benchmarks/ops.py --threads 2 --rounds 7 --network-rounds 5
 """
 from __future__ import annotations
 
@@ -36,10 +36,10 @@ def timed(fn) -> float:
     return time.perf_counter() - start
 
 
-def compare(fn_for_backend, rounds: int, inner: int = 1) -> dict[str, float]:
+def compare(fn_for_backend, rounds: int, inner: int = 1, warmup: bool = True) -> dict[str, float]:
     """Median seconds per call of fn_for_backend(name)() for each backend, interleaved."""
     calls = {name: fn_for_backend(name) for name in BACKENDS}
-    for name in BACKENDS:  # warm-up (first-call allocations, builds)
+    for name in BACKENDS if warmup else ():  # first-call allocations
         calls[name]()
     times = {name: [] for name in BACKENDS}
     for r in range(rounds):
@@ -145,7 +145,9 @@ def network_cases(res: int, batch: int):
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--rounds", type=int, default=7, help="interleaved rounds per item (median)")
+    parser.add_argument("--rounds", type=int, default=7, help="interleaved rounds per operation (median)")
+    parser.add_argument("--network-rounds", type=int, default=5,
+                        help="interleaved rounds per whole-network item (median; no warm-up round)")
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--resolutions", type=int, nargs="+", default=[64, 128])
     parser.add_argument("--no-tune-allocator", action="store_true", help="leave glibc malloc at its defaults")
@@ -158,12 +160,14 @@ def main():
     os.environ.pop(ops.backend.ENV_VAR, None)
 
     rows = []
-    items = op_cases()
+    items = [(label, make, False) for label, make in op_cases()]
     for res in args.resolutions:
-        items += network_cases(res, args.batch)
-    for label, make in items:
-        inner = 3 if ("forward" in label and "G " not in label and "training" not in label) else 1
-        t = compare(make, args.rounds, inner)
+        items += [(label, make, True) for label, make in network_cases(res, args.batch)]
+    for label, make, network in items:
+        if network:
+            t = compare(make, args.network_rounds, warmup=False)
+        else:
+            t = compare(make, args.rounds, inner=3 if label.endswith(" forward") else 1)
         ratio = t["ref"] / t["cpu"]
         rows.append((label, t["ref"], t["cpu"], ratio))
         print(f"{label:60s} ref {t['ref'] * 1e3:9.1f} ms   cpu {t['cpu'] * 1e3:9.1f} ms   ratio {ratio:5.2f}x",
@@ -171,6 +175,7 @@ def main():
 
     lines = [SECTION, "",
              f"Command: `PYTHONPATH=$PWD python benchmarks/ops.py --threads {args.threads} --rounds {args.rounds} "
+             f"--network-rounds {args.network_rounds} "
              f"--batch {args.batch} --resolutions {' '.join(map(str, args.resolutions))}"
              f"{' --no-tune-allocator' if args.no_tune_allocator else ''}`",
              "",
@@ -178,8 +183,11 @@ def main():
              f"{os.getloadavg()[0]:.1f} at the end); torch {torch.__version__}, {args.threads} threads; glibc malloc "
              f"{'tuned with stylegan2_ops.tune_allocator()' if tuned else 'at its defaults'} for both backends.",
              "Both backends run in the same process, interleaved round by round; each figure is the median of "
-             f"{args.rounds} rounds; ratio = ref time / cpu time (above 1: the cpu backend is faster). "
-             "Other processes shared the cores, so single figures are noisy; the ratios are the point.",
+             f"{args.rounds} rounds ({args.network_rounds} for whole networks); ratio = ref time / cpu time (above 1: the cpu backend is faster). "
+             "Other processes shared the cores, so single figures are noisy (and absolute times inflated "
+             "many times over when the load is high); the ratios are the point. "
+             "modulated_conv2d 64->64 at 64x64 does the same work in both backends (one grouped convolution, "
+             "no resampling), so its ratio shows the noise level.",
              "Networks: default GeneratorConfig / DiscriminatorConfig (channel_base 4096, channel_max 256, 1 channel).",
              "",
              "| item | ref (ms) | cpu (ms) | ref / cpu |", "|---|---:|---:|---:|"]

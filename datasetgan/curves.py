@@ -34,8 +34,8 @@ def plot_curves(log_path, out_path, title: str | None = None) -> None:
     axes = fig.subplots(1, 3)
     for key in LOSS_KEYS:
         pts = [(r["kimg"], r[key]) for r in rows if r.get(key) is not None]
-        if pts:
-            axes[0].plot(*zip(*pts), label=key, lw=1)
+        if pts:  # regularisers are lazy, so their points are sparse: mark them
+            axes[0].plot(*zip(*pts), label=key, lw=1, marker="o" if "penalty" in key else None, ms=2)
     axes[0].set_title("losses")
     for key, style in (("p", "-"), ("r_t", "--")):
         pts = [(r["kimg"], r[key]) for r in rows if r.get(key) is not None]
@@ -46,6 +46,8 @@ def plot_curves(log_path, out_path, title: str | None = None) -> None:
     pts = [(r["kimg"], r["fid"]) for r in rows if r.get("fid") is not None]
     if pts:
         axes[2].plot(*zip(*pts), "o-", lw=1, ms=3)
+    else:
+        axes[2].text(0.5, 0.5, "no FID yet", ha="center", va="center", transform=axes[2].transAxes)
     axes[2].set_title("FID")
     for ax in axes:
         ax.set_xlabel("kimg")

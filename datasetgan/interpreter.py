@@ -318,7 +318,7 @@ def load_interpreter(path, device="cpu") -> Interpreter:
 
 @torch.no_grad()
 def evaluate(member: nn.Module, feats: TapFeatures, pixels: torch.Tensor, labels: torch.Tensor,
-             chunk: int = 8192) -> tuple[float, float]:
+             chunk: int = 2048) -> tuple[float, float]:
     """Mean cross-entropy and accuracy of one member on the given flat pixel indices (eval mode)."""
     member.eval()
     loss, correct = 0.0, 0

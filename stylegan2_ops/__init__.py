@@ -3,6 +3,12 @@
 Every public function takes ``backend=None`` (automatic) or one of ``"ref"``, ``"cpu"``, ``"cuda"``;
 the environment variable ``STYLEGAN2_OPS_BACKEND`` forces a choice for the whole process. The
 ``ref`` backend (plain PyTorch) defines the semantics below; the others must agree with it.
+
+``cpu`` (C++ with OpenMP, csrc/cpu_ops.cpp) and ``cuda`` (CUDA kernels, csrc/cuda_kernels.cu) are
+compiled on first use into ``~/.cache/datasetgan/torch_extensions`` (see :mod:`stylegan2_ops.build`).
+Automatic choice: ``cuda`` for CUDA tensors, ``cpu`` for CPU tensors, and ``ref`` with one warning
+if that build fails. All backends support first and second order gradients (R1 regularisation).
+``tune_allocator()`` makes glibc keep freed memory, which speeds up CPU training and generation.
 """
 from __future__ import annotations
 

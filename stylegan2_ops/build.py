@@ -3,8 +3,9 @@
 Builds go to a per-user cache folder (``$XDG_CACHE_HOME/datasetgan/torch_extensions``, by default
 ``~/.cache/datasetgan/torch_extensions``; ``STYLEGAN2_OPS_CACHE`` overrides it), one sub-folder per
 Python / torch / CPU-feature combination so a cache shared between machines never hands out a binary
-built for another one. A file lock serialises builds between processes; ninja rebuilds only when
-a source or a flag changed.
+built for another one, and one per source content, so work trees with different versions of the
+sources never rebuild over each other. A file lock serialises builds between processes; ninja
+rebuilds only when a source or a flag changed.
 """
 from __future__ import annotations
 
@@ -51,13 +52,41 @@ def cpu_signature() -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:10]
 
 
+# Files each backend is built from; the first ones are compiled, headers come last.
+SOURCES = {"cpu": ["cpu_ops.cpp", "activations.h"],
+           "cuda": ["cuda_ops.cpp", "cuda_kernels.cu", "activations.h"]}
+
+
+def source_hash(kind: str) -> str:
+    digest = hashlib.sha256()
+    for name in SOURCES[kind]:
+        digest.update(name.encode() + b"\0" + (CSRC / name).read_bytes() + b"\0")
+    return digest.hexdigest()[:12]
+
+
 def build_dir(kind: str) -> Path:
+    """One folder per source content and toolchain: checkouts with the same sources share a build,
+    and different versions (other branches, other work trees) never rebuild over each other."""
     tag = f"{kind}-py{sys.version_info[0]}{sys.version_info[1]}-torch{torch.__version__}"
     if kind == "cpu":
         tag += f"-{cpu_signature()}"
     else:
         tag += f"-cu{torch.version.cuda}"
-    return cache_root() / tag.replace("+", "_")
+    return cache_root() / f"{tag}-{source_hash(kind)}".replace("+", "_")
+
+
+def stage_sources(kind: str, where: Path) -> Path:
+    """Copy the sources into the build folder so the compiled paths do not depend on the checkout."""
+    src = where / "src"
+    src.mkdir(parents=True, exist_ok=True)
+    for name in SOURCES[kind]:
+        data = (CSRC / name).read_bytes()
+        target = src / name
+        if not target.exists() or target.read_bytes() != data:
+            tmp = src / f".{name}.{os.getpid()}"
+            tmp.write_bytes(data)
+            os.replace(tmp, target)
+    return src
 
 
 def cpu_flags() -> list[str]:
@@ -168,22 +197,23 @@ def load(kind: str, verbose: bool = False):
     where = build_dir(kind)
     where.mkdir(parents=True, exist_ok=True)
     name = f"stylegan2_ops_{kind}"
-    kwargs: dict = dict(name=name, build_directory=str(where), verbose=verbose,
-                        extra_include_paths=[str(CSRC)])
+    src = where / "src"
+    compiled = [str(src / n) for n in SOURCES[kind] if not n.endswith(".h")]
+    kwargs: dict = dict(name=name, build_directory=str(where), verbose=verbose, sources=compiled,
+                        extra_include_paths=[str(src)])
     if kind == "cpu":
-        kwargs.update(sources=[str(CSRC / "cpu_ops.cpp")], extra_cflags=cpu_flags(),
-                      extra_ldflags=["-fopenmp"])
+        kwargs.update(extra_cflags=cpu_flags(), extra_ldflags=["-fopenmp"])
     else:
         find_nvcc()
         if cpp_extension.CUDA_HOME is None:
             raise BuildError("torch found no CUDA toolkit (set CUDA_HOME)")
-        kwargs.update(sources=[str(CSRC / "cuda_ops.cpp"), str(CSRC / "cuda_kernels.cu")],
-                      extra_cflags=["-O3"],
+        kwargs.update(extra_cflags=["-O3"],
                       extra_cuda_cflags=["-O3", "-lineinfo"] + gencode_flags(),
-                      extra_include_paths=[str(CSRC)] + cuda_include_dirs(),
+                      extra_include_paths=[str(src)] + cuda_include_dirs(),
                       extra_ldflags=[f"-L{cudart_link_dir(where)}", "-lcudart"])
     try:
         with FileLock(str(where / "build.lock"), timeout=1800):
+            stage_sources(kind, where)
             return cpp_extension.load(**kwargs)
     except Exception as exc:  # compiler errors, missing toolchain, import errors
         raise BuildError(f"building the {kind} backend in {where} failed: {exc}") from exc

@@ -17,6 +17,7 @@ from torch.autograd import gradcheck, gradgradcheck
 import stylegan2_ops as ops
 from stylegan2_ops import backend as backend_mod
 from stylegan2_ops.build import BuildError
+from stylegan2_ops.fused import modulate_activations
 from stylegan2_ops.ref import ACTIVATIONS
 
 F32 = dict(rtol=1e-4, atol=1e-5)
@@ -25,7 +26,11 @@ F32 = dict(rtol=1e-4, atol=1e-5)
 @pytest.fixture(scope="module", autouse=True)
 def cpu_backend():
     # Builds (or loads from the per-user cache) the C++ backend once; a build error fails the tests.
-    return backend_mod.compiled("cpu")
+    # One thread: gradcheck runs thousands of tiny operations, which thread hand-offs only slow down.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield backend_mod.compiled("cpu")
+    torch.set_num_threads(threads)
 
 
 def random_upfirdn_case(rng: random.Random):
@@ -169,11 +174,11 @@ def test_conv2d_resample_matches_ref_and_gradchecks(case):
 
 
 @pytest.mark.parametrize("shape", [
-    dict(n=3, i=8, o=8, hw=4, k=3, up=1),     # many weights, few pixels: activation modulation
-    dict(n=2, i=6, o=5, hw=3, k=3, up=2),
-    dict(n=3, i=2, o=3, hw=11, k=3, up=1),    # many pixels: grouped convolution
-    dict(n=2, i=2, o=2, hw=9, k=3, up=2),
-    dict(n=2, i=5, o=1, hw=6, k=1, up=1),     # toRGB
+    dict(n=2, i=4, o=4, hw=4, k=3, up=1, act_mod=True),     # many weights, few pixels
+    dict(n=2, i=4, o=3, hw=2, k=3, up=2, act_mod=True),
+    dict(n=3, i=2, o=3, hw=11, k=3, up=1, act_mod=False),   # many pixels: grouped convolution
+    dict(n=2, i=2, o=2, hw=9, k=3, up=2, act_mod=False),
+    dict(n=2, i=5, o=1, hw=6, k=1, up=1, act_mod=False),    # toRGB
 ])
 @pytest.mark.parametrize("demodulate", [True, False])
 def test_modulated_conv2d_matches_ref_and_gradchecks(shape, demodulate):
@@ -188,6 +193,9 @@ def test_modulated_conv2d_matches_ref_and_gradchecks(shape, demodulate):
         return x, w, s
 
     x, w, s = inputs(torch.float32)
+    assert modulate_activations(w.shape, x.shape, shape["up"]) == shape["act_mod"]  # both paths are covered
+    xs = x[:, :, :5, :5]
+    assert modulate_activations(w.shape, xs.shape, shape["up"]) == shape["act_mod"]  # also in gradcheck
     expected = ops.modulated_conv2d(x, w, s, backend="ref", **kwargs)
     got = ops.modulated_conv2d(x, w, s, backend="cpu", **kwargs)
     torch.testing.assert_close(got, expected, **F32)

@@ -55,10 +55,21 @@ def test_train_writes_outputs_and_resume_is_exact(acdc, tmp_path, monkeypatch):
     full, cut = tmp_path / "full", tmp_path / "cut"
     # Uninterrupted: 320 images with a snapshot every 160.
     run_cli(["train", acdc, "--out", str(full), "--kimg", "0.32", "--snap", "0.16", *TINY])
-    # Interrupted after the first snapshot, then resumed to the same total.
-    run_cli(["train", acdc, "--out", str(cut), "--kimg", "0.16", "--snap", "0.16", *TINY])
+    # Interrupted (Ctrl-C) at 240 images, after the snapshot at 160 and log lines beyond it ...
+    real_step = Trainer.train_step
+
+    def step_then_interrupt(self):
+        if self.nimg >= 240:
+            raise KeyboardInterrupt
+        real_step(self)
+
+    with monkeypatch.context() as m:
+        m.setattr(Trainer, "train_step", step_then_interrupt)
+        res = CliRunner().invoke(main, ["train", acdc, "--out", str(cut), "--kimg", "0.32", "--snap", "0.16", *TINY])
+    assert res.exit_code != 0 and "interrupted at 240 images" in res.output and "Traceback" not in res.output
     _, mid = snapshot_state(cut)
     assert mid["nimg"] == 160 and mid["step"] == 20
+    # ... then resumed to the same total.
     res = run_cli(["train", acdc, "--out", str(cut), "--kimg", "0.32", "--snap", "0.16", "--resume", *TINY])
     assert "resumed from snapshot-000000160" in res.output
 
@@ -141,3 +152,29 @@ def test_ema_follows_g_with_rampup():
     beta = 0.5 ** (4 / (4 * 0.05))
     for pe, p, b in zip(tr.G_ema.parameters(), tr.G.parameters(), before):
         assert torch.allclose(pe, p * (1 - beta) + b * beta, atol=1e-6)
+
+
+def test_make_grid_places_images_in_rows():
+    from datasetgan.imagegrid import make_grid
+
+    imgs = np.stack([np.full((2, 3, 1), i, np.uint8) for i in range(5)])
+    grid = make_grid(imgs, cols=3, pad=1, pad_value=255)
+    assert grid.shape == (2 * 3 - 1, 3 * 4 - 1, 1)
+    assert (grid[0:2, 0:3] == 0).all() and (grid[0:2, 8:11] == 2).all() and (grid[3:5, 4:7] == 4).all()
+    assert (grid[2] == 255).all() and (grid[3:5, 8:11] == 255).all()  # padding and the empty cell
+    with pytest.raises(ValueError):
+        make_grid(imgs.astype(np.float32))
+
+
+def test_curves_png_from_log(tmp_path):
+    from PIL import Image
+
+    from datasetgan.curves import plot_curves
+
+    log = tmp_path / "log.jsonl"
+    rows = [{"kimg": k, "nimg": k * 1000, "loss_G": 1.0 + k, "loss_D": 1.0, "p": 0.1 * k, "r_t": 0.5,
+             "fid": (100 - k) if k % 2 == 0 else None} for k in range(5)]
+    log.write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"kimg": 5, "cut sh')  # a torn last line
+    plot_curves(log, tmp_path / "curves.png")
+    with Image.open(tmp_path / "curves.png") as im:
+        assert im.format == "PNG" and im.size[0] > im.size[1] > 100

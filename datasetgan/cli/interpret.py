@@ -73,6 +73,7 @@ def command(run, members, epochs, patience, lr, batch_size, pixels_per_epoch, hi
             raise click.ClickException(f"annotations mix noise modes {modes}; the interpreter needs one")
         info = InterpreterInfo(feats.taps, classes, G.cfg.resolution, G.cfg.img_channels, G.sha256, modes[0],
                                [r.id for r in records])
+        del G  # training needs only the features; the generator's weights would add to the peak
         click.echo(f"{len(records)} annotated images, {feats.channels} feature channels from {len(feats.taps)} taps "
                    f"({feats.nbytes() / 2**20:.0f} MiB at native resolution, float16)")
         with open(log_path, "a") as logf:

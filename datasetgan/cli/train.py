@@ -56,7 +56,7 @@ def command(data, run_dir, preset, kimg, snap_kimg, resume, aug, aug_p, ada_targ
       datasetgan train ../shared/data/acdc/train --out runs/acdc64 --preset cpu-small --kimg 50 --snap 5
       datasetgan train ../shared/data/acdc/train --out runs/acdc64 --kimg 100 --resume   # later: continue
     """
-    from ..allocator import tune_allocator
+    from stylegan2_ops import tune_allocator
 
     tune_allocator()  # before the first large allocation; nearly halves step time on the CPU
 

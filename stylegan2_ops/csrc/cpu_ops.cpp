@@ -162,6 +162,54 @@ Taps make_taps(int64_t in, int64_t out, int64_t up, int64_t down, int64_t p0, in
   return t;
 }
 
+// For one filter tap along x, the outputs it contributes to form an arithmetic progression
+// (ox = o0 + m * os reads input ix = i0 + m * is, m < count): the congruence that picks real samples
+// out of the zero-inserted signal repeats every up / gcd(up, down) outputs.
+struct Run {
+  int64_t o0, os, i0, is, count;
+};
+
+std::vector<Run> make_runs(int64_t in, int64_t out, int64_t up, int64_t down, int64_t p0, int64_t k) {
+  std::vector<Run> runs(k, Run{0, 1, 0, 1, 0});
+  for (int64_t j = 0; j < k; ++j) {
+    std::vector<int64_t> os, is;
+    for (int64_t o = 0; o < out; ++o) {
+      const int64_t u = o * down + j - p0;
+      if (u >= 0 && u % up == 0 && u / up < in) {
+        os.push_back(o);
+        is.push_back(u / up);
+      }
+    }
+    if (os.empty()) continue;
+    Run r{os[0], 1, is[0], 1, int64_t(os.size())};
+    if (os.size() > 1) {
+      r.os = os[1] - os[0];
+      r.is = is[1] - is[0];
+    }
+    for (size_t m = 0; m < os.size(); ++m)  // cannot fail; guards the reasoning above
+      TORCH_CHECK(os[m] == r.o0 + int64_t(m) * r.os && is[m] == r.i0 + int64_t(m) * r.is, "upfirdn2d: bad run");
+    runs[j] = r;
+  }
+  return runs;
+}
+
+// out[o0 + m * OS] += in[i0 + m * IS] * w; the common strides are compile-time so loops vectorise.
+template <typename T, int OS, int IS>
+inline void axpy_fixed(T* out, const T* in, T w, int64_t count) {
+#pragma omp simd
+  for (int64_t m = 0; m < count; ++m) out[m * OS] += in[m * IS] * w;
+}
+
+template <typename T>
+inline void axpy_run(T* out, const T* in, T w, const Run& r) {
+  T* o = out + r.o0;
+  const T* x = in + r.i0;
+  if (r.os == 1 && r.is == 1) return axpy_fixed<T, 1, 1>(o, x, w, r.count);
+  if (r.os == 1 && r.is == 2) return axpy_fixed<T, 1, 2>(o, x, w, r.count);
+  if (r.os == 2 && r.is == 1) return axpy_fixed<T, 2, 1>(o, x, w, r.count);
+  for (int64_t m = 0; m < r.count; ++m) o[m * r.os] += x[m * r.is] * w;
+}
+
 // f is the correlation kernel [fh, fw] (already flipped and scaled by the Python side).
 torch::Tensor upfirdn2d(torch::Tensor x, torch::Tensor f, int64_t upx, int64_t upy, int64_t downx,
                         int64_t downy, int64_t px0, int64_t px1, int64_t py0, int64_t py1) {
@@ -173,21 +221,21 @@ torch::Tensor upfirdn2d(torch::Tensor x, torch::Tensor f, int64_t upx, int64_t u
   f = f.to(x.dtype()).contiguous();
   const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
   const int64_t fh = f.size(0), fw = f.size(1);
-  const int64_t OH = (H * upy + py0 + py1 - fh + downy) / downy;
-  const int64_t OW = (W * upx + px0 + px1 - fw + downx) / downx;
   TORCH_CHECK(H * upy + py0 + py1 >= fh && W * upx + px0 + px1 >= fw,
               "upfirdn2d: the padded input is smaller than the filter");
+  const int64_t OH = (H * upy + py0 + py1 - fh + downy) / downy;
+  const int64_t OW = (W * upx + px0 + px1 - fw + downx) / downx;
   auto y = torch::empty({N, C, OH, OW}, x.options());
   if (y.numel() == 0) return y;
   const Taps ty = make_taps(H, OH, upy, downy, py0, fh);
-  const Taps tx = make_taps(W, OW, upx, downx, px0, fw);
+  const std::vector<Run> rx = make_runs(W, OW, upx, downx, px0, fw);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "upfirdn2d", [&] {
     using T = scalar_t;
     const T* xp = x.data_ptr<T>();
     const T* fp = f.data_ptr<T>();
     T* yp = y.data_ptr<T>();
     const int64_t rows = N * C * OH;
-    at::parallel_for(0, rows, std::max<int64_t>(1, 2048 / std::max<int64_t>(OW, 1)), [&](int64_t r0, int64_t r1) {
+    at::parallel_for(0, rows, std::max<int64_t>(1, 4096 / std::max<int64_t>(OW * fw, 1)), [&](int64_t r0, int64_t r1) {
       for (int64_t r = r0; r < r1; ++r) {
         const int64_t plane = r / OH, oy = r % OH;
         T* out = yp + r * OW;
@@ -195,11 +243,8 @@ torch::Tensor upfirdn2d(torch::Tensor x, torch::Tensor f, int64_t upx, int64_t u
         for (int32_t a = ty.start[oy]; a < ty.start[oy + 1]; ++a) {
           const T* xrow = xp + (plane * H + ty.index[a]) * W;
           const T* frow = fp + int64_t(ty.tap[a]) * fw;
-          for (int64_t ox = 0; ox < OW; ++ox) {
-            T s = 0;
-            for (int32_t c = tx.start[ox]; c < tx.start[ox + 1]; ++c) s += xrow[tx.index[c]] * frow[tx.tap[c]];
-            out[ox] += s;
-          }
+          for (int64_t kx = 0; kx < fw; ++kx)
+            if (rx[kx].count > 0) axpy_run(out, xrow, frow[kx], rx[kx]);
         }
       }
     });

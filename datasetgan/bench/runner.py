@@ -1,0 +1,308 @@
+"""The benchmark protocol: every (training set, model) pair is trained k times (k-fold cross-validation)
+and each fold's model is scored on its held-out fold, on test-R and on test-G.
+
+Results go to ``RUN/bench/results.json`` after every fold (atomically), so an interrupted run keeps
+the folds it finished and a rerun with the same settings skips them.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..atomic import atomic_path, atomic_write_text
+from . import datasets as D
+from .folds import group_kfold, kfold
+from .metrics import evaluate, mean_std, to_json
+from .profiles import Profile
+from .segmenters import Segmenter, SegmenterConfig, load_init_weights, save_segmenter
+from .trainer import train_segmenter
+
+FORMAT = "datasetgan-bench/1"
+METRIC_NOTES = (
+    "IoU/Dice/pixel accuracy from one confusion matrix summed over the test set; a class absent from both "
+    "truth and prediction in the whole set is skipped (NaN), one never predicted scores 0. miou includes "
+    "background (class 0), miou_fg excludes it. HD95 in pixels at the benchmark resolution, per image and "
+    "foreground class (boundary distances, percentile 95, as MONAI); skipped when the class is absent from both masks, set to the "
+    "image diagonal when absent from exactly one; averaged over images then classes. mean +- std over folds "
+    "(population std). Each fold trains on k-1 parts of the training set; 'val' is its held-out part.")
+SPLITS = ("val", "test_r", "test_g")
+SUMMARY_KEYS = ("miou", "miou_fg", "mdice_fg", "pixel_accuracy", "hd95")
+N_SAMPLES = 6
+
+
+@dataclass
+class Experiment:
+    key: str                       # e.g. "real500/deeplabv3_mobilenet_v3_large"
+    set_key: str
+    train: D.LabelledSet
+    model: SegmenterConfig
+
+
+@dataclass
+class BenchInputs:
+    train_sets: dict[str, D.LabelledSet]
+    test_r: D.LabelledSet | None = None
+    test_g: D.LabelledSet | None = None
+    classes: list = field(default_factory=list)
+
+
+def parse_models(spec: list[str], profile: Profile, in_channels: int, num_classes: int) -> list[SegmenterConfig]:
+    """'deeplabv3', 'fcn:resnet50', 'unet' -> configurations (backbones from the profile by default)."""
+    out = []
+    for item in spec:
+        arch, _, backbone = item.strip().partition(":")
+        backbone = backbone or profile.backbones.get(arch, "resnet101")
+        out.append(SegmenterConfig(arch=arch, backbone=backbone, in_channels=in_channels, num_classes=num_classes,
+                                   resolution=profile.resolution, aux_loss=profile.aux_loss and arch != "unet",
+                                   unet_channels=profile.unet_channels, output_stride=profile.output_stride))
+    names = [c.name for c in out]
+    if len(set(names)) != len(names):
+        raise ValueError(f"a model is listed twice: {names}")
+    return out
+
+
+def load_inputs(profile: Profile, sets: list[str], real=None, test_real=None, synthetic=(), test_generated=None,
+                real_limit: int | None = None, hybrid_real: int | None = None, synthetic_sizes=None,
+                drop_uncertain: float = 0.0, annotated=None, subset_seed: int = 0, cache_dir=None) -> BenchInputs:
+    """Load and check every set the run needs."""
+    res = profile.resolution
+    unknown = set(sets) - {"real", "synthetic", "hybrid"}
+    if unknown:
+        raise ValueError(f"unknown training set(s) {sorted(unknown)}; choose from real, synthetic, hybrid")
+    if "real" in sets and real is None:
+        raise ValueError("the 'real' training set needs --real DATA")
+    if ("synthetic" in sets or "hybrid" in sets) and not synthetic:
+        raise ValueError("the 'synthetic' and 'hybrid' training sets need --synthetic DIR")
+    if "hybrid" in sets and real is None:
+        raise ValueError("the 'hybrid' training set needs --real DATA (its real images come from there)")
+    if annotated and len(annotated) != len(synthetic):
+        raise ValueError(f"--annotated gives {len(annotated)} count(s) for {len(synthetic)} synthetic folder(s)")
+    train_sets: dict[str, D.LabelledSet] = {}
+    if "real" in sets:
+        s = D.load_real(real, res, real_limit, subset_seed, "--real", cache_dir)
+        train_sets[f"real{len(s)}"] = s
+    for j, folder in enumerate(synthetic):
+        tag = ""
+        counts = {}
+        if "synthetic" in sets or "hybrid" in sets:
+            available = len(D.list_names(folder))
+            sizes = list(synthetic_sizes) if synthetic_sizes else sorted({min(n, available) for n in profile.synthetic_sizes})
+            for size in sizes:
+                s = D.load_generated(folder, res, size, drop_uncertain, "--synthetic", cache_dir)
+                if annotated:
+                    s.info["annotated"] = int(annotated[j])
+                counts[size] = s
+            a = next(iter(counts.values())).info.get("annotated")
+            tag = f"-a{a}" if len(synthetic) > 1 and a is not None else (f"-{j}" if len(synthetic) > 1 else "")
+        if "synthetic" in sets:
+            for size, s in counts.items():
+                train_sets[f"synthetic{len(s)}{tag}"] = s
+        if "hybrid" in sets:
+            k = profile.hybrid_real if hybrid_real is None else hybrid_real
+            r = D.load_real(real, res, k, subset_seed, "--real", cache_dir)
+            s = counts[max(counts)]
+            h = D.hybrid(s, r)
+            train_sets[f"hybrid{len(s)}+{len(r)}{tag}"] = h
+    test_r = D.load_real(test_real, res, None, 0, "--test-real", cache_dir) if test_real else None
+    test_g = D.load_generated(test_generated, res, None, 0.0, "--test-generated", cache_dir) if test_generated else None
+    if test_g is not None:
+        for name, s in train_sets.items():
+            if s.seeds:
+                try:
+                    D.check_disjoint(s, test_g)
+                except D.DataError as e:
+                    raise D.DataError(f"{name}: {e}") from None
+    everything = {**train_sets, **({"test-R": test_r} if test_r else {}), **({"test-G": test_g} if test_g else {})}
+    if not everything:
+        raise ValueError("nothing to do: give training data (--real / --synthetic) or test data")
+    classes = D.check_compatible(everything)
+    return BenchInputs(train_sets, test_r, test_g, classes)
+
+
+def name_groups(names: list[str], pattern: str) -> list[str]:
+    """The group of each name: the regex match (its first group if any); a name without one is alone."""
+    rx = re.compile(pattern)
+    out = []
+    for n in names:
+        m = rx.search(n)
+        out.append((m.group(1) if rx.groups else m.group(0)) if m else f"\0{n}")
+    return out
+
+
+def fingerprint(*parts) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def safe_name(key: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.+-]", "_", key)
+
+
+class Results:
+    """``RUN/bench/results.json``: read once, updated and rewritten atomically after each fold."""
+
+    def __init__(self, bench_dir: Path):
+        self.dir = Path(bench_dir)
+        self.path = self.dir / "results.json"
+        self.doc = {"format": FORMAT, "metric_notes": METRIC_NOTES, "experiments": {}}
+        if self.path.is_file():
+            try:
+                old = json.loads(self.path.read_text())
+                if old.get("format") == FORMAT:
+                    self.doc = old
+            except json.JSONDecodeError:
+                pass  # a broken file is replaced; results are recomputed
+        self.doc["metric_notes"] = METRIC_NOTES
+
+    def save(self) -> None:
+        atomic_write_text(self.path, json.dumps(to_json(self.doc), indent=1))
+
+
+def summarise(folds: list[dict], num_classes: int) -> dict:
+    out = {}
+    for split in SPLITS:
+        rows = [f[split] for f in folds if f.get(split)]
+        if not rows:
+            continue
+        s = {k: mean_std([r.get(k) for r in rows]) for k in SUMMARY_KEYS}
+        s["dice"] = [mean_std([r["dice"][c] for r in rows]) for c in range(num_classes)]
+        s["iou"] = [mean_std([r["iou"][c] for r in rows]) for c in range(num_classes)]
+        s["hd95_per_class"] = [mean_std([(r.get("hd95_per_class") or [None] * num_classes)[c] for r in rows])
+                               for c in range(num_classes)]
+        s["folds"] = len(rows)
+        out[split] = s
+    return out
+
+
+def sample_indices(masks: np.ndarray, n: int = N_SAMPLES) -> np.ndarray:
+    """Evenly spread test images that show some foreground (for the prediction grid)."""
+    fg = np.flatnonzero(masks.reshape(len(masks), -1).max(1) > 0)
+    pool = fg if len(fg) >= n else np.arange(len(masks))
+    return pool[np.linspace(0, len(pool) - 1, min(n, len(pool))).round().astype(int)]
+
+
+def save_npy(path: Path, array: np.ndarray) -> None:
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            np.save(f, array, allow_pickle=False)
+
+
+def run_benchmark(run_dir, inputs: BenchInputs, models: list[SegmenterConfig], profile: Profile,
+                  folds: int | None = None, save_models: bool = False, init_weights: dict | None = None,
+                  device: str = "cpu", progress: bool = True, log=print, on_fold=None, should_stop=None,
+                  fold_groups: str | None = None, command: str | None = None) -> dict:
+    """Train and score every (training set, model) pair over k folds; returns the results document.
+
+    ``fold_groups``: a regular expression whose match (first group if it has one) in an image name
+    is its group (e.g. ``patient\\d+``); a group's images then stay in one fold."""
+    bench = Path(run_dir) / "bench"
+    bench.mkdir(parents=True, exist_ok=True)
+    results = Results(bench)
+    k = profile.folds if folds is None else folds
+    nc = len(inputs.classes)
+    if command:
+        results.doc["command"] = command
+    results.doc.update(profile=profile.to_dict(), classes=[c.__dict__ for c in inputs.classes],
+                       test_sets={"test_r": inputs.test_r.info if inputs.test_r else None,
+                                  "test_g": inputs.test_g.info if inputs.test_g else None})
+    if inputs.test_r is not None:
+        idx = sample_indices(inputs.test_r.masks)
+        save_npy(bench / "samples" / "test_r_images.npy", inputs.test_r.images[idx])
+        save_npy(bench / "samples" / "test_r_masks.npy", inputs.test_r.masks[idx])
+    results.save()
+    experiments = [Experiment(f"{sk}/{m.name}", sk, s, m) for sk, s in inputs.train_sets.items() for m in models]
+    # fold-major order: an interrupted run has every model for its first folds, not one model for all
+    plans = []
+    for exp in experiments:
+        parts = [exp.train.info, len(exp.train), exp.model.to_dict(), profile.train.__dict__, k,
+                 str((init_weights or {}).get(exp.model.arch))]
+        if fold_groups:
+            parts.append(fold_groups)
+        fp = fingerprint(*parts)
+        entry = results.doc["experiments"].get(exp.key)
+        if not entry or entry.get("fingerprint") != fp:
+            entry = {"set": exp.set_key, "set_info": exp.train.info, "model": exp.model.to_dict(),
+                     "model_name": exp.model.name, "train": profile.train.__dict__, "folds_k": k,
+                     "n_train": len(exp.train), "fingerprint": fp, "folds": []}
+        results.doc["experiments"][exp.key] = entry
+        if fold_groups:
+            splits = group_kfold(name_groups(exp.train.names, fold_groups), k, seed=profile.train.seed)
+        else:
+            splits = kfold(len(exp.train), k, seed=profile.train.seed)
+        entry["fold_groups"] = fold_groups
+        plans.append((exp, entry, splits))
+    # experiments of earlier runs that this run does not repeat are kept in results.json as they were
+    results.save()
+    for f_i in range(k):
+        for e_i, (exp, entry, splits) in enumerate(plans):
+            if should_stop is not None and should_stop():
+                return results.doc
+            if any(f["fold"] == f_i for f in entry["folds"]):
+                log(f"[{exp.key}] fold {f_i + 1}/{k} already done; skipped")
+                continue
+            train, (tr, va) = exp.train, splits[f_i]
+            t0, c0 = time.time(), time.process_time()
+            torch.manual_seed(profile.train.seed + f_i)
+            model = Segmenter(exp.model, inputs.classes).to(device)
+            if init_weights and init_weights.get(exp.model.arch):
+                load_init_weights(model, init_weights[exp.model.arch])
+            cfg = profile.train.__class__(**{**profile.train.__dict__, "seed": profile.train.seed + f_i})
+            desc = f"fold {f_i + 1}/{k} [{e_i + 1}/{len(plans)}] {exp.key}"
+            losses = train_segmenter(model, train.images[tr], train.masks[tr], cfg, progress, desc)
+            rec = {"fold": f_i, "n_train": int(len(tr)), "n_val": int(len(va)), "losses": losses,
+                   "train_seconds": round(time.time() - t0, 1)}
+            if len(va):
+                rec["val"] = evaluate(model.predict(train.images[va], profile.eval_batch), train.masks[va], nc)
+            for split, test in (("test_r", inputs.test_r), ("test_g", inputs.test_g)):
+                if test is not None:
+                    pred = model.predict(test.images, profile.eval_batch)
+                    rec[split] = evaluate(pred, test.masks, nc)
+                    sample = bench / "samples" / f"pred_{safe_name(exp.key)}.npy"
+                    if split == "test_r" and (not entry["folds"] or not sample.is_file()):
+                        save_npy(sample, pred[sample_indices(test.masks)])
+            rec["seconds"] = round(time.time() - t0, 1)
+            rec["cpu_seconds"] = round(time.process_time() - c0, 1)  # wall time depends on the machine's load
+            if save_models:
+                path = bench / "models" / f"{safe_name(exp.key)}_fold{f_i}.safetensors"
+                save_segmenter(path, model, {"experiment": exp.key, "fold": f_i})
+                rec["model_path"] = str(path)
+            entry["folds"] = sorted([f for f in entry["folds"] if f["fold"] != f_i] + [rec], key=lambda f: f["fold"])
+            entry["summary"] = summarise(entry["folds"], nc)
+            results.save()
+            log(f"[{exp.key}] fold {f_i + 1}/{k}: " + ", ".join(
+                f"{s} mIoU {rec[s]['miou']:.3f}" for s in SPLITS if rec.get(s) and rec[s].get("miou") is not None)
+                + f" ({rec['seconds']:.0f}s)")
+            if on_fold is not None:
+                on_fold(results.doc)
+    return results.doc
+
+
+def train_annotator(run_dir, out_path, train: D.LabelledSet, model_cfg: SegmenterConfig, profile: Profile,
+                    test_r: D.LabelledSet | None, classes, init_weights=None, device="cpu", progress=True,
+                    log=print) -> dict:
+    """Train one segmenter on all real labels, save it to ``out_path`` and score it on test-R: the
+    ceiling of a run whose interpreter learns from this model's masks instead of a person's."""
+    t0 = time.time()
+    torch.manual_seed(profile.train.seed)
+    model = Segmenter(model_cfg, classes).to(device)
+    if init_weights:
+        load_init_weights(model, init_weights)
+    losses = train_segmenter(model, train.images, train.masks, profile.train, progress, f"annotator {model.name}")
+    entry = {"path": str(out_path), "model": model_cfg.to_dict(), "model_name": model.name,
+             "train_set": train.info, "n_train": len(train), "losses": losses}
+    if test_r is not None:
+        entry["test_r"] = evaluate(model.predict(test_r.images, profile.eval_batch), test_r.masks, len(classes))
+    entry["sha256"] = save_segmenter(out_path, model, {"trained_on": train.info, "test_r": entry.get("test_r")})
+    entry["seconds"] = round(time.time() - t0, 1)
+    results = Results(Path(run_dir) / "bench")
+    results.doc["annotator"] = entry
+    results.save()
+    if entry.get("test_r"):
+        log(f"annotator {model.name}: test-R mIoU {entry['test_r']['miou']:.3f} (saved to {out_path})")
+    return entry

@@ -1,0 +1,176 @@
+"""Benchmark metrics, folds and pair grading against hand-computed values."""
+import math
+
+import numpy as np
+import pytest
+
+from datasetgan.bench import metrics as M
+from datasetgan.bench.folds import kfold
+from datasetgan.bench.grading import grade, grade_pairs, wrong_fraction
+from datasetgan.bench.trainer import batches
+
+TRUTH = np.array([[0, 0, 1, 1],
+                  [0, 0, 1, 1],
+                  [2, 2, 0, 0],
+                  [2, 2, 0, 0]], dtype=np.uint8)
+PRED = np.array([[0, 0, 1, 0],
+                 [0, 0, 1, 1],
+                 [2, 0, 0, 0],
+                 [2, 2, 0, 0]], dtype=np.uint8)
+
+
+def test_confusion_and_scores_by_hand():
+    cm = M.confusion_matrix(PRED, TRUTH, 4)
+    expected = np.zeros((4, 4), int)
+    expected[0, 0] = 8
+    expected[1, 1], expected[1, 0] = 3, 1
+    expected[2, 2], expected[2, 0] = 3, 1
+    assert (cm == expected).all()
+    s = M.scores_from_confusion(cm)
+    # class 0: tp 8, fp 2, fn 0; classes 1 and 2: tp 3, fp 0, fn 1; class 3 absent from both -> NaN
+    assert s["iou"][:3] == pytest.approx([0.8, 0.75, 0.75])
+    assert math.isnan(s["iou"][3]) and math.isnan(s["dice"][3])
+    assert s["dice"][:3] == pytest.approx([16 / 18, 6 / 7, 6 / 7])
+    assert s["miou"] == pytest.approx((0.8 + 0.75 + 0.75) / 3)
+    assert s["miou_fg"] == pytest.approx(0.75)
+    assert s["mdice_fg"] == pytest.approx(6 / 7)
+    assert s["pixel_accuracy"] == pytest.approx(14 / 16)
+
+
+def test_empty_prediction():
+    pred = np.zeros_like(TRUTH)
+    r = M.evaluate(pred[None], TRUTH[None], 3)
+    assert r["iou"] == pytest.approx([8 / 16, 0.0, 0.0])
+    assert r["dice"][1] == 0.0 and r["miou_fg"] == 0.0
+    assert r["miou"] == pytest.approx(0.5 / 3)
+    # both foreground classes missed -> HD95 is the image diagonal
+    assert r["hd95_per_class"][1:] == pytest.approx([math.hypot(4, 4)] * 2)
+    assert r["hd95_per_class"][0] is None  # background has no HD95 (strict JSON: None, not NaN)
+
+
+def test_per_image_iou_skips_absent_classes():
+    t = np.stack([TRUTH, np.zeros_like(TRUTH)])
+    p = np.stack([PRED, np.zeros_like(TRUTH)])
+    iou = M.per_image_iou(p, t, 3)
+    assert iou[0] == pytest.approx([0.8, 0.75, 0.75])
+    assert iou[1, 0] == 1.0 and np.isnan(iou[1, 1:]).all()
+
+
+@pytest.mark.parametrize("shift", [1, 2])
+def test_hd95_shifted_square(shift):
+    truth = np.zeros((1, 12, 12), np.uint8)
+    truth[0, 3:6, 3:6] = 1
+    pred = np.roll(truth, shift, axis=2)
+    d = M.hd95(pred, truth, 2)
+    # edge pixels of the shifted square are 0..shift away from the other square's edge; the 95th
+    # percentile of these eight distances is the shift itself
+    assert d[0, 0] == pytest.approx(shift)
+
+
+def test_hd95_absent_and_identical():
+    truth = np.zeros((2, 8, 8), np.uint8)
+    truth[0, 2:4, 2:4] = 1
+    d = M.hd95(truth.copy(), truth, 3)
+    assert d[0, 0] == 0.0
+    assert np.isnan(d[0, 1]) and np.isnan(d[1]).all()  # class absent from both masks: skipped
+    pred = truth.copy()
+    pred[1, 0, 0] = 2  # hallucinated class 2 in an image without it
+    d = M.hd95(pred, truth, 3)
+    assert d[1, 1] == pytest.approx(math.hypot(8, 8))
+
+
+def test_bad_class_ids_refused():
+    with pytest.raises(ValueError):
+        M.confusion_matrix(np.array([3]), np.array([0]), 3)
+
+
+def test_mean_std_skips_missing():
+    assert M.mean_std([0.5, None, 0.7]) == pytest.approx((0.6, 0.1))
+    assert M.mean_std([None]) == (None, None)
+
+
+@pytest.mark.parametrize("n,k", [(10, 5), (11, 5), (500, 5), (7, 7), (5, 1)])
+def test_folds_disjoint_and_covering(n, k):
+    folds = kfold(n, k, seed=3)
+    assert len(folds) == k
+    held = [set(va.tolist()) for _, va in folds]
+    if k > 1:
+        assert set().union(*held) == set(range(n))
+        assert sum(len(h) for h in held) == n  # disjoint
+        assert max(map(len, held)) - min(map(len, held)) <= 1
+    for tr, va in folds:
+        assert not set(tr.tolist()) & set(va.tolist())
+        assert set(tr.tolist()) | set(va.tolist()) == set(range(n))
+    assert [v.tolist() for _, v in kfold(n, k, seed=3)] == [v.tolist() for _, v in folds]
+
+
+def test_folds_errors():
+    with pytest.raises(ValueError):
+        kfold(3, 5)
+    with pytest.raises(ValueError):
+        kfold(10, 0)
+
+
+@pytest.mark.parametrize("n,bs", [(2, 2), (9, 4), (17, 8), (33, 16), (5, 16)])
+def test_batches_never_single(n, bs):
+    b = batches(n, bs, np.random.default_rng(0))
+    assert sorted(np.concatenate(b).tolist()) == list(range(n))
+    assert all(len(x) >= 2 for x in b)
+
+
+def test_grading_thresholds():
+    ref = np.zeros((10, 10), np.uint8)
+    one = ref.copy()
+    one[0, 0] = 1                      # 1 % wrong -> good
+    two = ref.copy()
+    two[0, :2] = 1                     # 2 % -> partial
+    quarter = ref.copy()
+    quarter[:5, :5] = 1                # 25 % -> bad
+    assert wrong_fraction(one, ref) == pytest.approx(0.01)
+    assert [grade(wrong_fraction(m, ref)) for m in (ref, one, two, quarter)] == ["good", "good", "partial", "bad"]
+    g = grade_pairs([ref, one, two, quarter], [ref] * 4)
+    assert g["counts"] == {"good": 2, "partial": 1, "bad": 1}
+    assert g["mean_wrong"] == pytest.approx((0 + 0.01 + 0.02 + 0.25) / 4)
+
+
+def test_hd95_matches_monai_on_random_blobs():
+    from scipy.ndimage import gaussian_filter
+    import torch
+    from monai.metrics import compute_hausdorff_distance
+
+    rng = np.random.default_rng(0)
+    for _ in range(6):
+        a = gaussian_filter(rng.random((2, 24, 24)), (0, 2, 2)) > 0.5
+        p, t = a[0], a[1]
+        if not (p.any() and t.any()):
+            continue
+        ref = compute_hausdorff_distance(torch.as_tensor(p)[None, None], torch.as_tensor(t)[None, None],
+                                         include_background=True, percentile=95).item()
+        assert M.hd95_binary(p, t) == pytest.approx(ref, abs=1e-5)
+
+
+def test_group_folds_keep_groups_together():
+    from datasetgan.bench.folds import group_kfold
+
+    groups = [f"patient{i % 13:03d}" for i in range(100)]
+    folds = group_kfold(groups, 5, seed=1)
+    held = [va.tolist() for _, va in folds]
+    assert sorted(sum(held, [])) == list(range(100))
+    for tr, va in folds:
+        assert not {groups[i] for i in tr} & {groups[i] for i in va}
+    with pytest.raises(ValueError):
+        group_kfold(["a", "b"], 3)
+
+
+def test_soft_dice_loss():
+    import torch
+    from datasetgan.bench.trainer import segmentation_loss, soft_dice_loss
+
+    target = torch.as_tensor(TRUTH.astype(np.int64))[None]
+    perfect = torch.nn.functional.one_hot(target, 3).permute(0, 3, 1, 2).float() * 50
+    assert soft_dice_loss(perfect, target).item() == pytest.approx(0.0, abs=1e-6)
+    background = torch.zeros(1, 3, 4, 4)
+    background[:, 0] = 50  # all background: foreground Dice (2*0+1)/(0+4+1) per class
+    assert soft_dice_loss(background, target).item() == pytest.approx(1 - 1 / 5, abs=1e-4)  # 4 px per class
+    ce = torch.nn.functional.cross_entropy(background, target)
+    assert segmentation_loss(background, target, "dice_ce").item() == pytest.approx(ce.item() + 1 - 1 / 5, abs=1e-4)

@@ -1,0 +1,177 @@
+"""A tiny benchmark on ACDC (32x32, one epoch, a few images) through the command line, the
+model-assisted annotator and pair grading."""
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from datasetgan.cli import main
+
+ACDC = Path(__file__).resolve().parents[2] / "shared/data/acdc"
+if not ACDC.is_dir():  # a worktree sits one level deeper than the main checkout
+    ACDC = Path(__file__).resolve().parents[3] / "shared/data/acdc"
+
+pytestmark = pytest.mark.skipif(not ACDC.is_dir(), reason=f"ACDC data not found at {ACDC}")
+
+
+def _copy(src_split: str, names: list[str], dst: Path, rename=None) -> None:
+    for sub in ("images", "masks"):
+        (dst / sub).mkdir(parents=True, exist_ok=True)
+        for i, n in enumerate(names):
+            shutil.copy(ACDC / src_split / sub / f"{n}.png", dst / sub / f"{rename(i) if rename else n}.png")
+    shutil.copy(ACDC / "labels.json", dst / "labels.json")
+
+
+def _names(split: str, k: int, step: int = 7) -> list[str]:
+    return sorted(p.stem for p in (ACDC / split / "images").glob("*.png"))[::step][:k]
+
+
+def _generated(dst: Path, names: list[str], first_seed: int, annotations: int) -> None:
+    """A folder laid out as `datasetgan generate` writes it (ACDC slices standing in for pairs)."""
+    _copy("val", names, dst, rename=lambda i: f"{first_seed + i:08d}")
+    (dst / "records").mkdir()
+    for i in range(len(names)):
+        seed = first_seed + i
+        (dst / "records" / f"{seed:08d}.json").write_text(json.dumps({"seed": seed, "score": (seed * 37 % 11) / 10}))
+    (dst / "manifest.json").write_text(json.dumps({"seeds": list(range(first_seed, first_seed + len(names))),
+                                                   "n_annotations": annotations}))
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("benchdata")
+    _copy("train", _names("train", 12), root / "real")
+    _copy("test", _names("test", 6, 37), root / "test")
+    val = _names("val", 16, 11)
+    _generated(root / "synth", val[:10], 0, 30)
+    _generated(root / "testg", val[10:], 100, 30)
+    return root
+
+
+@pytest.fixture(autouse=True)
+def _env(monkeypatch, tmp_path):
+    monkeypatch.setenv("DATASETGAN_CACHE", str(tmp_path / "cache"))
+    torch.set_num_threads(1)
+
+
+TINY = ["--resolution", "32", "--epochs", "1", "--batch-size", "4", "--threads", "1", "--no-progress",
+        "--unet-channels", "8,16,32"]
+
+
+def test_tiny_run_writes_all_outputs(data, tmp_path):
+    run = tmp_path / "run"
+    args = ["bench", str(run), "--real", str(data / "real"), "--test-real", str(data / "test"),
+            "--synthetic", str(data / "synth"), "--test-generated", str(data / "testg"), "--models", "unet,fcn",
+            "--folds", "2", "--hybrid-real", "3", "--drop-uncertain", "0.2", "--fold-groups", r"patient\d+"] + TINY
+    r = CliRunner().invoke(main, args)
+    assert r.exit_code == 0, r.output
+    doc = json.loads((run / "bench/results.json").read_text())
+    exps = doc["experiments"]
+    assert set(exps) == {f"{s}/{m}" for s in ("synthetic8", "real12", "hybrid8+3")
+                         for m in ("unet", "fcn_mobilenet_v3_large")}
+    for e in exps.values():
+        assert [f["fold"] for f in e["folds"]] == [0, 1]
+        for f in e["folds"]:
+            assert f["n_train"] + f["n_val"] == e["n_train"]
+            for split in ("val", "test_r", "test_g"):
+                assert 0 <= f[split]["miou"] <= 1 and len(f[split]["dice"]) == 4
+        assert e["summary"]["test_r"]["folds"] == 2
+        m, s = e["summary"]["test_r"]["miou"]
+        vals = [f["test_r"]["miou"] for f in e["folds"]]
+        assert m == pytest.approx(np.mean(vals)) and s == pytest.approx(np.std(vals))
+    # the most uncertain 20 % of the 10 synthetic pairs were dropped (scores from records/)
+    assert exps["synthetic8/unet"]["set_info"]["annotated"] == 30
+    assert exps["real12/unet"]["fold_groups"] == r"patient\d+"
+    tables = (run / "bench/tables.md").read_text()
+    for heading in ("Table I:", "Table II:", "Table III:", "Per-class Dice", "held-out fold"):
+        assert heading in tables
+    for png in ("bars.png", "predictions.png"):
+        assert (run / "bench" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    again = CliRunner().invoke(main, args)  # resumes: every fold is already there
+    assert again.exit_code == 0 and again.output.count("already done") == 12
+    bad = CliRunner().invoke(main, args[:8] + ["--test-generated", str(data / "synth")] + args[10:])
+    assert args[8] == "--test-generated"
+    assert bad.exit_code != 0 and "disjoint" in bad.output
+
+
+def test_bad_input_is_a_clear_error(data, tmp_path):
+    r = CliRunner().invoke(main, ["bench", str(tmp_path / "r"), "--synthetic", str(data / "real"),
+                                  "--sets", "synthetic"] + TINY)
+    assert r.exit_code != 0 and "not a generated folder" in r.output and "Traceback" not in r.output
+    r = CliRunner().invoke(main, ["bench", str(tmp_path / "r"), "--real", str(data / "real"),
+                                  "--models", "segformer"] + TINY)
+    assert r.exit_code != 0 and "unknown segmenter" in r.output
+
+
+def test_annotator_auto_annotate_and_grading(data, tmp_path):
+    from datasetgan.annotations import AnnotationSet
+    from datasetgan.bench.autoannotate import auto_annotate
+    from datasetgan.bench.segmenters import load_segmenter
+    from datasetgan.checkpoint import save_generator
+    from datasetgan.networks import Generator, GeneratorConfig
+
+    run = tmp_path / "run"
+    model_path = tmp_path / "annotator.safetensors"
+    r = CliRunner().invoke(main, ["bench", str(run), "--real", str(data / "real"), "--test-real", str(data / "test"),
+                                  "--train-annotator", str(model_path), "--annotator-model", "unet"] + TINY)
+    assert r.exit_code == 0, r.output
+    doc = json.loads((run / "bench/results.json").read_text())
+    assert doc["annotator"]["n_train"] == 12 and 0 <= doc["annotator"]["test_r"]["miou"] <= 1
+    assert "Model-assisted annotator" in (run / "bench/tables.md").read_text()
+
+    torch.manual_seed(0)
+    G = Generator(GeneratorConfig(resolution=32, z_dim=16, w_dim=16, mapping_layers=1, channel_base=64,
+                                  channel_max=16))
+    save_generator(run / "generator.safetensors", G)
+    ids = auto_annotate(run, model_path, n=3)
+    assert ids == ["seed_00000000", "seed_00000001", "seed_00000002"]
+    aset = AnnotationSet(run / "annotations")
+    model = load_segmenter(model_path)
+    for i in ids:
+        rec = aset.record(i)
+        assert (rec.state, rec.source) == ("done", "model:unet")
+        img = aset.image(i)
+        assert (aset.mask(i) == model.predict(img[None, None])[0]).all()
+    aset.save_mask(ids[0], np.zeros((32, 32), np.uint8), source="human")   # a person's work is kept
+    assert auto_annotate(run, model_path, n=3) == ids[1:]
+    assert aset.record(ids[0]).source == "human"
+
+    # grading against the annotator, then against the folder's own masks (all pairs must be good)
+    r = CliRunner().invoke(main, ["bench", str(run), "--grade", str(data / "synth"), "--grade-reference",
+                                  str(model_path), "--grade-n", "5"] + TINY)
+    assert r.exit_code == 0, r.output
+    g = json.loads((run / "bench/results.json").read_text())["grading"]
+    assert g["n"] == 5 and sum(g["counts"].values()) == 5 and g["reference_kind"] == "model:unet"
+    r = CliRunner().invoke(main, ["bench", str(run), "--grade", str(data / "synth"), "--grade-reference",
+                                  str(data / "synth")] + TINY)
+    assert r.exit_code == 0, r.output
+    g = json.loads((run / "bench/results.json").read_text())["grading"]
+    assert g["counts"] == {"good": 10, "partial": 0, "bad": 0}
+    assert "Pair grading" in (run / "bench/tables.md").read_text()
+
+
+def test_on_pairs_from_the_factory(tiny_run, tmp_path):
+    """The real contract: folders written by `datasetgan generate` (tiny run, 16x16, 3 classes)."""
+    from datasetgan.factory import PairFactory, generate
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    factory = PairFactory(run)
+    generate(factory, range(0, 10), run / "generated/train")
+    generate(factory, range(1000, 1004), run / "generated/test")
+    args = ["bench", str(run), "--synthetic", str(run / "generated/train"), "--test-generated",
+            str(run / "generated/test"), "--models", "unet", "--folds", "2", "--drop-uncertain", "0.2",
+            "--resolution", "16", "--epochs", "1", "--batch-size", "4", "--threads", "1", "--no-progress",
+            "--unet-channels", "4,8"]
+    r = CliRunner().invoke(main, args)
+    assert r.exit_code == 0, r.output
+    e = json.loads((run / "bench/results.json").read_text())["experiments"]["synthetic8/unet"]
+    assert e["set_info"]["annotated"] == 4          # read from the run's interpreter.json
+    assert e["summary"]["test_g"]["folds"] == 2 and len(e["folds"][0]["test_g"]["dice"]) == 3
+    r = CliRunner().invoke(main, args[:5] + [str(run / "generated/train")] + args[6:])
+    assert r.exit_code != 0 and "disjoint" in r.output
