@@ -116,6 +116,14 @@ def reference_ops():
 
 
 @pytest.fixture(scope="module")
+def tiny_run(reference_ops, tmp_path_factory) -> Path:
+    """The conftest recipe, built here under the reference backend (the session's tiny_run may be
+    set up before this module's backend choice, and would then wait for the C++ build)."""
+    from conftest import build_tiny_run
+    return build_tiny_run(tmp_path_factory.mktemp("service_runs") / "run")
+
+
+@pytest.fixture(scope="module")
 def runs(tiny_run) -> Path:
     return tiny_run.parent  # the folder of runs; the tiny run's id is its folder name, "run"
 
