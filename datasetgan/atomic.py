@@ -18,6 +18,8 @@ def atomic_path(path: str | os.PathLike):
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
+    # mkstemp makes the file private (0600); give the result the mode an ordinary file would have.
+    os.chmod(tmp, path.stat().st_mode & 0o777 if path.exists() else 0o644)
     try:
         yield Path(tmp)
         with open(tmp, "rb+") as f:
