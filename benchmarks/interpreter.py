@@ -35,6 +35,7 @@ from datasetgan.interpreter import Interpreter, InterpreterConfig, InterpreterIn
 from datasetgan.data import default_classes
 from datasetgan.networks import Generator, GeneratorConfig
 from datasetgan.render import render_one, to_uint8
+from results import write_section  # benchmarks/results.py, next to this script
 
 SECTION = "## Interpreter and pair factory"
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
@@ -246,18 +247,6 @@ def report(speeds: list[dict], mem: dict | None, args) -> str:
                      f"{mem['peak_rss_bytes'] / 1e9:.2f} GB: " + ("met" if mem["peak_rss_bytes"] <= 2e9 else
                      "met if GB means GiB, just over in decimal GB" if mem["peak_rss_bytes"] <= 2 ** 31 else "not met"))
     return "\n".join(lines) + "\n"
-
-
-def write_section(text: str) -> None:
-    old = RESULTS.read_text() if RESULTS.is_file() else "# Benchmark results\n"
-    start = old.find(SECTION)
-    if start < 0:
-        new = old.rstrip("\n") + "\n\n" + text
-    else:
-        nxt = old.find("\n## ", start + len(SECTION))
-        new = old[:start] + text + ("" if nxt < 0 else old[nxt:])
-    from datasetgan.atomic import atomic_write_text
-    atomic_write_text(RESULTS, new)
 
 
 def main():

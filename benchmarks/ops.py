@@ -22,8 +22,8 @@ import torch
 import torch.nn.functional as F
 
 import stylegan2_ops as ops
-from datasetgan.atomic import atomic_write_text
 from datasetgan.networks import Discriminator, DiscriminatorConfig, Generator, GeneratorConfig
+from results import write_section  # benchmarks/results.py, next to this script
 
 SECTION = "## stylegan2_ops: fused cpu backend vs ref"
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
@@ -194,20 +194,8 @@ def main():
     lines += [f"| {label} | {r * 1e3:.1f} | {c * 1e3:.1f} | {ratio:.2f}x |" for label, r, c, ratio in rows]
     section = "\n".join(lines) + "\n"
     if not args.no_write:
-        write_section(RESULTS, section)
+        write_section(section)
         print(f"updated {RESULTS}")
-
-
-def write_section(path: Path, section: str) -> None:
-    """Replace (or append) our ``## `` section, leaving the others alone."""
-    text = path.read_text() if path.exists() else "# Benchmark results\n"
-    start = text.find(SECTION)
-    if start < 0:
-        text = text.rstrip("\n") + "\n\n" + section
-    else:
-        end = text.find("\n## ", start + len(SECTION))
-        text = text[:start] + section + (text[end + 1:] if end >= 0 else "")
-    atomic_write_text(path, text)
 
 
 if __name__ == "__main__":

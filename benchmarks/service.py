@@ -24,6 +24,7 @@ from pathlib import Path
 
 import httpx
 import torch
+from results import write_section  # benchmarks/results.py, next to this script
 
 ROOT = Path(__file__).resolve().parents[1]
 SECTION = "## Service"
@@ -74,18 +75,6 @@ def stream(base: str, model: str, n: int, seed_start: int, fmt: str = "tar", on_
             elif first is None and size >= 512 * 8:  # header + data of the first members
                 first = time.perf_counter() - t0
     return first, time.perf_counter() - t0, size
-
-
-def update_results(text: str) -> None:
-    path = ROOT / "benchmarks" / "RESULTS.md"
-    old = path.read_text() if path.exists() else "# Benchmark results\n"
-    start = old.find(SECTION + "\n")
-    if start < 0:
-        new = old.rstrip("\n") + "\n\n" + text
-    else:
-        end = old.find("\n## ", start + len(SECTION))
-        new = old[:start] + text + (old[end + 1:] if end >= 0 else "")
-    path.write_text(new if new.endswith("\n") else new + "\n")
 
 
 def main():
@@ -186,7 +175,7 @@ def main():
     text = "\n".join(lines)
     print(text)
     if not args.no_write:
-        update_results(text)
+        write_section(text)
 
 
 if __name__ == "__main__":
