@@ -15,6 +15,18 @@ from datasetgan.interpreter import InterpreterConfig, InterpreterInfo, save_inte
 from datasetgan.networks import Generator, GeneratorConfig
 from datasetgan.runfolder import RunFolder
 
+@pytest.fixture(scope="session", autouse=True)
+def fused_ops_built():
+    """Build the fused CPU operations once, up front: otherwise the first server started by a test
+    spends its start-up time compiling them (minutes on a fresh machine) and the test times out."""
+    from stylegan2_ops.build import BuildError, load
+
+    try:
+        load("cpu")
+    except BuildError:
+        pass  # the operations fall back to the reference backend; tests/test_ops.py reports why
+
+
 TINY_G = dict(resolution=16, img_channels=1, z_dim=32, w_dim=32, mapping_layers=2, channel_base=256,
               channel_max=32)
 

@@ -64,7 +64,7 @@ def server(tmp_path):
                             env=dict(os.environ, PYTHONPATH=str(REPO)), stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/"
     try:
-        deadline = time.time() + 120
+        deadline = time.time() + 600  # a first run may still be compiling the fused ops
         while True:
             try:
                 with urllib.request.urlopen(url + "api/items", timeout=2) as r:

@@ -54,7 +54,7 @@ class Server:
                "--port", str(self.port), "--threads", "1", "--log-level", "warning", *self.args]
         self.logf = open(self.log, "ab")
         self.proc = subprocess.Popen(cmd, stdout=self.logf, stderr=subprocess.STDOUT, env=env)
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + 600  # the first start may compile the fused ops
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 break
