@@ -104,7 +104,7 @@ def main():
         "figures are pessimistic; ADA p = %.1f; glibc malloc tuned)." % args.p,
         "",
         "| preset | res | batch | channel base/max | mapping | G params | D params | img/s (wall) | "
-        "img/s (CPU time / threads) | 100k images (CPU-time estimate) |",
+        "img/s per core (from CPU time) | 100k images on one idle core |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
