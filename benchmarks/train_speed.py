@@ -101,10 +101,11 @@ def main():
         f"Command: `PYTHONPATH=$PWD python benchmarks/train_speed.py --threads {args.threads}` "
         f"({platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
         f"{args.threads} threads, load average {load:.1f} at the start: the machine was shared, so wall "
-        "figures are pessimistic; ADA p = %.1f; glibc malloc tuned)." % args.p,
+        "figures are pessimistic and the CPU-time figures are what one idle core would do; ADA p = %.1f; "
+        "glibc malloc tuned; stylegan2_ops backend: fused CPU)." % args.p,
         "",
         "| preset | res | batch | channel base/max | mapping | G params | D params | img/s (wall) | "
-        "img/s (CPU time / threads) | 100k images (CPU-time estimate) |",
+        "img/s per core (from CPU time) | 100k images on one idle core |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
