@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import sys
 from pathlib import Path
@@ -33,26 +34,30 @@ def section(doc: dict, command: str, run: Path, title: str) -> str:
     from datasetgan.bench.report import fmt
 
     prof = doc["profile"]
-    lines = [f"### {title}", "", f"Command (from the repository root): `{command}`", "",
+    lines = [f"### {title}", "", f"Command (run from `{os.getcwd()}`; the data is ../shared/data/acdc from the main "
+             f"checkout): `{command}`", "",
              f"Machine: shared 2-core CPU, `torch.set_num_threads({doc['profile']['threads']})`. "
              f"Profile `{doc['profile']['name']}`: {doc['profile']['resolution']}x{doc['profile']['resolution']}, "
              f"{doc['profile']['train']['epochs']} epochs, batch {doc['profile']['train']['batch_size']}, "
              f"{doc['profile']['train']['optimizer']} lr {doc['profile']['train']['lr']}, "
+             f"loss {doc['profile']['train'].get('loss', 'ce')}, "
              f"MobileNetV3 output stride {prof.get('output_stride', 16)}, U-Net widths {prof.get('unet_channels')}; "
              "training set = 500 ACDC train slices drawn at random (seed 0), k-fold CV (each fold trains on 4/5), "
              f"test-R = ACDC test ({(doc.get('test_sets') or {}).get('test_r', {}).get('n')} slices, unseen patients).",
              "", "mIoU includes background; 'no bg' excludes it; Dice is the mean over foreground classes; "
              "HD95 in pixels at 64x64. Mean ± std over the folds completed (column 'folds').", "",
              "| model | folds | test-R mIoU | test-R mIoU (no bg) | test-R Dice | test-R HD95 (px) | pixel acc. "
-             "| held-out fold mIoU | s / fold |", "|---|---|---|---|---|---|---|---|---|"]
+             "| held-out fold mIoU | wall s / fold | CPU s / fold |", "|---|---|---|---|---|---|---|---|---|---|"]
     for key, e in doc["experiments"].items():
         s = e.get("summary") or {}
         folds = e.get("folds", [])
         secs = sum(f["seconds"] for f in folds) / max(len(folds), 1)
+        cpu = [f["cpu_seconds"] for f in folds if f.get("cpu_seconds") is not None]
+        cpu_s = f"{sum(cpu) / len(cpu):.0f}" if cpu else "-"
         g = lambda split, k, d=3: fmt((s.get(split) or {}).get(k), d)  # noqa: E731
         lines.append(f"| {e['model_name']} | {len(folds)}/{e['folds_k']} | {g('test_r', 'miou')} | "
                      f"{g('test_r', 'miou_fg')} | {g('test_r', 'mdice_fg')} | {g('test_r', 'hd95', 2)} | "
-                     f"{g('test_r', 'pixel_accuracy')} | {g('val', 'miou')} | {secs:.0f} |")
+                     f"{g('test_r', 'pixel_accuracy')} | {g('val', 'miou')} | {secs:.0f} | {cpu_s} |")
     names = [c["name"] for c in doc["classes"]][1:]
     lines += ["", "Per-class Dice on test-R: " + "; ".join(
         f"{e['model_name']}: " + ", ".join(f"{n} {fmt(d)}" for n, d in zip(names, (e.get('summary') or {})
@@ -92,10 +97,13 @@ def main() -> None:
     for run in runs:
         doc = json.loads((Path(run) / "bench/results.json").read_text())
         extra = list(a.extra)
+        # runs made before results.json kept "command": rebuild it from the recorded settings
         if doc["profile"].get("output_stride", 16) != 16 and "--output-stride" not in extra:
-            extra += ["--output-stride", str(doc["profile"]["output_stride"])]  # runs made before "command" was kept
+            extra += ["--output-stride", str(doc["profile"]["output_stride"])]
+        if doc["profile"]["train"].get("loss", "ce") != "ce" and "--loss" not in extra:
+            extra += ["--loss", doc["profile"]["train"]["loss"]]
         command = doc.get("command") or " ".join(["datasetgan", "bench", run] + base + extra)
-        command = command.replace(str(data.parent.parent), "../shared")
+        command = command.replace(str(data), os.path.relpath(data))
         parts.append(section(doc, command, Path(run), f"`{run}`"))
     text = "\n".join(parts)
     print(text)
