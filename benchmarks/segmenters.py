@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 import torch
+from results import write_section  # benchmarks/results.py, next to this script
 
 ROOT = Path(__file__).resolve().parents[1]
 SECTION = "## Segmenter benchmark"
@@ -65,15 +66,6 @@ def section(doc: dict, command: str, run: Path, title: str) -> str:
         for e in doc["experiments"].values()), "",
         f"Full tables, bar chart and prediction grid: `{run}/bench/` (tables.md, bars.png, predictions.png).", ""]
     return "\n".join(lines)
-
-
-def write_section(text: str) -> None:
-    path = ROOT / "benchmarks/RESULTS.md"
-    old = path.read_text() if path.is_file() else "# Benchmark results\n"
-    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
-    new = pattern.sub(lambda _: text + "\n", old) if pattern.search(old) else old.rstrip("\n") + "\n\n" + text + "\n"
-    from datasetgan.atomic import atomic_write_text
-    atomic_write_text(path, new)
 
 
 def main() -> None:
