@@ -42,7 +42,7 @@ def build_tables(doc: dict) -> str:
     exps = doc.get("experiments", {})
     classes = [c["name"] for c in doc.get("classes", [])]
     prof = doc.get("profile", {})
-    out = [f"# Segmenter benchmark\n",
+    out = ["# Segmenter benchmark\n",
            f"Profile `{prof.get('name')}`: {prof.get('resolution')}x{prof.get('resolution')}, "
            f"{(prof.get('train') or {}).get('epochs')} epochs, batch {(prof.get('train') or {}).get('batch_size')}, "
            f"{(prof.get('train') or {}).get('optimizer')} lr {(prof.get('train') or {}).get('lr')}. "

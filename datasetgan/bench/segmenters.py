@@ -15,7 +15,7 @@ so :func:`load_segmenter` rebuilds the network without running any stored code.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
