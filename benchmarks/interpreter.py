@@ -38,7 +38,6 @@ from datasetgan.render import render_one, to_uint8
 from results import write_section  # benchmarks/results.py, next to this script
 
 SECTION = "## Interpreter and pair factory"
-RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 
 
 def paper_generator(res: int, channels: int = 1) -> Generator:
@@ -237,7 +236,7 @@ def report(speeds: list[dict], mem: dict | None, args) -> str:
                   f"{top['fast_over_ref_interp']:.1f}x of a {top['mac_bound_interp']:.1f}x bound. The gap to the bound is "
                   "memory traffic the count does not show: the 2560 projected channels are upsampled and summed "
                   "at full size (more than 1 GB written per 256x256 image), while the reference is one large matrix product.",
-                  f"- fast >= 0.5x generator-only pairs/s: " + ", ".join(
+                  "- fast >= 0.5x generator-only pairs/s: " + ", ".join(
                       f"{s['fast_vs_generator']:.2f}x at {s['resolution']}" for s in speeds)
                   + " (met at: " + (", ".join(str(s["resolution"]) for s in speeds if s["fast_vs_generator"] >= 0.5)
                                       or "none") + "; where the exact interpreter needs more multiply-adds than "

@@ -16,17 +16,15 @@ import os
 import platform
 import statistics
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 import stylegan2_ops as ops
 from datasetgan.networks import Discriminator, DiscriminatorConfig, Generator, GeneratorConfig
-from results import write_section  # benchmarks/results.py, next to this script
+from results import RESULTS, write_section  # benchmarks/results.py, next to this script
 
 SECTION = "## stylegan2_ops: fused cpu backend vs ref"
-RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 BACKENDS = ("ref", "cpu")
 
 

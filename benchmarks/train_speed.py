@@ -18,9 +18,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import re
 import time
-from pathlib import Path
 
 from stylegan2_ops import tune_allocator
 
@@ -31,9 +29,9 @@ import torch  # noqa: E402
 
 from datasetgan.networks import count_parameters  # noqa: E402
 from datasetgan.presets import PRESETS, make_config  # noqa: E402
+from results import write_section  # noqa: E402  (benchmarks/results.py)
 from datasetgan.training import Trainer  # noqa: E402
 
-RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 SECTION = "Training speed"
 
 
@@ -67,14 +65,6 @@ def measure(preset: str, batch: int | None, repeats: int, p: float) -> dict:
             "params_G": count_parameters(tr.G), "params_D": count_parameters(tr.D),
             "plain_s": plain[0], "pl_s": pl[0], "both_s": both[0],
             "img_s_wall": cfg.batch / per_step[0], "img_s_cpu": cfg.batch / per_step[1]}
-
-
-def write_section(text: str) -> None:
-    old = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
-    block = f"## {SECTION}\n\n{text.strip()}\n"
-    pattern = re.compile(rf"^## {re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
-    new = pattern.sub(lambda m: block + "\n", old) if pattern.search(old) else old.rstrip() + "\n\n" + block
-    RESULTS.write_text(new.rstrip() + "\n")
 
 
 def main():
@@ -118,7 +108,7 @@ def main():
     text = "\n".join(lines)
     print(text)
     if not args.no_write:
-        write_section(text)
+        write_section(f"## {SECTION}\n\n{text.strip()}\n")
 
 
 if __name__ == "__main__":
