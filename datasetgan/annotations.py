@@ -24,6 +24,7 @@ from PIL import Image
 
 from .atomic import atomic_write_bytes, atomic_write_text
 from .data import ClassInfo, labels_to_json, read_labels
+from .png import png_bytes
 
 ITEM_ID = re.compile(r"seed_\d{8}")
 STATES = ("todo", "pre-annotated", "done")
@@ -59,12 +60,6 @@ class AnnotationRecord:
     @property
     def id(self) -> str:
         return item_id(self.seed)
-
-
-def png_bytes(array: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(array).save(buf, format="PNG")
-    return buf.getvalue()
 
 
 def decode_mask_png(data: bytes, resolution: int, num_classes: int) -> np.ndarray:

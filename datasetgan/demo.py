@@ -38,6 +38,8 @@ from PIL import Image
 import datasetgan
 
 from .atomic import atomic_write_bytes, atomic_write_text
+from .imagegrid import make_grid
+from .png import png_bytes
 
 DEMO_ID = "phantom-demo"
 RUN_FILES = ("generator.safetensors", "generator.json", "interpreter.safetensors", "interpreter.json")
@@ -218,17 +220,8 @@ def contact_sheet(pairs: dict[int, dict], columns: int = 8, scale: int = 2) -> b
         img = np.asarray(Image.open(io.BytesIO(parts["image.png"])).convert("RGB"))
         ovl = np.asarray(Image.open(io.BytesIO(parts["overlay.png"])).convert("RGB"))
         tiles.append(np.concatenate([img, ovl], axis=0))
-    h, w = tiles[0].shape[:2]
-    rows = -(-len(tiles) // columns)
-    sheet = np.zeros((rows * (h + 2), min(columns, len(tiles)) * (w + 2), 3), np.uint8)
-    for i, t in enumerate(tiles):
-        r, c = divmod(i, columns)
-        sheet[r * (h + 2): r * (h + 2) + h, c * (w + 2): c * (w + 2) + w] = t
-    im = Image.fromarray(sheet)
-    im = im.resize((im.width * scale, im.height * scale), Image.NEAREST)
-    buf = io.BytesIO()
-    im.save(buf, format="PNG")
-    return buf.getvalue()
+    grid = Image.fromarray(make_grid(np.stack(tiles), cols=min(columns, len(tiles)), pad=2))
+    return png_bytes(np.asarray(grid.resize((grid.width * scale, grid.height * scale), Image.NEAREST)))
 
 
 def instructions(url: str, model_id: str, out: Path, n: int, info: dict) -> str:

@@ -23,13 +23,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+
 
 from .atomic import atomic_path, atomic_write_bytes, atomic_write_text
 from .checkpoint import CheckpointError, load_generator
 from .data import DEFAULT_COLORS, ClassInfo, labels_to_json
 from .interpreter import js_scale, load_interpreter, predict_from_logits
 from .render import render_one, to_uint8
+from .png import png_bytes
 from .runfolder import RunFolder
 
 KEYS = ("image.png", "mask.png", "overlay.png", "uncertainty.png", "json")
@@ -124,12 +125,6 @@ class PairFactory:
 # Encoding
 
 
-def png(array: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(array).save(buf, format="PNG")
-    return buf.getvalue()
-
-
 def hex_rgb(color: str, fallback: str) -> tuple[int, int, int]:
     for c in (color, fallback):
         c = (c or "").lstrip("#")
@@ -164,9 +159,9 @@ def encode_pair(pair: Pair, classes: list[ClassInfo], include=KEYS) -> dict[str,
         raise FactoryError(f"unknown part(s) {sorted(bad)}; choose from {list(KEYS)}")
     img = pair.image[..., 0] if pair.image.shape[2] == 1 else pair.image
     scale = float(pair.record.get("uncertainty_scale_nats") or js_scale(10, len(classes)))
-    make = {"image.png": lambda: png(img), "mask.png": lambda: png(pair.mask),
-            "overlay.png": lambda: png(overlay(pair.image, pair.mask, classes)),
-            "uncertainty.png": lambda: png(uncertainty_png(pair.uncertainty, scale)),
+    make = {"image.png": lambda: png_bytes(img), "mask.png": lambda: png_bytes(pair.mask),
+            "overlay.png": lambda: png_bytes(overlay(pair.image, pair.mask, classes)),
+            "uncertainty.png": lambda: png_bytes(uncertainty_png(pair.uncertainty, scale)),
             "json": lambda: json.dumps(pair.record, sort_keys=True, indent=1).encode()}
     return {k: make[k]() for k in KEYS if k in include}
 

@@ -1,13 +1,12 @@
 """Image grids: many small images tiled into one PNG a person can look at."""
 from __future__ import annotations
 
-import io
 import math
 
 import numpy as np
-from PIL import Image
 
 from .atomic import atomic_write_bytes
+from .png import png_bytes
 
 
 def make_grid(images: np.ndarray, cols: int | None = None, pad: int = 1, pad_value: int = 0) -> np.ndarray:
@@ -28,14 +27,6 @@ def make_grid(images: np.ndarray, cols: int | None = None, pad: int = 1, pad_val
     return grid
 
 
-def encode_png(image: np.ndarray) -> bytes:
-    """uint8 [H, W, C] or [H, W] -> PNG bytes."""
-    a = image[..., 0] if image.ndim == 3 and image.shape[2] == 1 else image
-    buf = io.BytesIO()
-    Image.fromarray(a).save(buf, format="PNG")
-    return buf.getvalue()
-
-
 def save_grid(path, images: np.ndarray, cols: int | None = None, pad: int = 1) -> None:
     """Tile uint8 images [N, H, W, C] into a grid and write it atomically as PNG."""
-    atomic_write_bytes(path, encode_png(make_grid(images, cols, pad)))
+    atomic_write_bytes(path, png_bytes(make_grid(images, cols, pad)))

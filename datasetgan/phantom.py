@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 from scipy.ndimage import gaussian_filter
 
-from .annotations import png_bytes
+from .png import png_bytes
 from .atomic import atomic_write_bytes, atomic_write_text
 from .data import ClassInfo, labels_to_json
 

@@ -24,7 +24,8 @@ from fastapi.testclient import TestClient
 from PIL import Image, PngImagePlugin
 
 from annotate.api import create_app
-from datasetgan.annotations import AnnotationSet, png_bytes, render_items
+from datasetgan.annotations import AnnotationSet, render_items
+from datasetgan.png import png_bytes
 from datasetgan.checkpoint import save_generator
 from datasetgan.cli.annotate import command as annotate_command
 from datasetgan.cli.annotate import diverse_seeds, parse_seeds, random_seeds
