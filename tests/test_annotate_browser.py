@@ -9,7 +9,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -21,6 +20,8 @@ import pytest
 import torch
 from PIL import Image
 from scipy import ndimage
+
+from support import free_port
 
 from datasetgan.annotations import AnnotationSet
 from datasetgan.checkpoint import save_generator
@@ -37,12 +38,6 @@ BRUSH = 5                                   # brush size in image pixels; radius
 CLASSES = [ClassInfo(0, "background", "#000000"), ClassInfo(1, "left ventricle", "#e6194b"),
            ClassInfo(2, "myocardium", "#3cb44b"), ClassInfo(3, "right ventricle", "#4363d8")]
 ARTIFACTS = REPO / "test-artifacts"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture

@@ -9,11 +9,10 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from support import ACDC
+
 from datasetgan.cli import main
 
-ACDC = Path(__file__).resolve().parents[2] / "shared/data/acdc"
-if not ACDC.is_dir():  # a worktree sits one level deeper than the main checkout
-    ACDC = Path(__file__).resolve().parents[3] / "shared/data/acdc"
 
 pytestmark = pytest.mark.skipif(not ACDC.is_dir(), reason=f"ACDC data not found at {ACDC}")
 

@@ -4,10 +4,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from support import ACDC
 
 from datasetgan.data import DataError, fit_square, load_image_folder, read_labels
 
-ACDC = Path(__file__).resolve().parents[2] / "shared" / "data" / "acdc"
 LABELS = {"classes": [{"id": 0, "name": "background", "color": "#000000"},
                       {"id": 1, "name": "organ", "color": "#ff0000"}]}
 

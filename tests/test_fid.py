@@ -122,6 +122,9 @@ def test_fid_command(tmp_path, monkeypatch, inception):
     res = CliRunner().invoke(main, ["fid", str(run), str(data), "--n", "4", "--json"])
     assert res.exit_code == 0, res.output
     out = json.loads(res.output.strip().splitlines()[-1])
-    assert out["generated"] == 4 and out["real"] == 4 and out["fid"] > 0
+    assert out["generated"] == 4 and out["real"] == 4 and out["fid"] > 0 and out["distance"] == "pytorch_fid"
+    res = CliRunner().invoke(main, ["fid", str(run), str(data), "--n", "4", "--json", "--fast"])
+    fast = json.loads(res.output.strip().splitlines()[-1])
+    assert fast["distance"] == "eigenvalues" and fast["fid"] == pytest.approx(out["fid"], rel=1e-6, abs=1e-6)
     res = CliRunner().invoke(main, ["fid", str(tmp_path / "data"), str(data)])  # a folder without a generator
     assert res.exit_code != 0 and "run `datasetgan train` first" in res.output and "Traceback" not in res.output

@@ -9,7 +9,6 @@ import io
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tarfile
@@ -24,16 +23,12 @@ from PIL import Image
 
 import datasetgan
 import service
+from support import free_port
+
 from datasetgan.factory import PairFactory, drop_most_uncertain, encode_pair
 
 ALL = ["image", "mask", "overlay", "uncertainty"]
 KEYS = {"image": "image.png", "mask": "mask.png", "overlay": "overlay.png", "uncertainty": "uncertainty.png"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Server:

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from support import ACDC as ACDC_ROOT
 
 from datasetgan.checkpoint import load_generator, load_tensors
 from datasetgan.cli import main
@@ -15,16 +16,7 @@ from datasetgan.presets import make_config
 from datasetgan.training import Trainer, flatten_optimizer, latest_snapshot, unflatten_optimizer
 
 
-def find_acdc() -> Path:
-    """../shared/data/acdc relative to the repository root (also from a git worktree deeper down)."""
-    here = Path(__file__).resolve()
-    for parent in here.parents[1:]:
-        if (parent / "shared/data/acdc/train").is_dir():
-            return parent / "shared/data/acdc/train"
-    return here.parents[2] / "shared/data/acdc/train"
-
-
-ACDC = find_acdc()
+ACDC = ACDC_ROOT / "train"
 
 # A small network so that a few hundred images train in seconds on a shared CPU.
 TINY = ["--preset", "cpu-tiny", "--cbase", "256", "--cmax", "32", "--map", "1", "--batch", "8",

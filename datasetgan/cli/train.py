@@ -28,7 +28,8 @@ from ..presets import PRESETS
 @click.option("--cmax", "channel_max", type=int, default=None, help="Channel maximum (default from the preset).")
 @click.option("--map", "mapping_layers", type=int, default=None, help="Mapping network depth (default from the preset).")
 @click.option("--ada-kimg", type=float, default=None,
-              help="ADA speed: thousands of images for p to go from 0 to 1 (default 500).")
+              help="ADA speed: thousands of images for p to go from 0 to 1 (preset default: 100 for "
+                   "cpu-tiny and cpu-small, else the paper's 500).")
 @click.option("--resolution", type=int, default=None, help="Override the preset's resolution (power of two).")
 @click.option("--mirror/--no-mirror", default=None, help="Also train on x-flipped copies of the images.")
 @click.option("--seed", type=int, default=None, help="Random seed of the run (default 0).")
