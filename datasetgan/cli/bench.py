@@ -50,7 +50,7 @@ def _command_line() -> str:
 @click.option("--models", help="Comma-separated: deeplabv3, fcn, unet, optionally arch:backbone "
                                "(resnet101, resnet50, mobilenet_v3_large). Default: the profile's.")
 @click.option("--profile", "profile_name", type=click.Choice(["cpu", "paper"]), default="cpu", show_default=True,
-              help="cpu: 64x64, MobileNetV3 backbones, few epochs. paper: 256x256, ResNet-101, the seed's protocol.")
+              help="cpu: 64x64, MobileNetV3 backbones (stride 8), 20 epochs. paper: 256x256, ResNet-101, the seed's protocol.")
 @click.option("--sets", help="Training sets: real, synthetic, hybrid (default: every set the given data allows).")
 @click.option("--folds", type=click.IntRange(1, 100), help="Cross-validation folds (profile default 5).")
 @click.option("--fold-groups", metavar="REGEX",
@@ -66,7 +66,7 @@ def _command_line() -> str:
 @click.option("--epochs", type=click.IntRange(1), help="Override the profile's epochs.")
 @click.option("--batch-size", type=click.IntRange(2), help="Override the profile's batch size.")
 @click.option("--lr", type=float, help="Override the profile's learning rate.")
-@click.option("--loss", type=click.Choice(["ce", "dice_ce"]), help="Training loss (profile default: ce).")
+@click.option("--loss", type=click.Choice(["ce", "dice_ce"]), help="Training loss (profile default: dice_ce for cpu, ce for paper).")
 @click.option("--unet-channels", help="U-Net channel widths per level, e.g. 16,32,64,128,256 (profile default).")
 @click.option("--output-stride", type=click.Choice(["8", "16"]), help="Output stride of MobileNetV3 backbones "
               "(profile default; 8 keeps an 8x8 grid at 64x64).")
