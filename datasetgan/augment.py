@@ -175,9 +175,12 @@ class AugmentPipe:
         return self.apply(x, self.sample_params(x.shape[0], p, generator))
 
     def apply(self, x: torch.Tensor, prm: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Augment images x [N, C, H, W] (values in [-1, 1]) with the given parameters."""
+        """Augment images x [N, C, H, W] (values in [-1, 1]) with the given parameters.
+
+        Parameters and the geometry matrix are made on the CPU (one random stream whatever the device)
+        and moved to x's device to be applied."""
         x = self.apply_geometry(x, self.geometry_matrix(prm, x.shape[-1]))
-        return self.apply_colour(x, prm)
+        return self.apply_colour(x, {k: v.to(x.device) for k, v in prm.items()})
 
     @staticmethod
     def geometry_matrix(prm: dict[str, torch.Tensor], size: int) -> torch.Tensor:
@@ -197,8 +200,8 @@ class AugmentPipe:
         n, c, h, w = x.shape
         if h != w:
             raise ValueError(f"augmentation expects square images, got {h}x{w}")
-        mat = mat.to(torch.float64)
-        eye = torch.eye(3, dtype=mat.dtype)
+        mat = mat.to(x.device, torch.float64)
+        eye = torch.eye(3, dtype=mat.dtype, device=mat.device)
         identity = (mat - eye).abs().amax(dim=(1, 2)) < 1e-9
         lin, shift = mat[:, :2, :2], mat[:, :2, 2]
         # Flips, quarter turns and whole-pixel shifts (a signed permutation matrix and an integer
@@ -226,9 +229,9 @@ class AugmentPipe:
     @staticmethod
     def _output_positions(mat: torch.Tensor, size: int, count: int, step: float, start: float):
         """Input pixel positions of output sample positions start + step * (j + 0.5), j < count."""
-        q = (torch.arange(count, dtype=mat.dtype) + 0.5) * step + start - size / 2
+        q = (torch.arange(count, dtype=mat.dtype, device=mat.device) + 0.5) * step + start - size / 2
         qy, qx = torch.meshgrid(q, q, indexing="ij")
-        pts = torch.stack([qx.flatten(), qy.flatten(), torch.ones(count * count, dtype=mat.dtype)])  # [3, P]
+        pts = torch.stack([qx.flatten(), qy.flatten(), torch.ones_like(qx.flatten())])  # [3, P]
         src = mat @ pts  # [N, 3, P]
         return src[:, 0] + size / 2, src[:, 1] + size / 2
 
@@ -272,13 +275,15 @@ class AugmentPipe:
         if c == 1:
             return where(flip, -x, x)
         # RGB: luma flip, hue rotation and saturation as one 3x3 matrix per image around the luma axis.
-        v = torch.full((3,), 1 / math.sqrt(3), dtype=torch.float64)
+        f64 = dict(dtype=torch.float64, device=x.device)
+        a = 1 / math.sqrt(3)
+        v = torch.full((3,), a, **f64)
         vv = torch.outer(v, v)
-        eye = torch.eye(3, dtype=torch.float64)
+        eye = torch.eye(3, **f64)
         mats = (eye - 2 * vv).repeat(n, 1, 1)
         mats = torch.where(flip.reshape(n, 1, 1), mats, eye)
         theta = prm["hue"].to(torch.float64).reshape(n, 1, 1)
-        cross = torch.tensor([[0, -v[2], v[1]], [v[2], 0, -v[0]], [-v[1], v[0], 0]], dtype=torch.float64)
+        cross = torch.tensor([[0, -a, a], [a, 0, -a], [-a, a, 0]], **f64)  # [v]x
         hue = vv + torch.cos(theta) * (eye - vv) + torch.sin(theta) * cross  # Rodrigues rotation about v
         mats = hue @ mats
         s = prm["saturation"].to(torch.float64).reshape(n, 1, 1)

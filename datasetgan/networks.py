@@ -169,8 +169,10 @@ class SynthesisLayer(nn.Module):
         x = ops.modulated_conv2d(x, self.weight, styles, demodulate=True, f=self.resample_filter,
                                  up=self.up, padding=1)
         if noise_mode == "random":
-            noise = torch.randn(x.shape[0], 1, self.resolution, self.resolution, device=x.device,
-                                dtype=x.dtype, generator=noise_generator)
+            # drawn where the generator lives (a training run keeps its random streams on the CPU)
+            noise = torch.randn(x.shape[0], 1, self.resolution, self.resolution, dtype=x.dtype,
+                                device=noise_generator.device if noise_generator is not None else x.device,
+                                generator=noise_generator).to(x.device)
             x = x + noise * self.noise_strength
         elif noise_mode == "const":
             x = x + self.noise_const.to(x.dtype) * self.noise_strength

@@ -100,6 +100,9 @@ def test_cli_refuses_bad_input(tmp_path, acdc):
     res = runner.invoke(main, ["train", acdc, "--out", str(tmp_path / "run2"), "--resume"])
     assert res.exit_code != 0 and "holds no snapshot" in res.output
     assert "Traceback" not in res.output
+    for device in ("cuda:7", "nonsense"):  # no GPU here; a typo
+        res = runner.invoke(main, ["train", acdc, "--out", str(tmp_path / "run3"), "--device", device, *TINY])
+        assert res.exit_code != 0 and f"--device {device}" in res.output and "Traceback" not in res.output
 
 
 def test_optimizer_state_round_trip():

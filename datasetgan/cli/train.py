@@ -41,9 +41,12 @@ from ..presets import PRESETS
 @click.option("--keep", "keep_snapshots", type=int, default=2, show_default=True, help="Snapshots kept on disk (0: all).")
 @click.option("--limit", type=int, default=None, help="Use only the first N images (sorted by name).")
 @click.option("--threads", type=int, default=None, help="CPU threads for PyTorch (default: PyTorch's choice).")
+@click.option("--device", default="cpu", show_default=True,
+              help="torch device for G and D, e.g. cuda (the paper256 preset is meant for a GPU).")
 @click.option("--progress/--no-progress", default=True, help="Show a progress bar.")
 def command(data, run_dir, preset, kimg, snap_kimg, resume, aug, aug_p, ada_target, augpipe, batch, r1_gamma,
-            channel_base, channel_max, mapping_layers, ada_kimg, resolution, mirror, seed, fid_images, log_kimg, grid_seeds, keep_snapshots, limit, threads, progress):
+            channel_base, channel_max, mapping_layers, ada_kimg, resolution, mirror, seed, fid_images, log_kimg, grid_seeds, keep_snapshots, limit, threads, device,
+            progress):
     """Train a StyleGAN2-ADA generator on the images in DATA.
 
     DATA is a folder of PNG/JPEG images (or DATA/images/). Images are cropped to a square and
@@ -106,7 +109,10 @@ def command(data, run_dir, preset, kimg, snap_kimg, resume, aug, aug_p, ada_targ
     click.echo(f"{len(ds)} images {ds.resolution}x{ds.resolution}x{ds.channels} from {data}; preset {cfg.preset}, "
                f"batch {cfg.batch}, augmentation {cfg.aug}", err=True)
 
-    trainer = training.Trainer(cfg, ds.images)
+    try:
+        trainer = training.Trainer(cfg, ds.images, device=device)
+    except (RuntimeError, AssertionError) as e:  # no such device, or no driver for it
+        raise click.ClickException(f"--device {device}: {e}") from None
     if resume:
         trainer.load_state(tensors, meta)
         training.truncate_log(run.training / "log.jsonl", trainer.nimg)
@@ -118,7 +124,7 @@ def command(data, run_dir, preset, kimg, snap_kimg, resume, aug, aug_p, ada_targ
         from ..fid import FIDError, FIDEvaluator
 
         try:
-            fid = FIDEvaluator(ds.images, fid_images)
+            fid = FIDEvaluator(ds.images, fid_images, device=device)
         except FIDError as e:
             raise click.ClickException(str(e)) from None
 
