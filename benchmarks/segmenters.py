@@ -34,6 +34,7 @@ def section(doc: dict, command: str, run: Path, title: str) -> str:
     from datasetgan.bench.report import fmt
 
     prof = doc["profile"]
+    groups = next((e["fold_groups"] for e in doc["experiments"].values() if e.get("fold_groups")), None)
     lines = [f"### {title}", "", f"Command (run from `{os.getcwd()}`; the data is ../shared/data/acdc from the main "
              f"checkout): `{command}`", "",
              f"Machine: shared 2-core CPU, `torch.set_num_threads({doc['profile']['threads']})`. "
@@ -42,7 +43,8 @@ def section(doc: dict, command: str, run: Path, title: str) -> str:
              f"{doc['profile']['train']['optimizer']} lr {doc['profile']['train']['lr']}, "
              f"loss {doc['profile']['train'].get('loss', 'ce')}, "
              f"MobileNetV3 output stride {prof.get('output_stride', 16)}, U-Net widths {prof.get('unet_channels')}; "
-             "training set = 500 ACDC train slices drawn at random (seed 0), k-fold CV (each fold trains on 4/5), "
+             "training set = 500 ACDC train slices drawn at random (seed 0), k-fold CV (each fold trains on 4/5"
+             + (f", slices grouped by `{groups}` so no patient is in two folds" if groups else "") + "), "
              f"test-R = ACDC test ({(doc.get('test_sets') or {}).get('test_r', {}).get('n')} slices, unseen patients).",
              "", "mIoU includes background; 'no bg' excludes it; Dice is the mean over foreground classes; "
              "HD95 in pixels at 64x64. Mean ± std over the folds completed (column 'folds').", "",
@@ -79,7 +81,8 @@ def main() -> None:
     data = acdc()
     runs = a.run or ["runs/acdc_cpu"]
     base = ["--real", str(data / "train"), "--test-real", str(data / "test"), "--profile", "cpu",
-            "--models", "deeplabv3,fcn,unet", "--real-limit", "500", "--threads", str(a.threads)]
+            "--models", "deeplabv3,fcn,unet", "--real-limit", "500", "--sets", "real",
+            "--fold-groups", r"patient\d+", "--threads", str(a.threads)]
     if not a.report_only:
         from datasetgan.cli import main as cli
         for run in runs:

@@ -1,4 +1,5 @@
 """Benchmark metrics, folds and pair grading against hand-computed values."""
+import json
 import math
 
 import numpy as np
@@ -174,3 +175,24 @@ def test_soft_dice_loss():
     assert soft_dice_loss(background, target).item() == pytest.approx(1 - 1 / 5, abs=1e-4)  # 4 px per class
     ce = torch.nn.functional.cross_entropy(background, target)
     assert segmentation_loss(background, target, "dice_ce").item() == pytest.approx(ce.item() + 1 - 1 / 5, abs=1e-4)
+
+
+def test_results_of_concurrent_commands_are_merged_not_lost(tmp_path):
+    """A benchmark, the annotator and grading may write one run's results.json at the same time."""
+    from datasetgan.bench.runner import Results
+
+    bench, annot, grading = Results(tmp_path), Results(tmp_path), Results(tmp_path)  # all read the empty file
+    entry = {"folds": []}
+    bench.set(command="datasetgan bench run")
+    bench.set_experiment("real500/unet", entry)
+    bench.save()
+    annot.set(annotator={"model_name": "unet"})
+    annot.save()
+    entry["folds"].append({"fold": 0})  # the benchmark goes on changing its entry in place
+    bench.save()
+    grading.set(grading={"n": 3})
+    grading.save()
+    doc = json.loads((tmp_path / "results.json").read_text())
+    assert doc["command"] == "datasetgan bench run" and doc["annotator"] == {"model_name": "unet"}
+    assert doc["grading"] == {"n": 3} and doc["experiments"]["real500/unet"]["folds"] == [{"fold": 0}]
+    assert bench.doc["annotator"] == {"model_name": "unet"}  # each process sees the others' results

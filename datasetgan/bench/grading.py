@@ -98,7 +98,7 @@ def grade_folder(folder, reference, n: int = 100, device: str = "cpu", cache_dir
 
 def store(bench_dir, g: dict) -> None:
     results = Results(Path(bench_dir))
-    results.doc["grading"] = g
+    results.set(grading=g)
     results.save()
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from filelock import FileLock
 
 from ..atomic import atomic_path, atomic_write_text
 from . import datasets as D
@@ -145,23 +146,48 @@ def safe_name(key: str) -> str:
 
 
 class Results:
-    """``RUN/bench/results.json``: read once, updated and rewritten atomically after each fold."""
+    """``RUN/bench/results.json``, updated and rewritten atomically after each fold.
+
+    Several commands may write one run's results at once (a benchmark, the annotator, grading), so
+    :meth:`save` re-reads the file under a lock and writes back only what this process set with
+    :meth:`set` or :meth:`set_experiment`: nobody's results are lost."""
 
     def __init__(self, bench_dir: Path):
         self.dir = Path(bench_dir)
         self.path = self.dir / "results.json"
-        self.doc = {"format": FORMAT, "metric_notes": METRIC_NOTES, "experiments": {}}
+        self.doc = self._read()
+        self._keys: set[str] = set()
+        self._experiments: set[str] = set()
+
+    def _read(self) -> dict:
+        doc = {"format": FORMAT, "metric_notes": METRIC_NOTES, "experiments": {}}
         if self.path.is_file():
             try:
                 old = json.loads(self.path.read_text())
                 if old.get("format") == FORMAT:
-                    self.doc = old
+                    doc = old
             except json.JSONDecodeError:
                 pass  # a broken file is replaced; results are recomputed
-        self.doc["metric_notes"] = METRIC_NOTES
+        doc["metric_notes"] = METRIC_NOTES
+        return doc
+
+    def set(self, **values) -> None:
+        self.doc.update(values)
+        self._keys.update(values)
+
+    def set_experiment(self, key: str, entry: dict) -> None:
+        """Register an experiment's entry; later in-place changes to it are saved too."""
+        self.doc["experiments"][key] = entry
+        self._experiments.add(key)
 
     def save(self) -> None:
-        atomic_write_text(self.path, json.dumps(to_json(self.doc), indent=1))
+        self.dir.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(self.path) + ".lock"):
+            disk = self._read()
+            disk.update({k: self.doc[k] for k in self._keys})
+            disk["experiments"].update({k: self.doc["experiments"][k] for k in self._experiments})
+            atomic_write_text(self.path, json.dumps(to_json(disk), indent=1))
+        self.doc = disk
 
 
 def summarise(folds: list[dict], num_classes: int) -> dict:
@@ -207,10 +233,10 @@ def run_benchmark(run_dir, inputs: BenchInputs, models: list[SegmenterConfig], p
     k = profile.folds if folds is None else folds
     nc = len(inputs.classes)
     if command:
-        results.doc["command"] = command
-    results.doc.update(profile=profile.to_dict(), classes=[c.__dict__ for c in inputs.classes],
-                       test_sets={"test_r": inputs.test_r.info if inputs.test_r else None,
-                                  "test_g": inputs.test_g.info if inputs.test_g else None})
+        results.set(command=command)
+    results.set(profile=profile.to_dict(), classes=[c.__dict__ for c in inputs.classes],
+                test_sets={"test_r": inputs.test_r.info if inputs.test_r else None,
+                           "test_g": inputs.test_g.info if inputs.test_g else None})
     if inputs.test_r is not None:
         idx = sample_indices(inputs.test_r.masks)
         save_npy(bench / "samples" / "test_r_images.npy", inputs.test_r.images[idx])
@@ -230,7 +256,7 @@ def run_benchmark(run_dir, inputs: BenchInputs, models: list[SegmenterConfig], p
             entry = {"set": exp.set_key, "set_info": exp.train.info, "model": exp.model.to_dict(),
                      "model_name": exp.model.name, "train": profile.train.__dict__, "folds_k": k,
                      "n_train": len(exp.train), "fingerprint": fp, "folds": []}
-        results.doc["experiments"][exp.key] = entry
+        results.set_experiment(exp.key, entry)
         if fold_groups:
             splits = group_kfold(name_groups(exp.train.names, fold_groups), k, seed=profile.train.seed)
         else:
@@ -301,7 +327,7 @@ def train_annotator(run_dir, out_path, train: D.LabelledSet, model_cfg: Segmente
     entry["sha256"] = save_segmenter(out_path, model, {"trained_on": train.info, "test_r": entry.get("test_r")})
     entry["seconds"] = round(time.time() - t0, 1)
     results = Results(Path(run_dir) / "bench")
-    results.doc["annotator"] = entry
+    results.set(annotator=entry)
     results.save()
     if entry.get("test_r"):
         log(f"annotator {model.name}: test-R mIoU {entry['test_r']['miou']:.3f} (saved to {out_path})")
