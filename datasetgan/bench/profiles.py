@@ -10,11 +10,12 @@ head weighted 0.5).
 stride 8 (stride 16 leaves a 4x4 grid at 64x64, too coarse for a ventricle) and a narrow U-Net, AdamW
 lr 1e-3, batch 8, 20 epochs, cross-entropy + soft Dice. Measured on ACDC (500 real slices): with
 random initialisation (nothing can be downloaded) the MobileNetV3 DeepLabV3 and FCN stay on the
-all-background solution for the first few hundred steps whatever the stride or loss, and only leave
+all-background solution for the first few hundred steps whatever the stride or loss; they left
 it with the Dice term and about a thousand steps (5 epochs: test-R mIoU 0.24, background only; 20
-epochs: 0.47). Training costs about 27 (DeepLabV3), 40 (FCN) and 200 (U-Net) images per CPU-second,
-so the 3-model, 5-fold comparison on 500 real slices needs about 50 CPU-minutes: about 30 minutes
-with 2 threads on an idle 2-core machine. On a machine shared with other jobs use ``--threads 1``:
+epochs: 0.45 +- 0.02 over 5 folds, U-Net 0.65 +- 0.01; benchmarks/RESULTS.md). A fold costs about 355
+(DeepLabV3), 207 (FCN) and 42 (U-Net) CPU-seconds, so the 3-model, 5-fold comparison on 500 real
+slices needs about 50 CPU-minutes (measured with 1 thread); the default of 2 threads is meant to bring
+it near 30 minutes on an idle 2-core machine. On a machine shared with other jobs use ``--threads 1``:
 OpenMP threads spin-waiting for each other made a 2-thread step cost up to 17x the CPU time of a
 1-thread step (measured here under load).
 """
