@@ -3,7 +3,7 @@
 
     PYTHONPATH=$PWD python benchmarks/reference_acdc.py runs/acdc64 [--note "text under the heading"]
 
-Reads RUN/bench/results.json (benchmark, annotator, grading), RUN/fid.json and RUN/generator.json;
+Reads RUN/bench/results.json (benchmark, grading), RUN/annotator.json, RUN/fid.json and RUN/generator.json;
 reports whatever stages have finished, with the number of folds behind every mean.
 """
 from __future__ import annotations
@@ -22,9 +22,10 @@ GOALS = {"synthetic": 0.85, "hybrid": 1.0}  # share of the real-trained test-R m
 
 
 def fmt(ms, digits=3) -> str:
-    if not ms or ms.get("mean") is None:
+    """A [mean, std] pair from results.json."""
+    if not ms or ms[0] is None:
         return "-"
-    return f"{ms['mean']:.{digits}f} ± {ms['std']:.{digits}f}"
+    return f"{ms[0]:.{digits}f} ± {ms[1]:.{digits}f}"
 
 
 def set_kind(key: str) -> str:
@@ -41,10 +42,12 @@ def section(run: Path, note: str) -> str:
                  + (f", {nimg / 1000:.0f} kimg" if nimg else "")
                  + (f"; FID {fid['fid']:.1f} ({fid['generated']} generated vs {fid['real']} real slices, "
                     f"pytorch-fid's distance)" if fid else "") + ".")
-    ann = doc.get("annotator")
-    if ann:
-        lines.append(f"- Model-assisted annotator ({ann['model_name']}, trained on {ann['n_train']} labelled "
-                     f"ACDC train slices): test-R mIoU {ann['test_r']['miou']:.3f}, the ceiling of this run's labels.")
+    ann_file = run / "annotator.json"  # the annotator's sidecar records what it learnt from and its test-R score
+    if ann_file.is_file():
+        ann = json.loads(ann_file.read_text())
+        lines.append(f"- Model-assisted annotator ({ann['config']['arch']}, trained on {ann['trained_on']['n']} "
+                     f"labelled slices of `{ann['trained_on']['path']}`): test-R mIoU {ann['test_r']['miou']:.3f}, "
+                     "the ceiling of this run's labels.")
     g = doc.get("grading")
     if g:
         c, n = g["counts"], g["n"]
@@ -61,14 +64,14 @@ def section(run: Path, note: str) -> str:
     for key, e in doc["experiments"].items():
         by_model.setdefault(e["model_name"], {})[set_kind(e["set"])] = e
     for model, sets in sorted(by_model.items()):
-        real = ((sets.get("real") or {}).get("summary") or {}).get("test_r", {}).get("miou", {}).get("mean")
+        real = (((sets.get("real") or {}).get("summary") or {}).get("test_r") or {}).get("miou", [None])[0]
         for kind in ("synthetic", "real", "hybrid"):
             e = sets.get(kind)
             if not e:
                 continue
             s = e.get("summary") or {}
             tr = (s.get("test_r") or {}).get("miou")
-            share = f"{tr['mean'] / real:.2f}" if tr and real and kind != "real" else "-"
+            share = f"{tr[0] / real:.2f}" if tr and real and kind != "real" else "-"
             goal = f"≥ {GOALS[kind]:.2f}" if kind in GOALS else "-"
             lines.append(f"| {model} | {e['set']} | {len(e['folds'])}/{e['folds_k']} | {fmt(tr)} | "
                          f"{fmt((s.get('test_g') or {}).get('miou'))} | {share} | {goal} | {SEED[kind]:.3f} |")
