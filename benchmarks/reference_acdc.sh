@@ -16,6 +16,7 @@
 #   grade     good / partial / bad share of the 1,500 pairs against the annotator
 #   bench     DeepLabV3, FCN, U-Net on synthetic (1,500), real (500 slices) and hybrid (1,500 + 30 real),
 #             5 folds grouped by patient, scored on test-R (ACDC test/) and test-G
+#   report    the "Reference run on ACDC" section of benchmarks/RESULTS.md (benchmarks/reference_acdc.py)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -24,7 +25,8 @@ ACDC=${ACDC:-../shared/data/acdc}
 RUN=${RUN:-runs/acdc64}
 THREADS=${THREADS:-1}
 KIMG=${KIMG:-200}
-STAGES=${STAGES:-train annotator annotate interpret generate fid grade bench}
+PYTHON=${PYTHON:-python}
+STAGES=${STAGES:-train annotator annotate interpret generate fid grade bench report}
 export OMP_NUM_THREADS=$THREADS
 log() { printf '\n== %s  %s\n' "$(date -u +%H:%M:%S)" "$*"; }
 want() { [[ " $STAGES " == *" $1 "* ]]; }
@@ -67,5 +69,9 @@ if want bench; then
     $DG bench "$RUN" --synthetic "$RUN/generated/train" --test-generated "$RUN/generated/test" \
         --real "$ACDC/train" --test-real "$ACDC/test" --sets real,synthetic,hybrid --fold-groups 'patient\d+' \
         --threads "$THREADS" --no-progress
+fi
+if want report; then
+    log "report: benchmarks/RESULTS.md"
+    $PYTHON benchmarks/reference_acdc.py "$RUN"
 fi
 log "done: $RUN/bench/tables.md"
