@@ -14,18 +14,13 @@ from pathlib import Path
 
 from results import write_section  # benchmarks/results.py, next to this script
 
+from datasetgan.bench.report import fmt
+
 SECTION = "## Reference run on ACDC (end to end)"
 # The seed paper (DeepLabV3, 256x256, test-R mIoU) and its pair grading (share of 1.5k pairs).
 SEED = {"synthetic": 0.551, "real": 0.799, "hybrid": 0.762}
 SEED_GRADES = {"good": 0.74, "partial": 0.11, "bad": 0.15}
 GOALS = {"synthetic": 0.85, "hybrid": 1.0}  # share of the real-trained test-R mIoU (issue #9)
-
-
-def fmt(ms, digits=3) -> str:
-    """A [mean, std] pair from results.json."""
-    if not ms or ms[0] is None:
-        return "-"
-    return f"{ms[0]:.{digits}f} ± {ms[1]:.{digits}f}"
 
 
 def set_kind(key: str) -> str:

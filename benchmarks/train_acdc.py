@@ -35,16 +35,18 @@ def d_overfit(run: Path, train_dir: str, heldout_dir: str) -> list[tuple]:
     from datasetgan.presets import TrainConfig
     from datasetgan.training import load_snapshot
 
-    out = []
+    out, images = [], {}
     for snap in sorted((run / "training").glob("snapshot-*.safetensors")):
         tensors, meta = load_snapshot(snap)
         cfg = TrainConfig.from_dict(meta["config"])
+        if not images:  # every snapshot of a run has the same resolution
+            images = {key: torch.from_numpy(load_image_folder(folder, cfg.resolution, masks="ignore").images)
+                      .float() / 127.5 - 1 for key, folder in (("train", train_dir), ("heldout", heldout_dir))}
         D = Discriminator(cfg.discriminator_config()).eval()
         D.load_state_dict({k[2:]: v for k, v in tensors.items() if k.startswith("D.")})
         row = [meta["state"]["nimg"] / 1000]
         logits = {}
-        for key, folder in (("train", train_dir), ("heldout", heldout_dir)):
-            imgs = torch.from_numpy(load_image_folder(folder, cfg.resolution, masks="ignore").images).float() / 127.5 - 1
+        for key, imgs in images.items():
             n = len(imgs) - len(imgs) % cfg.batch  # whole minibatches, as in training (minibatch std)
             logits[key] = torch.cat([D(imgs[i: i + cfg.batch]).flatten() for i in range(0, n, cfg.batch)])
         row += [float(torch.sign(logits[k]).mean()) for k in ("train", "heldout")]
