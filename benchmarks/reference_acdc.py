@@ -27,6 +27,13 @@ def set_kind(key: str) -> str:
     return next(k for k in ("synthetic", "hybrid", "real") if key.startswith(k))
 
 
+def steps(entry: dict) -> str:
+    """'epochs (mean optimiser steps per fold)': sets of different sizes are compared at equal steps."""
+    t = entry["train"]
+    n = [-(-f["n_train"] // t["batch_size"]) for f in entry["folds"]]  # a trailing batch of one joins the last
+    return f"{t['epochs']} ({t['epochs'] * sum(n) / len(n):.0f})" if n else str(t["epochs"])
+
+
 def section(run: Path, note: str) -> str:
     doc = json.loads((run / "bench/results.json").read_text())
     lines = [SECTION, ""] + ([note, ""] if note else [])
@@ -53,8 +60,9 @@ def section(run: Path, note: str) -> str:
         lines.append(f"- Benchmark command: `{doc['command']}`")
     lines += ["", "test-R = ACDC test (unseen patients), test-G = generated pairs from unseen seeds; mIoU "
               "includes background; mean ± std over the folds completed.", "",
-              "| model | training set | folds | test-R mIoU | test-G mIoU | share of real-trained test-R | "
-              "goal | seed paper test-R (DeepLabV3, 256px) |", "|---|---|---|---|---|---|---|---|"]
+              "| model | training set | folds | epochs (steps per fold) | test-R mIoU | test-G mIoU | "
+              "share of real-trained test-R | goal | seed paper test-R (DeepLabV3, 256px) |",
+              "|---|---|---|---|---|---|---|---|---|"]
     by_model: dict[str, dict[str, dict]] = {}
     for key, e in doc["experiments"].items():
         by_model.setdefault(e["model_name"], {})[set_kind(e["set"])] = e
@@ -68,7 +76,7 @@ def section(run: Path, note: str) -> str:
             tr = (s.get("test_r") or {}).get("miou")
             share = f"{tr[0] / real:.2f}" if tr and real and kind != "real" else "-"
             goal = f"≥ {GOALS[kind]:.2f}" if kind in GOALS else "-"
-            lines.append(f"| {model} | {e['set']} | {len(e['folds'])}/{e['folds_k']} | {fmt(tr)} | "
+            lines.append(f"| {model} | {e['set']} | {len(e['folds'])}/{e['folds_k']} | {steps(e)} | {fmt(tr)} | "
                          f"{fmt((s.get('test_g') or {}).get('miou'))} | {share} | {goal} | {SEED[kind]:.3f} |")
     return "\n".join(lines) + "\n"
 

@@ -15,7 +15,9 @@
 #   fid       FID of 2,000 generated images against ACDC train/ (pytorch-fid's Frechet distance)
 #   grade     good / partial / bad share of the 1,500 pairs against the annotator
 #   bench     DeepLabV3, FCN, U-Net on synthetic (1,500), real (500 slices) and hybrid (1,500 + 30 real),
-#             5 folds grouped by patient, scored on test-R (ACDC test/) and test-G
+#             5 folds grouped by patient, scored on test-R (ACDC test/) and test-G; the same number of
+#             training steps per fold for every set
+#             (SYNTH_EPOCHS, default 7, sets the synthetic and hybrid epochs)
 #   report    the "Reference run on ACDC" section of benchmarks/RESULTS.md (benchmarks/reference_acdc.py)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -65,10 +67,13 @@ if want grade; then
         --threads "$THREADS" --no-progress
 fi
 if want bench; then
+    # Equal compute per fold: 20 epochs over the ~400 real slices of a fold are ~1,000 steps of 8, and so
+    # are SYNTH_EPOCHS=7 epochs over the ~1,200 synthetic pairs of a fold (20 would cost 3x as much).
     log "bench: 3 models x synthetic / real / hybrid x 5 folds"
-    $DG bench "$RUN" --synthetic "$RUN/generated/train" --test-generated "$RUN/generated/test" \
-        --real "$ACDC/train" --test-real "$ACDC/test" --sets real,synthetic,hybrid --fold-groups 'patient\d+' \
-        --threads "$THREADS" --no-progress
+    common=(--test-generated "$RUN/generated/test" --real "$ACDC/train" --test-real "$ACDC/test"
+            --fold-groups 'patient\d+' --threads "$THREADS" --no-progress)
+    $DG bench "$RUN" --sets real "${common[@]}"
+    $DG bench "$RUN" --synthetic "$RUN/generated/train" --sets synthetic,hybrid --epochs "${SYNTH_EPOCHS:-7}" "${common[@]}"
 fi
 if want report; then
     log "report: benchmarks/RESULTS.md"
