@@ -249,6 +249,26 @@ Try the API with curl:
 """
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def interruptible() -> Callable[[], None]:
+    """Make SIGINT (Ctrl+C) and SIGTERM raise KeyboardInterrupt; returns a function restoring the old handlers.
+
+    A process started in the background by a non-interactive shell inherits SIGINT as ignored, and
+    Python then never raises KeyboardInterrupt: the demo would keep serving through Ctrl+C or kill -INT.
+    Signal handlers can only be set from the main thread; elsewhere this does nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    previous = {s: signal.signal(s, _interrupt) for s in (signal.SIGINT, signal.SIGTERM)}
+
+    def restore() -> None:
+        for s, h in previous.items():
+            signal.signal(s, h)
+    return restore
+
+
 def run_demo(out: Path, run_dir: Path | None = None, port: int = 0, n: int = 8, keep_serving: bool = False,
              echo: Callable[[str], None] = print) -> dict[int, dict]:
     out = Path(out)
@@ -280,12 +300,15 @@ def run_demo(out: Path, run_dir: Path | None = None, port: int = 0, n: int = 8, 
         echo(instructions(url, DEMO_ID, out, n, info))
         if keep_serving:
             echo(f"Serving at {url} until Ctrl+C (server log: {server.log_path}) ...")
+            restore = interruptible()
             try:
                 while server.proc.poll() is None:
                     time.sleep(0.5)
                 echo(f"The service stopped by itself; see {server.log_path}")
             except KeyboardInterrupt:
                 echo("\nStopping the service ...")
+            finally:
+                restore()
     finally:
         server.stop()
     if not keep_serving:

@@ -87,9 +87,11 @@ def test_demo_writes_pairs_and_prints_instructions(demo_run, tmp_path, monkeypat
 
 
 def test_keep_serving_until_interrupted(demo_run, tmp_path):
-    """With --keep-serving the printed URLs answer, and Ctrl+C (SIGINT) stops server and demo."""
+    """With --keep-serving the printed URLs answer, and Ctrl+C (SIGINT) stops server and demo, even when
+    the demo inherited SIGINT as ignored (a background job of a non-interactive shell, as CI runs it)."""
     run, extra = demo_run
-    proc = _cli(["--out", "out", "--n", "1", "--keep-serving", *extra], cwd=tmp_path)
+    proc = _cli(["--out", "out", "--n", "1", "--keep-serving", *extra], cwd=tmp_path,
+                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
     lines = []
     try:
         url = None
