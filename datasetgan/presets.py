@@ -26,7 +26,7 @@ A CPU run sees 20k-100k images, in which p could rise by at most 0.1, so the CPU
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 
 from .networks import DiscriminatorConfig, GeneratorConfig, check_resolution
 
