@@ -185,19 +185,25 @@ class JobRunner:
             job_id = self.queue.get()
             if job_id is None:
                 return
-            job = self.store.get(job_id)
-            if job is None or job["state"] not in ACTIVE:
-                continue
             try:
-                self._run(job_id)
+                self._process(job_id)
+            except Exception:  # a worker outlives any one job, e.g. one deleted while it was failing
+                log.exception("job %s: could not record its outcome", job_id)
+
+    def _process(self, job_id: str) -> None:
+        job = self.store.get(job_id)
+        if job is None or job["state"] not in ACTIVE:
+            return
+        try:
+            self._run(job_id)
+        except Cancelled:
+            log.info("job %s cancelled", job_id)
+        except Exception as e:  # a failed job is reported in its state, never lost silently
+            log.exception("job %s failed", job_id)
+            try:
+                self.store.update(job_id, state="failed", phase="failed", error=f"{e.__class__.__name__}: {e}")
             except Cancelled:
-                log.info("job %s cancelled", job_id)
-            except Exception as e:  # a failed job is reported in its state, never lost silently
-                log.exception("job %s failed", job_id)
-                try:
-                    self.store.update(job_id, state="failed", phase="failed", error=f"{e.__class__.__name__}: {e}")
-                except Cancelled:
-                    pass
+                pass
 
     def _should_stop(self, job_id: str):
         ev = self.store.cancel_events[job_id]

@@ -198,6 +198,34 @@ def test_job_of_a_replaced_model_is_reported_not_mixed(tmp_path):
     assert state["state"] == "failed" and "changed" in state["error"] and state["shards"] == []
 
 
+def test_worker_survives_a_job_whose_failure_cannot_be_recorded(tmp_path):
+    """A job deleted while it fails (its state file gone) must not kill the worker thread: /readyz would
+    report the service not ready for good."""
+    import threading
+    import time
+    from service.jobs import JobRunner, JobStore
+    store = JobStore(tmp_path)
+    job, _ = store.create("m", JobRequest(n=10), ("g1", "i1"), 4, None)  # fails: the model changed
+    tried = threading.Event()
+    real_update = store.update
+
+    def update(job_id, **kw):
+        if kw.get("state") == "failed":
+            tried.set()
+            raise FileNotFoundError("job folder deleted meanwhile")
+        return real_update(job_id, **kw)
+
+    store.update = update
+    runner = JobRunner(store, FakeRegistry(("g2", "i1")), FakeCodec, batch_size=4)
+    runner.start()
+    try:
+        assert tried.wait(30)
+        time.sleep(0.5)  # the worker has handled the error by now (or died of it)
+        assert all(t.is_alive() for t in runner.threads)
+    finally:
+        runner.stop()
+
+
 def test_job_resumes_after_its_last_complete_shard(tmp_path):
     from service.jobs import JobStore
     store = JobStore(tmp_path)
