@@ -15,6 +15,7 @@ from pathlib import Path
 from results import write_section  # benchmarks/results.py, next to this script
 
 from datasetgan.bench.report import fmt
+from datasetgan.bench.trainer import steps_per_epoch
 
 SECTION = "## Reference run on ACDC (end to end)"
 # The seed paper (DeepLabV3, 256x256, test-R mIoU) and its pair grading (share of 1.5k pairs).
@@ -30,7 +31,7 @@ def set_kind(key: str) -> str:
 def steps(entry: dict) -> str:
     """'epochs (mean optimiser steps per fold)': sets of different sizes are compared at equal steps."""
     t = entry["train"]
-    n = [-(-f["n_train"] // t["batch_size"]) for f in entry["folds"]]  # a trailing batch of one joins the last
+    n = [steps_per_epoch(f["n_train"], t["batch_size"]) for f in entry["folds"]]
     return f"{t['epochs']} ({t['epochs'] * sum(n) / len(n):.0f})" if n else str(t["epochs"])
 
 

@@ -22,6 +22,11 @@ def batches(n: int, batch_size: int, rng: np.random.Generator) -> list[np.ndarra
     return out
 
 
+def steps_per_epoch(n: int, batch_size: int) -> int:
+    """Optimiser steps in one epoch over n images (see :func:`batches`)."""
+    return len(batches(n, batch_size, np.random.default_rng(0)))
+
+
 def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """1 - mean soft Dice of the foreground classes over the batch; counters the background prior
     that plain cross-entropy settles in when structures are small."""
@@ -56,8 +61,7 @@ def train_segmenter(model: Segmenter, images: np.ndarray, masks: np.ndarray, cfg
         opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     else:
         opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    steps_per_epoch = len(batches(len(images), cfg.batch_size, np.random.default_rng(0)))
-    total = cfg.epochs * steps_per_epoch
+    total = cfg.epochs * steps_per_epoch(len(images), cfg.batch_size)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: (1 - min(s, total - 1) / total) ** cfg.poly_power if cfg.poly_power else 1.0)
     model.train()
