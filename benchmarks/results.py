@@ -1,11 +1,15 @@
-"""benchmarks/RESULTS.md: each benchmark script owns one ``## `` section and replaces only that."""
+"""Benchmark figures, written twice: a ``## `` section of benchmarks/RESULTS.md for people (each script
+owns one section and replaces only that) and a JSON file under benchmarks/results/ for programs."""
 from __future__ import annotations
 
 from pathlib import Path
 
+import json
+
 from datasetgan.atomic import atomic_write_text
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
+RESULTS_DIR = RESULTS.parent / "results"
 
 
 def write_section(text: str, path: Path = RESULTS) -> None:
@@ -22,3 +26,12 @@ def write_section(text: str, path: Path = RESULTS) -> None:
         end = old.find("\n## ", start + len(heading))
         new = old[:start] + body + (old[end:] if end >= 0 else "")
     atomic_write_text(path, new)
+
+
+def write_json(name: str, doc: dict, folder: Path = RESULTS_DIR) -> Path:
+    """Write ``doc`` to ``benchmarks/results/{name}.json`` (atomically); figures keep their units in
+    their key names, and ``doc`` should say the command, date, machine and load average."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.json"
+    atomic_write_text(path, json.dumps(doc, indent=2, sort_keys=True) + "\n")
+    return path
