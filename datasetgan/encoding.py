@@ -26,6 +26,7 @@ import numpy as np
 
 from .atomic import atomic_path
 from .data import DEFAULT_COLORS, ClassInfo
+from .errors import DatasetganError
 from .png import png_bytes
 
 KEYS = ("image.png", "mask.png", "overlay.png", "uncertainty.png", "json")
@@ -35,7 +36,7 @@ BLOCK = 512
 RECORD = 20 * BLOCK  # tar archives are padded to whole 10 KiB records, like GNU tar and Python's tarfile
 
 
-class EncodingError(ValueError):
+class EncodingError(DatasetganError, ValueError):
     pass
 
 

@@ -24,17 +24,18 @@ from .atomic import atomic_write_bytes
 from .checkpoint import CheckpointError, load_generator
 from .data import ClassInfo
 from .encoding import KEYS, encode_pair, js_scale, kept_seeds
+from .errors import DatasetganError
 from .interpreter import load_interpreter, predict_from_logits
 from .render import render_one, to_uint8
 from .runfolder import RunFolder
-from .shards import ShardError, ShardRequest, generate_shards, write_manifest
+from .shards import ShardRequest, generate_shards, write_manifest
 
 FOLDERS = {"image.png": "images", "mask.png": "masks", "overlay.png": "overlays",
            "uncertainty.png": "uncertainty", "json": "records"}
 WORK_BYTES = 1 << 28  # the interpreter handles as many images at once as fit in ~256 MB of hidden units
 
 
-class FactoryError(ValueError):
+class FactoryError(DatasetganError, ValueError):
     pass
 
 
@@ -170,10 +171,7 @@ def generate(factory: PairFactory, seeds, out, truncation: float = 1.0, batch_si
         raise FactoryError(f"--drop-uncertain must be in [0, 1], got {drop_uncertain}")
     if fmt == "wds":
         req = ShardRequest(seeds, truncation, tuple(include), drop_uncertain, shard_size, prefix, batch_size)
-        try:
-            return generate_shards(factory, req, out, workers, progress)
-        except ShardError as e:
-            raise FactoryError(str(e)) from None
+        return generate_shards(factory, req, out, workers, progress)
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise FactoryError(f"{out} exists and is not an empty folder; choose a new output folder")

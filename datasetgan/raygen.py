@@ -11,13 +11,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .errors import DatasetganError
 from .shards import ShardRequest, ShardTask, pair_scores, write_shard
 
 INSTALL_HINT = "pip install 'datasetgan[ray]'"
 RETRIES = 3  # per shard, after a worker process died
 
 
-class RayError(RuntimeError):
+class RayError(DatasetganError, RuntimeError):
     pass
 
 

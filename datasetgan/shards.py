@@ -22,12 +22,13 @@ from typing import Iterator, Protocol
 from .atomic import atomic_write_text
 from .checkpoint import file_sha256
 from .encoding import KEYS, ShardFile, encode_pair, kept_seeds
+from .errors import DatasetganError
 
 PLAN = "plan.json"
 SCORES = "scores.json"
 
 
-class ShardError(ValueError):
+class ShardError(DatasetganError, ValueError):
     pass
 
 

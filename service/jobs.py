@@ -30,10 +30,10 @@ from typing import Any
 import numpy as np
 
 from datasetgan.atomic import atomic_write_bytes, atomic_write_text
+from datasetgan.encoding import ShardFile, encode_parts, kept_seeds
+from datasetgan.errors import DatasetganError
 
 from .schemas import JobRequest
-from datasetgan.encoding import ShardFile, encode_parts, kept_seeds
-
 from .streaming import Metrics
 
 log = logging.getLogger("service.jobs")
@@ -41,7 +41,7 @@ ACTIVE = ("queued", "running")
 JOB_ID_CHARS = set("0123456789abcdef")
 
 
-class JobConflict(ValueError):
+class JobConflict(DatasetganError, ValueError):
     pass
 
 

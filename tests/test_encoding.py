@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from datasetgan.encoding import ShardFile, tar_end, tar_member
-from datasetgan.factory import FactoryError, PairFactory, generate
+from datasetgan.factory import PairFactory, generate
+from datasetgan.shards import ShardError
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +68,7 @@ def test_wds_manifest_resume_and_webdataset_loader(factory, tmp_path):
     assert (out / "part-000000.tar").stat().st_mtime_ns == mtime
     assert {r["name"]: (out / r["name"]).read_bytes() for r in info} == first
     assert again == man
-    with pytest.raises(FactoryError, match="same request"):  # another request in the same folder
+    with pytest.raises(ShardError, match="same request"):  # another request in the same folder
         generate(factory, seeds, out, fmt="wds", shard_size=3, prefix="part")
 
     # webdataset's own loader reads the set back

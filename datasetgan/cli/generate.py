@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import click
 
+from . import Command
 
-@click.command(name="generate")
+
+@click.command(name="generate", cls=Command)
 @click.argument("run", type=click.Path(file_okay=False, path_type=str))
 @click.option("--n", "n", type=click.IntRange(1), help="Number of seeds (from --seed-start).")
 @click.option("--seed-start", default=0, show_default=True, type=click.IntRange(0), help="First seed.")
@@ -48,36 +50,34 @@ def command(run, n, seed_start, seed_list, out, truncation, batch_size, fmt, dro
       datasetgan generate runs/acdc64 --seeds 1,5-9 --out runs/acdc64/generated/few
       datasetgan generate runs/acdc64 --n 1000000 --format wds --shard-size 1000 --ray auto --out /shared/set2
     """
-    from .annotate import parse_seeds
+    from ..seeds import SeedError, parse_seeds
 
     if (n is None) == (seed_list is None):
         raise click.UsageError("give either --n (with --seed-start) or --seeds")
-    seeds = parse_seeds(seed_list) if seed_list is not None else range(seed_start, seed_start + n)
+    try:
+        seeds = parse_seeds(seed_list) if seed_list is not None else range(seed_start, seed_start + n)
+    except SeedError as e:
+        raise click.BadParameter(str(e), param_hint="--seeds") from None
     if ray_address is not None and fmt != "wds":
         raise click.UsageError("--ray writes tar shards: add --format wds")
 
     import torch
 
-    from ..factory import FactoryError, PairFactory, generate
+    from ..factory import PairFactory, generate
 
     if threads:
         torch.set_num_threads(threads)
+    factory = PairFactory(run, device="cpu" if ray_address else device)
     pool = None
-    try:
-        factory = PairFactory(run, device="cpu" if ray_address else device)
-        if ray_address is not None:
-            from ..raygen import RayError, RayWorkers
+    if ray_address is not None:
+        from ..raygen import RayWorkers
 
-            try:
-                pool = RayWorkers(ray_address, run, device=device, workers=workers, threads=threads,
-                                  hashes=(factory.generator_sha256, factory.interpreter_sha256))
-            except RayError as e:
-                raise click.ClickException(str(e)) from None
+        pool = RayWorkers(ray_address, run, device=device, workers=workers, threads=threads,
+                          hashes=(factory.generator_sha256, factory.interpreter_sha256))
+    try:
         manifest = generate(factory, seeds, out, truncation=truncation, batch_size=batch_size, fmt=fmt,
                             drop_uncertain=drop_uncertain, shard_size=shard_size, prefix=prefix, progress=True,
                             workers=pool)
-    except FactoryError as e:
-        raise click.ClickException(str(e)) from None
     finally:
         if pool is not None:
             pool.close()
