@@ -48,7 +48,7 @@ class ProjectorConfig:
     perceptual: str = "inception"
     perceptual_weight: float = 1.0
     pixel_weight: float = 1.0
-    noise_reg_weight: float = 1e3
+    noise_reg_weight: float = 10.0
     w_noise: float = 0.05          # initial std of the noise added to w, as a share of w's spread
     batch: int = 8
     seed: int = 0
