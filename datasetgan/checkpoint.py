@@ -15,12 +15,13 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from .atomic import atomic_write_bytes, atomic_write_text
+from .errors import DatasetganError
 from .networks import Generator, GeneratorConfig
 
 FORMAT = "datasetgan-checkpoint/1"
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(DatasetganError, RuntimeError):
     pass
 
 

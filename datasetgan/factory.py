@@ -28,6 +28,7 @@ import torch
 from .atomic import atomic_path, atomic_write_bytes, atomic_write_text
 from .checkpoint import CheckpointError, load_generator
 from .data import DEFAULT_COLORS, ClassInfo, labels_to_json
+from .errors import DatasetganError
 from .interpreter import js_scale, load_interpreter, predict_from_logits
 from .render import render_one, to_uint8
 from .png import png_bytes
@@ -40,7 +41,7 @@ OVERLAY_ALPHA = 0.5
 WORK_BYTES = 1 << 28  # the interpreter handles as many images at once as fit in ~256 MB of hidden units
 
 
-class FactoryError(ValueError):
+class FactoryError(DatasetganError, ValueError):
     pass
 
 

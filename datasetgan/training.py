@@ -44,6 +44,7 @@ import torch.nn.functional as F
 from . import checkpoint
 from .atomic import atomic_write_text
 from .augment import AdaController, AugmentPipe
+from .errors import DatasetganError
 from .networks import Discriminator, Generator
 from .presets import TrainConfig
 from .runfolder import RunFolder
@@ -52,7 +53,7 @@ SNAPSHOT_KIND = "training-snapshot"
 RNG_NAMES = ("data", "latent", "noise", "mixing", "augment")
 
 
-class TrainingError(RuntimeError):
+class TrainingError(DatasetganError, RuntimeError):
     """A problem with a run folder or snapshot, explained for the user."""
 
 

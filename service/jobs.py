@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from datasetgan.atomic import atomic_path, atomic_write_bytes, atomic_write_text
+from datasetgan.errors import DatasetganError
 
 from .schemas import JobRequest
 from .streaming import Metrics, encode_parts, kept_seeds, tar_end, tar_pair
@@ -39,7 +40,7 @@ ACTIVE = ("queued", "running")
 JOB_ID_CHARS = set("0123456789abcdef")
 
 
-class JobConflict(ValueError):
+class JobConflict(DatasetganError, ValueError):
     pass
 
 

@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import click
 
+from . import Command
 
-@click.command(name="generate")
+
+@click.command(name="generate", cls=Command)
 @click.argument("run", type=click.Path(file_okay=False, path_type=str))
 @click.option("--n", "n", required=True, type=click.IntRange(1), help="Number of seeds.")
 @click.option("--seed-start", default=0, show_default=True, type=click.IntRange(0), help="First seed.")
@@ -35,16 +37,13 @@ def command(run, n, seed_start, out, truncation, batch_size, fmt, drop_uncertain
     """
     import torch
 
-    from ..factory import FactoryError, PairFactory, generate
+    from ..factory import PairFactory, generate
 
     if threads:
         torch.set_num_threads(threads)
-    try:
-        factory = PairFactory(run, device=device)
-        manifest = generate(factory, range(seed_start, seed_start + n), out, truncation=truncation,
-                            batch_size=batch_size, fmt=fmt, drop_uncertain=drop_uncertain, shard_size=shard_size,
-                            progress=True)
-    except FactoryError as e:
-        raise click.ClickException(str(e)) from None
+    factory = PairFactory(run, device=device)
+    manifest = generate(factory, range(seed_start, seed_start + n), out, truncation=truncation,
+                        batch_size=batch_size, fmt=fmt, drop_uncertain=drop_uncertain, shard_size=shard_size,
+                        progress=True)
     click.echo(f"wrote {len(manifest['seeds_kept'])} pairs to {out} "
                f"(dropped {len(manifest['seeds_dropped'])} most uncertain)")

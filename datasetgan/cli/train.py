@@ -3,10 +3,12 @@ from __future__ import annotations
 
 import click
 
+from . import Command
+
 from ..presets import PRESETS
 
 
-@click.command("train")
+@click.command("train", cls=Command)
 @click.argument("data", type=click.Path(file_okay=False, path_type=str))
 @click.option("--out", "run_dir", required=True, type=click.Path(file_okay=False, path_type=str),
               help="Run folder; training writes RUN/training/ and RUN/generator.safetensors.")
@@ -67,7 +69,7 @@ def command(data, run_dir, preset, kimg, snap_kimg, resume, aug, aug_p, ada_targ
     import torch
 
     from .. import training
-    from ..data import DataError, load_image_folder
+    from ..data import load_image_folder
     from ..presets import TrainConfig, make_config
 
     if threads:
@@ -85,22 +87,16 @@ def command(data, run_dir, preset, kimg, snap_kimg, resume, aug, aug_p, ada_targ
     overrides = dict(aug=aug, aug_p=aug_p, ada_target=ada_target, augpipe=augpipe, batch=batch,
                      r1_gamma=r1_gamma, channel_base=channel_base,
                      channel_max=channel_max, mapping_layers=mapping_layers, ada_kimg=ada_kimg, resolution=resolution, mirror=mirror, seed=seed)
-    try:
-        if resume:
-            tensors, meta = training.load_snapshot(snapshot)
-            cfg = TrainConfig.from_dict(meta["config"])
-            ignored = [k for k, v in overrides.items() if v is not None and v != getattr(cfg, k)]
-            if ignored:
-                click.echo(f"note: resuming keeps the run's configuration; ignoring --{', --'.join(ignored)}", err=True)
-        else:
-            cfg = make_config(preset, **overrides)
-    except (ValueError, training.TrainingError) as e:
-        raise click.ClickException(str(e)) from None
+    if resume:
+        tensors, meta = training.load_snapshot(snapshot)
+        cfg = TrainConfig.from_dict(meta["config"])
+        ignored = [k for k, v in overrides.items() if v is not None and v != getattr(cfg, k)]
+        if ignored:
+            click.echo(f"note: resuming keeps the run's configuration; ignoring --{', --'.join(ignored)}", err=True)
+    else:
+        cfg = make_config(preset, **overrides)
 
-    try:
-        ds = load_image_folder(data, cfg.resolution, masks="ignore", limit=limit)
-    except DataError as e:
-        raise click.ClickException(str(e)) from None
+    ds = load_image_folder(data, cfg.resolution, masks="ignore", limit=limit)
     if not resume:
         cfg.img_channels = ds.channels
     elif ds.channels != cfg.img_channels:
@@ -121,12 +117,9 @@ def command(data, run_dir, preset, kimg, snap_kimg, resume, aug, aug_p, ada_targ
 
     fid = None
     if fid_images > 0:
-        from ..fid import FIDError, FIDEvaluator
+        from ..fid import FIDEvaluator
 
-        try:
-            fid = FIDEvaluator(ds.images, fid_images, device=device)
-        except FIDError as e:
-            raise click.ClickException(str(e)) from None
+        fid = FIDEvaluator(ds.images, fid_images, device=device)
 
     reals = ds.images[:min(32, len(ds))].transpose(0, 2, 3, 1)
     opts = training.LoopOptions(kimg=kimg, snap_kimg=snap_kimg, log_kimg=log_kimg, grid_seeds=grid_seeds,
