@@ -30,13 +30,14 @@ import torch
 import torch.nn.functional as F
 
 from .checkpoint import CheckpointError, load_tensors, save_tensors
+from .errors import DatasetganError
 from .render import render_projection, to_uint8
 
 PERCEPTUAL = ("inception", "discriminator", "none")
 INCEPTION_LAYERS = ("conv_2", "conv_4", "mixed_2")   # 64, 192 and 288 channels, strides 2, 4 and 8
 
 
-class ProjectionError(ValueError):
+class ProjectionError(DatasetganError, ValueError):
     """Bad input to the projector; the message names the offending file or option."""
 
 

@@ -6,6 +6,7 @@ from pathlib import Path
 import click
 
 from ..projector import PERCEPTUAL, ProjectorConfig
+from . import Command
 
 DEFAULTS = ProjectorConfig()
 
@@ -45,7 +46,7 @@ def perceptual_network(cfg: ProjectorConfig, run: Path, device: str):
     return DiscriminatorFeatures(load_discriminator(run, device))
 
 
-@click.command(name="project", context_settings={"help_option_names": ["-h", "--help"]})
+@click.command(name="project", context_settings={"help_option_names": ["-h", "--help"]}, cls=Command)
 @click.argument("run", type=click.Path(file_okay=False, path_type=Path))
 @click.argument("images", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
@@ -69,21 +70,20 @@ def command(run, images, out, steps, perceptual, optimize_noise, batch, seed, fi
     """
     import torch
 
-    from ..checkpoint import CheckpointError, load_generator
-    from ..projector import ProjectionError, project, read_images, write_projections
+    from ..checkpoint import load_generator
+    from ..projector import project, read_images, write_projections
     from ..runfolder import RunFolder
 
     if threads:
         torch.set_num_threads(threads)
     rf = RunFolder(run)
-    try:
-        cfg = make_config(steps, perceptual, optimize_noise, batch, seed)
-        G = load_generator(rf.require(rf.generator, f"datasetgan train DATA --out {run}"), device)
-        names, arrays = read_images(images, G.cfg.img_channels, G.cfg.resolution, fit)
-        projections = project(G, arrays, cfg, features=perceptual_network(cfg, run, device), progress=True)
-        summary = write_projections(G, names, arrays, projections, out, cfg)
-    except (ProjectionError, CheckpointError, FileNotFoundError) as e:
-        raise click.ClickException(str(e)) from None
+    if not rf.generator.is_file():
+        raise click.ClickException(f"{rf.generator} does not exist; run `datasetgan train DATA --out {run}` first")
+    cfg = make_config(steps, perceptual, optimize_noise, batch, seed)
+    G = load_generator(rf.generator, device)
+    names, arrays = read_images(images, G.cfg.img_channels, G.cfg.resolution, fit)
+    projections = project(G, arrays, cfg, features=perceptual_network(cfg, run, device), progress=True)
+    summary = write_projections(G, names, arrays, projections, out, cfg)
     for row in summary:
         click.echo(f"{row['name']}: PSNR {row['psnr']:.2f} dB, SSIM {row['ssim']:.4f}")
     click.echo(f"wrote {len(summary)} projection(s) to {out}")
