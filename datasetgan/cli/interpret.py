@@ -1,7 +1,6 @@
 """``datasetgan interpret RUN``: train the style interpreter on the run's annotations."""
 from __future__ import annotations
 
-import json
 import time
 
 import click
@@ -43,6 +42,7 @@ def command(run, members, epochs, patience, lr, batch_size, pixels_per_epoch, hi
     """
     import torch
 
+    from .. import jsonlog
     from ..annotations import AnnotationSet
     from ..checkpoint import load_generator
     from ..features import render_annotated
@@ -78,13 +78,11 @@ def command(run, members, epochs, patience, lr, batch_size, pixels_per_epoch, hi
     del G  # training needs only the features; the generator's weights would add to the peak
     click.echo(f"{len(records)} annotated images, {feats.channels} feature channels from {len(feats.taps)} taps "
                f"({feats.nbytes() / 2**20:.0f} MiB at native resolution, float16)")
-    with open(log_path, "a") as logf:
-        def log(line):
-            logf.write(json.dumps({"time": time.time(), **line}) + "\n")
-            logf.flush()
+    def log(line):
+        jsonlog.append(log_path, {"time": time.time(), **line})
 
-        log({"event": "start", "config": cfg.to_dict(), "annotations": info.annotations})
-        interp = train_interpreter(feats.to(device), masks, info, cfg, log=log, progress=True)
-        sha = save_interpreter(rf.interpreter, interp)
-        log({"event": "saved", "path": str(rf.interpreter), "sha256": sha})
+    log({"event": "start", "config": cfg.to_dict(), "annotations": info.annotations})
+    interp = train_interpreter(feats.to(device), masks, info, cfg, log=log, progress=True)
+    sha = save_interpreter(rf.interpreter, interp)
+    log({"event": "saved", "path": str(rf.interpreter), "sha256": sha})
     click.echo(f"wrote {rf.interpreter} (sha256 {sha[:12]}...)")
