@@ -25,12 +25,7 @@ TINY = dict(z_dim=32, w_dim=32, mapping_layers=2, channel_base=256, channel_max=
 PIXEL_ONLY = dict(perceptual="none")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: tiny tensors, one thread
 
 
 def tiny_generator(resolution=16, channels=1, seed=0):

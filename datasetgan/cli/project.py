@@ -65,7 +65,7 @@ def command(run, images, out, steps, perceptual, optimize_noise, batch, seed, fi
 
     \b
     Example:
-      datasetgan project runs/acdc64 data/val/images/patient101_frame01_slice_3.png --out runs/acdc64/projected
+      datasetgan project runs/acdc64 data/val/images/case007.png --out runs/acdc64/projected
       datasetgan project runs/acdc64 data/val --out runs/acdc64/projected --steps 500 --no-noise
     """
     import torch
