@@ -11,6 +11,7 @@ import click
 from ..annotation_sources import (diverse_seeds, import_masks, import_real, pre_annotate_with_interpreter,
                                   pre_annotate_with_model, resolve_classes)
 from ..annotations import AnnotationSet, item_id, render_items
+from ..atomic import remove_stale_temps
 from ..runfolder import RunFolder
 from ..seeds import parse_seeds, random_seeds
 from . import Command
@@ -89,6 +90,8 @@ def command(run, n, seeds, diverse, random_seed, truncation, noise_mode, labels,
     if not rf.root.is_dir():
         raise click.ClickException(f"{run}: not a run folder (train one with `datasetgan train DATA --out {run}`)")
     aset = AnnotationSet(rf.annotations)
+    for folder in (aset.dir, aset.dir / "history"):  # left by killed saves (not by one in progress)
+        remove_stale_temps(folder, min_age_s=600)
     if import_real_dir is None or labels or aset.labels_path.is_file():  # else the import brings its classes
         classes = resolve_classes(rf, aset, labels, echo=click.echo)
         if classes is not None:

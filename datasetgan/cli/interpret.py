@@ -44,6 +44,7 @@ def command(run, members, epochs, patience, lr, batch_size, pixels_per_epoch, hi
 
     from .. import jsonlog
     from ..annotations import AnnotationSet
+    from ..atomic import remove_stale_temps
     from ..checkpoint import load_generator
     from ..features import render_annotated
     from ..interpreter import InterpreterConfig, InterpreterInfo, save_interpreter, train_interpreter
@@ -52,6 +53,7 @@ def command(run, members, epochs, patience, lr, batch_size, pixels_per_epoch, hi
     if threads:
         torch.set_num_threads(threads)
     rf = RunFolder(run)
+    remove_stale_temps(rf.root, "interpreter.*")  # what a killed `interpret` left half-written
     if not rf.generator.is_file():
         raise click.ClickException(f"{rf.generator} does not exist; run `datasetgan train` first")
     if not rf.annotations.is_dir():
