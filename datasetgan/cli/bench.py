@@ -27,6 +27,19 @@ def _limit(value: str | None) -> int | None:
     return v
 
 
+def _min_component(value: str | None) -> int | str | None:
+    if value is None or value == "auto":
+        return value
+    try:
+        area = int(value)
+    except ValueError:
+        area = -1
+    if area < 1:
+        raise click.BadParameter(f"expected a pixel area of at least 1 or 'auto', got {value!r}",
+                                 param_hint="--min-component")
+    return area
+
+
 def _command_line() -> str:
     """This invocation as `datasetgan bench ...`, for results.json."""
     import shlex
@@ -66,7 +79,21 @@ def _command_line() -> str:
 @click.option("--epochs", type=click.IntRange(1), help="Override the profile's epochs.")
 @click.option("--batch-size", type=click.IntRange(2), help="Override the profile's batch size.")
 @click.option("--lr", type=float, help="Override the profile's learning rate.")
-@click.option("--loss", type=click.Choice(["ce", "dice_ce"]), help="Training loss (profile default: dice_ce for cpu, ce for paper).")
+@click.option("--loss", "loss_specs", multiple=True, metavar="LOSS[:K=V,...]",
+              help="Training loss: ce, dice, dice_ce, focal[:gamma=2], jaccard, tversky[:alpha=0.7,beta=0.3] "
+                   "(alpha weights false negatives), lovasz, boundary[:alpha=0.01]. Repeat it (or separate by "
+                   "commas) for one row per loss. Profile default: dice_ce for cpu, ce for paper.")
+@click.option("--min-component", metavar="AREA|auto",
+              help="Add a row with connected components below AREA pixels removed from the first loss' "
+                   "predictions ('auto': the area chosen on each fold's held-out part).")
+@click.option("--classifier-gate", is_flag=True,
+              help="Add a row where a small image classifier trained on the fold keeps the first loss' "
+                   "prediction only for images it calls positive (its accuracy is reported).")
+@click.option("--swa", is_flag=True, help="Add a row trained with the first loss under a cosine schedule and "
+                                          "stochastic weight averaging of the last quarter of the epochs.")
+@click.option("--no-prior", is_flag=True, help="Leave out the prior-only baseline row (per-pixel majority class).")
+@click.option("--hybrid-real-weight", type=click.FloatRange(0, 1), metavar="W",
+              help="Share of each minibatch drawn from the hybrid set's real images (default: their natural share).")
 @click.option("--unet-channels", help="U-Net channel widths per level, e.g. 16,32,64,128,256 (profile default).")
 @click.option("--output-stride", type=click.Choice(["8", "16"]), help="Output stride of MobileNetV3 backbones "
               "(profile default; 8 keeps an 8x8 grid at 64x64).")
@@ -89,7 +116,8 @@ def _command_line() -> str:
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
 def command(run, real, test_real, synthetic, test_generated, models, profile_name, sets, folds, fold_groups,
             real_limit,
-            hybrid_real, synthetic_sizes, drop_uncertain, annotated, resolution, epochs, batch_size, lr, loss, unet_channels,
+            hybrid_real, synthetic_sizes, drop_uncertain, annotated, resolution, epochs, batch_size, lr, loss_specs, min_component, classifier_gate, swa,
+            no_prior, hybrid_real_weight, unet_channels,
             output_stride, threads,
             device, save_models, init_weights, train_annotator, annotator_model, grade_dir, grade_reference,
             grade_n, subset_seed, report_only, no_progress):
@@ -126,8 +154,20 @@ def command(run, real, test_real, synthetic, test_generated, models, profile_nam
             click.echo(f"wrote {p}")
         return
 
+    from ..bench.losses import LossSpecError, parse_losses
+    from ..bench.runner import PostProcessing
+
+    try:
+        losses = [s for text in loss_specs for s in parse_losses(text)]
+    except LossSpecError as e:
+        raise click.BadParameter(str(e), param_hint="--loss") from None
+    loss_texts = [s.name + (":" + ",".join(f"{k}={v:g}" for k, v in s.params.items()) if s.params else "")
+                  for s in losses]
+    post = PostProcessing(min_component=_min_component(min_component), classifier_gate=classifier_gate,
+                          swa=swa, prior=not no_prior)
     overrides = {k: v for k, v in dict(resolution=resolution, epochs=epochs, batch_size=batch_size, lr=lr,
-                                       loss=loss, threads=threads).items() if v is not None}
+                                       loss=loss_texts[0] if loss_texts else None, threads=threads,
+                                       hybrid_real_weight=hybrid_real_weight).items() if v is not None}
     if folds is not None:
         overrides["folds"] = folds
     if output_stride is not None:
@@ -194,7 +234,8 @@ def command(run, real, test_real, synthetic, test_generated, models, profile_nam
             runner.run_benchmark(run, inputs, model_cfgs, profile, save_models=save_models, init_weights=weights,
                                  device=device, progress=progress, log=click.echo,
                                  on_fold=lambda doc: report.write_report(bench_dir, figures=False),
-                                 fold_groups=fold_groups, command=_command_line())
+                                 fold_groups=fold_groups, command=_command_line(), losses=loss_texts or None,
+                                 post=post)
         if grade_dir is not None:
             from ..bench import grading
             g = grading.grade_folder(grade_dir, grade_reference, grade_n, device=device)
