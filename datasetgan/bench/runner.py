@@ -94,8 +94,9 @@ def parse_models(spec: list[str], profile: Profile, in_channels: int, num_classe
 
 def load_inputs(profile: Profile, sets: list[str], real=None, test_real=None, synthetic=(), test_generated=None,
                 real_limit: int | None = None, hybrid_real: int | None = None, synthetic_sizes=None,
-                drop_uncertain: float = 0.0, annotated=None, subset_seed: int = 0, cache_dir=None) -> BenchInputs:
-    """Load and check every set the run needs."""
+                drop_uncertain: float = 0.0, annotated=None, subset_seed: int = 0, cache_dir=None,
+                class_map: dict[int, int] | None = None) -> BenchInputs:
+    """Load and check every set the run needs; ``class_map`` renumbers the real folders' classes."""
     res = profile.resolution
     unknown = set(sets) - {"real", "synthetic", "hybrid"}
     if unknown:
@@ -110,7 +111,7 @@ def load_inputs(profile: Profile, sets: list[str], real=None, test_real=None, sy
         raise ValueError(f"--annotated gives {len(annotated)} count(s) for {len(synthetic)} synthetic folder(s)")
     train_sets: dict[str, datasets.LabelledSet] = {}
     if "real" in sets:
-        s = datasets.load_real(real, res, real_limit, subset_seed, "--real", cache_dir)
+        s = datasets.load_real(real, res, real_limit, subset_seed, "--real", cache_dir, class_map)
         train_sets[f"real{len(s)}"] = s
     for j, folder in enumerate(synthetic):
         tag = ""
@@ -130,11 +131,11 @@ def load_inputs(profile: Profile, sets: list[str], real=None, test_real=None, sy
                 train_sets[f"synthetic{len(s)}{tag}"] = s
         if "hybrid" in sets:
             k = profile.hybrid_real if hybrid_real is None else hybrid_real
-            r = datasets.load_real(real, res, k, subset_seed, "--real", cache_dir)
+            r = datasets.load_real(real, res, k, subset_seed, "--real", cache_dir, class_map)
             s = counts[max(counts)]
             h = datasets.hybrid(s, r)
             train_sets[f"hybrid{len(s)}+{len(r)}{tag}"] = h
-    test_r = datasets.load_real(test_real, res, None, 0, "--test-real", cache_dir) if test_real else None
+    test_r = datasets.load_real(test_real, res, None, 0, "--test-real", cache_dir, class_map) if test_real else None
     test_g = datasets.load_generated(test_generated, res, None, 0.0, "--test-generated", cache_dir) if test_generated else None
     if test_g is not None:
         for name, s in train_sets.items():
