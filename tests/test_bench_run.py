@@ -192,14 +192,15 @@ def _swapped_labels(src: Path, dst: Path) -> Path:
     return dst
 
 
-def test_sets_must_agree_on_class_names_or_be_remapped(data, tmp_path):
+@pytest.mark.parametrize("spelling", [["run"], []], ids=["bench-run", "previous-spelling"])
+def test_sets_must_agree_on_class_names_or_be_remapped(data, tmp_path, spelling):
     """#18: a real folder naming classes 1 and 3 the other way round from the synthetic pairs was mixed in
     silently (only the class count was compared); now a one-line-per-difference error, or --class-map."""
     swapped = _swapped_labels(data / "real", tmp_path / "swapped")
     run = tmp_path / "run"
     run.mkdir()
-    args = ["bench", "run", str(run), "--real", str(swapped), "--synthetic", str(data / "synth"),
-            "--sets", "real,hybrid", "--hybrid-real", "3", "--models", "unet", "--folds", "2", "--no-prior"] + TINY
+    args = ["bench", *spelling, str(run), "--real", str(swapped), "--synthetic", str(data / "synth"),
+            "--sets", "real,hybrid", "--hybrid-real", "3", "--models", "unet", "--folds", "2"] + TINY
     r = CliRunner().invoke(main, args)
     assert r.exit_code != 0 and "Traceback" not in r.output
     assert "class 1 is 'left_ventricle'" in r.output and "class 3 is 'right_ventricle'" in r.output
@@ -209,7 +210,8 @@ def test_sets_must_agree_on_class_names_or_be_remapped(data, tmp_path):
     doc = json.loads((run / "bench/results.json").read_text())
     assert [c["name"] for c in doc["classes"]] == [c["name"] for c in
                                                   json.loads((data / "synth/labels.json").read_text())["classes"]]
-    assert set(doc["experiments"]) == {"real12/unet/dice_ce", "hybrid10+3/unet/dice_ce"}
+    assert set(doc["experiments"]) == {"real12/unet/dice_ce", "hybrid10+3/unet/dice_ce", "real12/prior",
+                                       "hybrid10+3/prior"}
     r = CliRunner().invoke(main, args + ["--class-map", "1=7"])
     assert r.exit_code != 0 and "--class-map" in r.output
 
@@ -217,7 +219,7 @@ def test_sets_must_agree_on_class_names_or_be_remapped(data, tmp_path):
 def test_run_folder_must_exist(data, tmp_path):
     """#18: `bench` on a RUN path that does not exist created it; now it is refused, nothing created."""
     missing = tmp_path / "no_such_run"
-    for args in (["bench", "run", str(missing)], ["bench", str(missing)], ["bench", "report", str(missing)]):
+    for args in (["bench", str(missing)], ["bench", "run", str(missing)], ["bench", "report", str(missing)]):
         r = CliRunner().invoke(main, args + (["--real", str(data / "real")] + TINY if args[1] != "report" else []))
         assert r.exit_code != 0 and "does not exist" in r.output, r.output
     assert not missing.exists()

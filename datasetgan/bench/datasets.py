@@ -232,7 +232,7 @@ def parse_class_map(text: str) -> dict[int, int]:
 
 def remap_classes(s: LabelledSet, mapping: dict[int, int]) -> LabelledSet:
     """The set with its class ids renumbered (ids not in ``mapping`` keep theirs); the result must
-    give every class its own id."""
+    number the classes 0..K-1, each once."""
     if not mapping:
         return s
     ids = {c.id for c in s.classes}
@@ -240,8 +240,9 @@ def remap_classes(s: LabelledSet, mapping: dict[int, int]) -> LabelledSet:
     if unknown:
         raise DataError(f"--class-map: {s.info.get('path')} has no class {unknown[0]}")
     classes = [ClassInfo(mapping.get(c.id, c.id), c.name, c.color) for c in s.classes]
-    if len({c.id for c in classes}) != len(classes):
-        raise DataError(f"--class-map: two classes of {s.info.get('path')} would share an id")
+    if sorted(c.id for c in classes) != list(range(len(classes))):
+        raise DataError(f"--class-map: the classes of {s.info.get('path')} would not be numbered 0..{len(classes) - 1} "
+                        f"each once (got ids {sorted(c.id for c in classes)})")
     table = np.arange(256, dtype=np.uint8)
     for old, new in mapping.items():
         table[old] = new

@@ -1,5 +1,5 @@
 """The image-level classifier gate of the pneumothorax pipeline: a small classifier (MONAI's
-``Classifier``: strided residual convolutions, one logit) learns whether an image shows any
+``Classifier``: strided residual convolutions with batch norm down to 4x4 or larger, one logit) learns whether an image shows any
 foreground; the segmenter's prediction is kept only for images it calls positive, the others are
 predicted as all background."""
 from __future__ import annotations
@@ -26,8 +26,9 @@ class Gate(torch.nn.Module):
         super().__init__()
         from monai.networks.nets import Classifier
 
-        self.net = Classifier(in_shape=(in_channels, resolution, resolution), classes=1,
-                              channels=CHANNELS, strides=(2,) * len(CHANNELS))
+        levels = max(1, min(len(CHANNELS), resolution.bit_length() - 3))  # stop at 4x4 or larger
+        self.net = Classifier(in_shape=(in_channels, resolution, resolution), classes=1, channels=CHANNELS[:levels],
+                              strides=(2,) * levels, norm="batch")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)[:, 0]
