@@ -19,8 +19,6 @@ can name a path outside the annotation set. Bad input is answered 404/413/422 wi
 from __future__ import annotations
 
 import io
-import re
-import threading
 from pathlib import Path
 
 from fastapi import FastAPI, Request
@@ -31,16 +29,16 @@ from PIL import Image
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from datasetgan.annotations import AnnotationError, AnnotationSet, decode_mask_png
+from datasetgan.annotations import ITEM_ID, AnnotationError, AnnotationSet, decode_mask_png
 from datasetgan.data import DataError
+from datasetgan.errors import DatasetganError
 from datasetgan.runfolder import RunFolder
 
 STATIC = Path(__file__).resolve().parent / "static"
-SAFE_ID = re.compile(r"seed_[0-9]{8}", re.ASCII)  # stricter than \d, which also matches non-ASCII digits
 SAVE_STATES = ("done", "todo")                       # what a person's save may set
 
 
-class ApiError(Exception):
+class ApiError(DatasetganError):
     def __init__(self, status: int, message: str):
         super().__init__(message)
         self.status, self.message = status, message
@@ -59,7 +57,6 @@ def max_upload_bytes(resolution: int) -> int:
 def create_app(run_dir) -> FastAPI:
     run = RunFolder(run_dir)
     aset = AnnotationSet(run.annotations)
-    save_lock = threading.Lock()  # one save at a time within this app; writes themselves are atomic
 
     app = FastAPI(title="DatasetGAN annotation", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.annotation_set = aset
@@ -80,7 +77,7 @@ def create_app(run_dir) -> FastAPI:
 
     # -- helpers ------------------------------------------------------------------------------
     def checked_id(item: str) -> str:
-        if not SAFE_ID.fullmatch(item):
+        if not ITEM_ID.fullmatch(item):
             raise ApiError(422, f"invalid item id {item[:80]!r}: expected seed_ followed by 8 digits")
         return item
 
@@ -200,10 +197,9 @@ def create_app(run_dir) -> FastAPI:
         except AnnotationError as e:
             raise ApiError(422, str(e)) from None
 
-        def save():
-            with save_lock:
-                aset.save_mask(rec.id, arr, state=state, source="human")
-                return aset.record(rec.id)
+        def save():  # under the set's file lock (see AnnotationSet.save_mask)
+            aset.save_mask(rec.id, arr, state=state, source="human")
+            return aset.record(rec.id)
 
         try:
             saved = await run_in_threadpool(save)

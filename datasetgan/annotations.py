@@ -12,8 +12,11 @@ Every write is atomic; saving a mask first moves the previous version into ``his
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import io
 import json
+import os
 import re
 import time
 from dataclasses import asdict, dataclass
@@ -24,20 +27,23 @@ from PIL import Image
 
 from .atomic import atomic_write_bytes, atomic_write_text
 from .data import ClassInfo, labels_to_json, read_labels
+from .errors import DatasetganError
 from .png import png_bytes
+from .seeds import check_seed
 
-ITEM_ID = re.compile(r"seed_\d{8}")
+ITEM_ID = re.compile(r"seed_[0-9]{8}", re.ASCII)  # not \d, which also matches non-ASCII digits
 STATES = ("todo", "pre-annotated", "done")
 
 
-class AnnotationError(ValueError):
+class AnnotationError(DatasetganError, ValueError):
     pass
 
 
 def item_id(seed: int) -> str:
-    if not 0 <= int(seed) < 10 ** 8:
-        raise AnnotationError(f"seed {seed} is out of range 0..99999999")
-    return f"seed_{int(seed):08d}"
+    try:
+        return f"seed_{check_seed(seed):08d}"
+    except ValueError as e:
+        raise AnnotationError(str(e)) from None
 
 
 def check_item_id(value: str) -> str:
@@ -134,21 +140,34 @@ class AnnotationSet:
         p = self.path(item, "mask")
         return np.asarray(Image.open(p), dtype=np.uint8) if p.is_file() else None
 
+    @contextlib.contextmanager
+    def locked(self):
+        """Hold the set's lock: an exclusive flock on its folder, so saves by several threads or
+        processes (``datasetgan serve`` and ``datasetgan annotate`` on one run) take turns."""
+        fd = os.open(self.dir, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # releases the lock
+
     def save_mask(self, item: str, mask: np.ndarray, state: str = "done", source: str = "human") -> None:
-        """Save a label map, keeping the previous one in history/; the record is updated last."""
+        """Save a label map, keeping the previous one in history/; the record is updated last. The
+        mask and the record are written under the set's lock, so they always come from one save."""
         if state not in STATES:
             raise AnnotationError(f"state must be one of {STATES}")
-        rec = self.record(item)
         mask = np.asarray(mask, dtype=np.uint8)
-        decode_mask_png(png_bytes(mask), rec.resolution, len(self.classes()))  # same checks as the API
-        target = self.path(item, "mask")
-        if target.is_file():
-            history = self.dir / "history"
-            history.mkdir(exist_ok=True)
-            atomic_write_bytes(history / f"{item}.{time.time_ns()}.mask.png", target.read_bytes())
-        atomic_write_bytes(target, png_bytes(mask))
-        rec.state, rec.source, rec.updated = state, source, time.time()
-        self.write_record(rec)
+        with self.locked():
+            rec = self.record(item)
+            decode_mask_png(png_bytes(mask), rec.resolution, len(self.classes()))  # same checks as the API
+            target = self.path(item, "mask")
+            if target.is_file():
+                history = self.dir / "history"
+                history.mkdir(exist_ok=True)
+                atomic_write_bytes(history / f"{item}.{time.time_ns()}.mask.png", target.read_bytes())
+            atomic_write_bytes(target, png_bytes(mask))
+            rec.state, rec.source, rec.updated = state, source, time.time()
+            self.write_record(rec)
 
     def annotated(self, include_pre_annotated: bool = False) -> list[AnnotationRecord]:
         """Items whose mask is finished (optionally also unedited pre-annotations)."""

@@ -14,10 +14,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .errors import DatasetganError
 from .networks import FeatureTap
 
 
-class FeatureError(ValueError):
+class FeatureError(DatasetganError, ValueError):
     pass
 
 

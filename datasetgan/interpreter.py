@@ -118,11 +118,6 @@ def image_score(js: torch.Tensor, top: float = TOP_FRACTION) -> torch.Tensor:
     return flat.topk(k, dim=1).values.mean(1)
 
 
-def js_scale(members: int, num_classes: int) -> float:
-    """The largest possible JS of ``members`` distributions over ``num_classes`` classes bounds the 8-bit map."""
-    return math.log(max(2, min(members, num_classes)))
-
-
 @dataclass
 class Prediction:
     mask: torch.Tensor     # uint8 [N, R, R]

@@ -18,6 +18,8 @@ from torch import nn
 
 import stylegan2_ops as ops
 
+from .errors import ConfigError
+
 
 @dataclass
 class GeneratorConfig:
@@ -35,7 +37,7 @@ class GeneratorConfig:
     def __post_init__(self):
         check_resolution(self.resolution)
         if self.img_channels not in (1, 3):
-            raise ValueError(f"img_channels must be 1 or 3, got {self.img_channels}")
+            raise ConfigError(f"img_channels must be 1 or 3, got {self.img_channels}")
 
     def channels(self, res: int) -> int:
         return min(self.channel_base // res, self.channel_max)
@@ -66,7 +68,7 @@ class DiscriminatorConfig:
 
 def check_resolution(res: int) -> None:
     if res < 16 or res > 1024 or res & (res - 1):
-        raise ValueError(f"resolution must be a power of two from 16 to 1024, got {res}")
+        raise ConfigError(f"resolution must be a power of two from 16 to 1024, got {res}")
 
 
 def block_resolutions(res: int) -> list[int]:

@@ -41,18 +41,20 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import checkpoint
+from . import checkpoint, jsonlog
 from .atomic import atomic_write_text
 from .augment import AdaController, AugmentPipe
+from .errors import DatasetganError
 from .networks import Discriminator, Generator
 from .presets import TrainConfig
 from .runfolder import RunFolder
+from .weightfiles import remove_pair, verify
 
 SNAPSHOT_KIND = "training-snapshot"
 RNG_NAMES = ("data", "latent", "noise", "mixing", "augment")
 
 
-class TrainingError(RuntimeError):
+class TrainingError(DatasetganError, RuntimeError):
     """A problem with a run folder or snapshot, explained for the user."""
 
 
@@ -312,8 +314,7 @@ def save_snapshot(trainer: Trainer, training_dir: Path, keep: int = 2) -> Path:
     older = sorted(training_dir.glob("snapshot-*.safetensors"))
     for old in older[:-keep] if keep > 0 else []:
         if old != path:
-            old.unlink(missing_ok=True)
-            checkpoint.sidecar(old).unlink(missing_ok=True)
+            remove_pair(old)
     return path
 
 
@@ -328,23 +329,21 @@ def load_snapshot(path: Path) -> tuple[dict, dict]:
 
 
 def read_log(path: Path) -> list[dict]:
-    if not Path(path).is_file():
-        return []
-    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    return jsonlog.read(path)[0]
 
 
-def truncate_log(path: Path, nimg: int) -> None:
-    """Drop log lines written after the snapshot we resume from, so the curve continues cleanly."""
-    rows = read_log(path)
-    kept = [r for r in rows if r["nimg"] <= nimg]
-    if len(kept) != len(rows):
+def truncate_log(path: Path, nimg: int) -> list[int]:
+    """Drop log lines written after the snapshot we resume from, so the curve continues cleanly, and
+    lines torn by a crash; returns the numbers of the torn lines dropped."""
+    rows, torn = jsonlog.read(path)
+    kept = [r for r in rows if r.get("nimg", 0) <= nimg]
+    if len(kept) != len(rows) or torn:
         atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
+    return torn
 
 
 def append_log(path: Path, row: dict) -> None:
-    with open(path, "a") as f:
-        f.write(json.dumps(row) + "\n")
-        f.flush()
+    jsonlog.append(path, row)
 
 
 @dataclass
@@ -356,6 +355,21 @@ class LoopOptions:
     keep_snapshots: int = 2
     progress: bool = True
     fid: Callable[[Generator], float] | None = None  # computes FID of G_ema at each snapshot
+    data: str | None = None          # the training data folder, recorded in generator.json
+
+
+def export_generator(trainer: Trainer, path: Path, data: str | None) -> None:
+    """The EMA generator for the later stages, with the data folder (whose labels.json annotate reads)."""
+    extra = {"training": {"nimg": trainer.nimg, "step": trainer.step_count, "config": trainer.cfg.to_dict()}}
+    checkpoint.save_generator(path, trainer.G_ema, {**extra, **({"data": data} if data else {})})
+
+
+def export_is_current(path: Path, nimg: int) -> bool:
+    """Whether ``path`` is a complete generator export of the snapshot at ``nimg`` images."""
+    try:
+        return verify(path).get("training", {}).get("nimg") == nimg
+    except (checkpoint.CheckpointError, OSError, AttributeError):
+        return False
 
 
 def train(trainer: Trainer, run_dir, opts: LoopOptions, reals_grid: np.ndarray | None = None) -> None:
@@ -380,9 +394,7 @@ def train(trainer: Trainer, run_dir, opts: LoopOptions, reals_grid: np.ndarray |
 
     def write_outputs(fid: float | None):
         save_snapshot(trainer, tdir, opts.keep_snapshots)
-        checkpoint.save_generator(run.generator, trainer.G_ema,
-                                  {"training": {"nimg": trainer.nimg, "step": trainer.step_count,
-                                                "config": trainer.cfg.to_dict()}})
+        export_generator(trainer, run.generator, opts.data)
         grid = to_uint8(render(trainer.G_ema, grid_seeds, noise_mode="const"))
         save_grid(tdir / f"grid-{trainer.nimg:09d}.png", grid)
         plot_curves(log_path, tdir / "curves.png")
@@ -390,6 +402,8 @@ def train(trainer: Trainer, run_dir, opts: LoopOptions, reals_grid: np.ndarray |
     if trainer.nimg == 0 and not (tdir / "latest.json").exists():
         append_log(log_path, log_row(trainer, StepStats(), 0.0, fid=None))
         write_outputs(None)
+    elif not export_is_current(run.generator, trainer.nimg):  # stopped between snapshot and export
+        export_generator(trainer, run.generator, opts.data)
 
     bar = tqdm(total=total, initial=min(trainer.nimg, total), unit="img", disable=not opts.progress,
                dynamic_ncols=True, smoothing=0.1)

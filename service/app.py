@@ -45,9 +45,10 @@ ERRORS = {401: {"model": Message, "description": "missing or wrong API key"},
           404: {"model": Message}, 413: {"model": Message, "description": "request body too large"}}
 
 
-def default_codec():
-    """The pair factory module (PairFactory, encode_pair, drop_most_uncertain)."""
-    return importlib.import_module("datasetgan.factory")
+def make_factory(run_dir, device: str):
+    """A run's PairFactory; torch is imported on first use, so the server starts (and answers health
+    checks) at once."""
+    return importlib.import_module("datasetgan.factory").PairFactory(run_dir, device=device)
 
 
 class GuardedStream(StreamingResponse):
@@ -82,16 +83,9 @@ async def thread_iter(it: Iterator[bytes]) -> AsyncIterator[bytes]:
         it.close()
 
 
-def create_app(settings: Settings, codec=None) -> FastAPI:
-    """The service app. ``codec`` is the factory module; tests may pass a stand-in with the same interface."""
-    codec_ref: dict[str, Any] = {"codec": codec}
-
-    def get_codec():
-        if codec_ref["codec"] is None:
-            codec_ref["codec"] = default_codec()
-        return codec_ref["codec"]
-
-    registry = ModelRegistry(settings.runs_dir, lambda run_dir: get_codec().PairFactory(run_dir, device=settings.device))
+def create_app(settings: Settings) -> FastAPI:
+    """The service app."""
+    registry = ModelRegistry(settings.runs_dir, lambda run_dir: make_factory(run_dir, settings.device))
     metrics = Metrics()
     slots = Slots(settings.max_concurrent)
     state: dict[str, Any] = {}
@@ -102,7 +96,7 @@ def create_app(settings: Settings, codec=None) -> FastAPI:
             import torch
             torch.set_num_threads(settings.torch_threads)
         store = JobStore(settings.jobs_dir)
-        runner = JobRunner(store, registry, _LazyCodec(get_codec), settings.batch_size, settings.job_workers, metrics)
+        runner = JobRunner(store, registry, settings.batch_size, settings.job_workers, metrics)
         state.update(store=store, runner=runner, started=time.time())
         runner.start()
         log.info("serving runs from %s; jobs in %s", settings.runs_dir, settings.jobs_dir)
@@ -201,7 +195,7 @@ def create_app(settings: Settings, codec=None) -> FastAPI:
             raise
         stop = threading.Event()
         seeds = req.seeds if req.seeds is not None else range(req.seed_start, req.seed_start + req.n)
-        chunks = pair_chunks(factory, get_codec(), seeds, truncation=req.truncation, include=req.include,
+        chunks = pair_chunks(factory, seeds, truncation=req.truncation, include=req.include,
                              fmt=req.format, drop_uncertain=req.drop_uncertain, batch_size=settings.batch_size,
                              should_stop=stop.is_set, metrics=metrics)
         metrics.add("streams_total")
@@ -334,13 +328,3 @@ def create_app(settings: Settings, codec=None) -> FastAPI:
     app.mount("/annotate", AnnotateMount(registry, load_annotate_factory()))
     app.state.registry, app.state.metrics, app.state.settings = registry, metrics, settings
     return app
-
-
-class _LazyCodec:
-    """Resolves the factory module on first use (so the server starts even before it is importable)."""
-
-    def __init__(self, get):
-        self._get = get
-
-    def __getattr__(self, name):
-        return getattr(self._get(), name)

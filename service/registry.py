@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from datasetgan.data import DataError, read_labels
+from datasetgan.errors import DatasetganError
 from datasetgan.runfolder import RunFolder
 
 log = logging.getLogger("service.registry")
@@ -24,11 +25,11 @@ log = logging.getLogger("service.registry")
 RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 
-class UnknownModel(LookupError):
+class UnknownModel(DatasetganError, LookupError):
     pass
 
 
-class BrokenModel(RuntimeError):
+class BrokenModel(DatasetganError, RuntimeError):
     pass
 
 

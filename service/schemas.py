@@ -6,7 +6,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-MAX_SEED = 99_999_999  # seeds are named with 8 digits ({seed:08d}), like annotation items
+from datasetgan.seeds import MAX_SEED
 Part = Literal["image", "mask", "overlay", "uncertainty"]
 Seed = Annotated[int, Field(ge=0, le=MAX_SEED)]
 

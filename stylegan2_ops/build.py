@@ -21,13 +21,15 @@ from pathlib import Path
 import torch
 from filelock import FileLock
 
+from datasetgan.errors import DatasetganError
+
 CSRC = Path(__file__).resolve().parent / "csrc"
 CACHE_ENV = "STYLEGAN2_OPS_CACHE"
 # Data-centre GPUs of the last generations; override with TORCH_CUDA_ARCH_LIST.
 DEFAULT_CUDA_ARCHS = "8.0;9.0"
 
 
-class BuildError(RuntimeError):
+class BuildError(DatasetganError, RuntimeError):
     """A compiled backend could not be built or loaded."""
 
 

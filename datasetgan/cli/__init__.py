@@ -1,10 +1,16 @@
-"""The ``datasetgan`` command. Sub-commands load lazily, so ``--help`` is instant."""
+"""The ``datasetgan`` command. Sub-commands load lazily, so ``--help`` is instant.
+
+Every sub-command is a :class:`Command`: the project's errors (:class:`DatasetganError`) raised
+anywhere below it become a one-line click error here, so no command catches them itself.
+"""
 from __future__ import annotations
 
 import importlib
 import importlib.util
 
 import click
+
+from ..errors import DatasetganError
 
 # name -> module under datasetgan.cli defining a click command called ``command``
 COMMANDS = {
@@ -19,7 +25,23 @@ COMMANDS = {
 }
 
 
-class LazyGroup(click.Group):
+class ReportsErrors:
+    """Reports a :class:`DatasetganError` as ``Error: <message>`` (exit 1), without a traceback."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except DatasetganError as e:
+            raise click.ClickException(str(e)) from None
+
+
+class Command(ReportsErrors, click.Command):
+    """The class of every sub-command (``@click.command(cls=Command)``), so it reports errors when
+    invoked alone too (tests invoke sub-commands without the group)."""
+
+
+class LazyGroup(ReportsErrors, click.Group):
+
     def list_commands(self, ctx):
         return sorted(n for n in COMMANDS if importlib.util.find_spec(f"datasetgan.cli.{COMMANDS[n]}"))
 

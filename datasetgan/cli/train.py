@@ -1,12 +1,15 @@
 """``datasetgan train``: StyleGAN2-ADA on a folder of images."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
 from ..presets import PRESETS
+from . import Command
 
 
-@click.command("train")
+@click.command("train", cls=Command)
 @click.argument("data", type=click.Path(file_okay=False, path_type=str))
 @click.option("--out", "run_dir", required=True, type=click.Path(file_okay=False, path_type=str),
               help="Run folder; training writes RUN/training/ and RUN/generator.safetensors.")
@@ -67,7 +70,8 @@ def command(data, run_dir, preset, kimg, snap_kimg, resume, aug, aug_p, ada_targ
     import torch
 
     from .. import training
-    from ..data import DataError, load_image_folder
+    from ..atomic import remove_stale_temps
+    from ..data import load_image_folder
     from ..presets import TrainConfig, make_config
 
     if threads:
@@ -85,22 +89,22 @@ def command(data, run_dir, preset, kimg, snap_kimg, resume, aug, aug_p, ada_targ
     overrides = dict(aug=aug, aug_p=aug_p, ada_target=ada_target, augpipe=augpipe, batch=batch,
                      r1_gamma=r1_gamma, channel_base=channel_base,
                      channel_max=channel_max, mapping_layers=mapping_layers, ada_kimg=ada_kimg, resolution=resolution, mirror=mirror, seed=seed)
-    try:
-        if resume:
-            tensors, meta = training.load_snapshot(snapshot)
-            cfg = TrainConfig.from_dict(meta["config"])
-            ignored = [k for k, v in overrides.items() if v is not None and v != getattr(cfg, k)]
-            if ignored:
-                click.echo(f"note: resuming keeps the run's configuration; ignoring --{', --'.join(ignored)}", err=True)
-        else:
-            cfg = make_config(preset, **overrides)
-    except (ValueError, training.TrainingError) as e:
-        raise click.ClickException(str(e)) from None
+    # what a killed run left half-written (this run's own files only: other stages may be writing)
+    for folder, names in ((run.training, "*"), (run.root, "generator.*")):
+        remove_stale_temps(folder, names)
+    if resume:
+        tensors, meta = training.load_snapshot(snapshot)
+        cfg = TrainConfig.from_dict(meta["config"])
+        if click.get_current_context().get_parameter_source("preset").name != "DEFAULT" and preset != cfg.preset:
+            raise click.UsageError(f"--preset {preset}: the run was trained with preset {cfg.preset}, which "
+                                   "resuming keeps; drop --preset, or train a new run with another --out")
+        ignored = [k for k, v in overrides.items() if v is not None and v != getattr(cfg, k)]
+        if ignored:
+            click.echo(f"note: resuming keeps the run's configuration; ignoring --{', --'.join(ignored)}", err=True)
+    else:
+        cfg = make_config(preset, **overrides)
 
-    try:
-        ds = load_image_folder(data, cfg.resolution, masks="ignore", limit=limit)
-    except DataError as e:
-        raise click.ClickException(str(e)) from None
+    ds = load_image_folder(data, cfg.resolution, masks="ignore", limit=limit)
     if not resume:
         cfg.img_channels = ds.channels
     elif ds.channels != cfg.img_channels:
@@ -115,22 +119,23 @@ def command(data, run_dir, preset, kimg, snap_kimg, resume, aug, aug_p, ada_targ
         raise click.ClickException(f"--device {device}: {e}") from None
     if resume:
         trainer.load_state(tensors, meta)
-        training.truncate_log(run.training / "log.jsonl", trainer.nimg)
+        torn = training.truncate_log(run.training / "log.jsonl", trainer.nimg)
+        if torn:
+            click.echo(f"note: dropped {len(torn)} torn line(s) (line {', '.join(map(str, torn))}) of "
+                       f"{run.training / 'log.jsonl'}, cut short when the run was stopped", err=True)
         click.echo(f"resumed from {snapshot.name}: {trainer.nimg} images seen, step {trainer.step_count}, "
                    f"p {trainer.p:.3f}", err=True)
 
     fid = None
     if fid_images > 0:
-        from ..fid import FIDError, FIDEvaluator
+        from ..fid import FIDEvaluator
 
-        try:
-            fid = FIDEvaluator(ds.images, fid_images, device=device)
-        except FIDError as e:
-            raise click.ClickException(str(e)) from None
+        fid = FIDEvaluator(ds.images, fid_images, device=device)
 
     reals = ds.images[:min(32, len(ds))].transpose(0, 2, 3, 1)
     opts = training.LoopOptions(kimg=kimg, snap_kimg=snap_kimg, log_kimg=log_kimg, grid_seeds=grid_seeds,
-                                keep_snapshots=keep_snapshots, progress=progress, fid=fid)
+                                keep_snapshots=keep_snapshots, progress=progress, fid=fid,
+                                data=str(Path(data).resolve()))
     try:
         training.train(trainer, run_dir, opts, reals_grid=reals)
     except KeyboardInterrupt:
