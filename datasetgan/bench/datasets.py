@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from ..data import ClassInfo, DataError, list_images, load_image_folder, locate
+from ..errors import ConfigError
 
 
 @dataclass
@@ -50,7 +51,7 @@ def random_subset(n: int, k: int | None, seed: int = 0) -> np.ndarray:
     if k is None or k >= n:
         return np.arange(n)
     if k < 1:
-        raise ValueError(f"a subset needs at least 1 item, got {k}")
+        raise ConfigError(f"a subset needs at least 1 item, got {k}")
     return np.sort(np.random.default_rng(seed).choice(n, size=k, replace=False))
 
 
@@ -150,7 +151,7 @@ def load_generated(path, resolution: int, size: int | None = None, drop_uncertai
     idx = np.arange(n)
     if drop_uncertain:
         if not 0 <= drop_uncertain < 1:
-            raise ValueError(f"drop fraction must be in [0, 1), got {drop_uncertain}")
+            raise ConfigError(f"drop fraction must be in [0, 1), got {drop_uncertain}")
         scores = read_scores(path, full.names[:n])
         n_drop = int(round(drop_uncertain * n))
         keep = np.sort(np.argsort(scores, kind="stable")[: n - n_drop])
@@ -223,9 +224,9 @@ def parse_class_map(text: str) -> dict[int, int]:
         try:
             old_id, new_id = int(old), int(new)
         except ValueError:
-            raise ValueError(f"--class-map: expected OLD=NEW class ids, got {item!r}") from None
+            raise ConfigError(f"--class-map: expected OLD=NEW class ids, got {item!r}") from None
         if not sep or old_id in out:
-            raise ValueError(f"--class-map: expected each OLD=NEW once, got {item!r}")
+            raise ConfigError(f"--class-map: expected each OLD=NEW once, got {item!r}")
         out[old_id] = new_id
     return out
 

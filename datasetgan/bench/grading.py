@@ -93,7 +93,7 @@ def grade_folder(folder, reference, n: int = 100, device: str = "cpu", cache_dir
         refs = np.stack([found[seeds[i]] for i in idx])
         kind = "masks"
     else:
-        raise FileNotFoundError(f"{reference}: no such segmenter file or mask folder")
+        raise DataError(f"{reference}: no such segmenter file or mask folder")
     out = grade_pairs(ds.masks[idx], refs)
     out.update(folder=str(folder), reference=str(reference), reference_kind=kind,
                seeds=[seeds[i] for i in idx])

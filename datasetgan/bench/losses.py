@@ -32,6 +32,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..errors import ConfigError
+
 DEFAULTS: dict[str, dict[str, float]] = {
     "ce": {}, "dice": {}, "dice_ce": {}, "focal": {"gamma": 2.0}, "jaccard": {},
     "tversky": {"alpha": 0.7, "beta": 0.3}, "lovasz": {}, "boundary": {"alpha": 0.01},
@@ -40,8 +42,8 @@ LOSSES = tuple(DEFAULTS)
 SMOOTH = 1.0
 
 
-class LossSpecError(ValueError):
-    pass
+class LossSpecError(ConfigError):
+    """A --loss value that names no loss or a parameter it does not have."""
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, replace
 
+from ..errors import ConfigError
+
 
 @dataclass
 class SegmenterTrainConfig:
@@ -45,11 +47,11 @@ class SegmenterTrainConfig:
 
         parse_loss(self.loss)
         if self.hybrid_real_weight is not None and not 0 <= self.hybrid_real_weight <= 1:
-            raise ValueError(f"the real share of a batch must be in [0, 1], got {self.hybrid_real_weight}")
+            raise ConfigError(f"the real share of a batch must be in [0, 1], got {self.hybrid_real_weight}")
         if self.optimizer not in ("adam", "sgd"):
-            raise ValueError(f"optimizer must be adam or sgd, got {self.optimizer!r}")
+            raise ConfigError(f"optimizer must be adam or sgd, got {self.optimizer!r}")
         if self.epochs < 1 or self.batch_size < 2:
-            raise ValueError("training needs at least 1 epoch and a batch size of at least 2 "
+            raise ConfigError("training needs at least 1 epoch and a batch size of at least 2 "
                              "(batch norm cannot normalise a single image)")
 
 
@@ -94,7 +96,7 @@ PROFILES = {
 
 def get_profile(name: str, **overrides) -> Profile:
     if name not in PROFILES:
-        raise ValueError(f"unknown profile {name!r}; choose from {', '.join(PROFILES)}")
+        raise ConfigError(f"unknown profile {name!r}; choose from {', '.join(PROFILES)}")
     p = PROFILES[name]
     train_fields = {k: overrides.pop(k) for k in list(overrides) if k in SegmenterTrainConfig.__dataclass_fields__}
     p = replace(p, train=replace(p.train, **train_fields), **overrides)

@@ -18,6 +18,7 @@ import torch
 from filelock import FileLock
 
 from ..atomic import atomic_path, atomic_write_text
+from ..errors import ConfigError
 from . import datasets
 from .folds import group_kfold, kfold
 from .gate import positive, train_gate
@@ -88,7 +89,7 @@ def parse_models(spec: list[str], profile: Profile, in_channels: int, num_classe
                                    unet_channels=profile.unet_channels, output_stride=profile.output_stride))
     names = [c.name for c in out]
     if len(set(names)) != len(names):
-        raise ValueError(f"a model is listed twice: {names}")
+        raise ConfigError(f"a model is listed twice: {names}")
     return out
 
 
@@ -100,15 +101,15 @@ def load_inputs(profile: Profile, sets: list[str], real=None, test_real=None, sy
     res = profile.resolution
     unknown = set(sets) - {"real", "synthetic", "hybrid"}
     if unknown:
-        raise ValueError(f"unknown training set(s) {sorted(unknown)}; choose from real, synthetic, hybrid")
+        raise ConfigError(f"unknown training set(s) {sorted(unknown)}; choose from real, synthetic, hybrid")
     if "real" in sets and real is None:
-        raise ValueError("the 'real' training set needs --real DATA")
+        raise ConfigError("the 'real' training set needs --real DATA")
     if ("synthetic" in sets or "hybrid" in sets) and not synthetic:
-        raise ValueError("the 'synthetic' and 'hybrid' training sets need --synthetic DIR")
+        raise ConfigError("the 'synthetic' and 'hybrid' training sets need --synthetic DIR")
     if "hybrid" in sets and real is None:
-        raise ValueError("the 'hybrid' training set needs --real DATA (its real images come from there)")
+        raise ConfigError("the 'hybrid' training set needs --real DATA (its real images come from there)")
     if annotated and len(annotated) != len(synthetic):
-        raise ValueError(f"--annotated gives {len(annotated)} count(s) for {len(synthetic)} synthetic folder(s)")
+        raise ConfigError(f"--annotated gives {len(annotated)} count(s) for {len(synthetic)} synthetic folder(s)")
     train_sets: dict[str, datasets.LabelledSet] = {}
     if "real" in sets:
         s = datasets.load_real(real, res, real_limit, subset_seed, "--real", cache_dir, class_map)
@@ -146,7 +147,7 @@ def load_inputs(profile: Profile, sets: list[str], real=None, test_real=None, sy
                     raise datasets.DataError(f"{name}: {e}") from None
     everything = {**train_sets, **({"test-R": test_r} if test_r else {}), **({"test-G": test_g} if test_g else {})}
     if not everything:
-        raise ValueError("nothing to do: give training data (--real / --synthetic) or test data")
+        raise ConfigError("nothing to do: give training data (--real / --synthetic) or test data")
     classes = datasets.check_compatible(everything)
     return BenchInputs(train_sets, test_r, test_g, classes)
 
@@ -297,8 +298,13 @@ def run_benchmark(run_dir, inputs: BenchInputs, models: list[SegmenterConfig], p
     nc = len(inputs.classes)
     losses = list(losses or [profile.train.loss])
     post = post or PostProcessing()
+    if fold_groups:
+        try:
+            re.compile(fold_groups)
+        except re.error as e:
+            raise ConfigError(f"--fold-groups: not a regular expression: {e}") from None
     if post.min_component == "auto" and k < 2:
-        raise ValueError("--min-component auto chooses the area on the held-out fold: it needs --folds 2 or more")
+        raise ConfigError("--min-component auto chooses the area on the held-out fold: it needs --folds 2 or more")
     if command:
         results.set(command=command)
     results.set(profile=profile.to_dict(), classes=[c.__dict__ for c in inputs.classes],

@@ -8,6 +8,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ..errors import ConfigError
+
 from .losses import Loss, parse_loss
 from .profiles import SegmenterTrainConfig
 from .segmenters import Segmenter
@@ -39,9 +41,9 @@ def mixed_batches(is_real: np.ndarray, batch_size: int, real_weight: float,
     is_real = np.asarray(is_real, dtype=bool)
     real, synth = np.flatnonzero(is_real), np.flatnonzero(~is_real)
     if not 0 <= real_weight <= 1:
-        raise ValueError(f"the real share of a batch must be in [0, 1], got {real_weight}")
+        raise ConfigError(f"the real share of a batch must be in [0, 1], got {real_weight}")
     if (real_weight > 0 and not len(real)) or (real_weight < 1 and not len(synth)):
-        raise ValueError("a real share needs both real and synthetic images in the training set")
+        raise ConfigError("a real share needs both real and synthetic images in the training set")
     streams = {True: _stream(real, rng), False: _stream(synth, rng)}
     out = []
     for size in map(len, batches(len(is_real), batch_size, rng)):
@@ -73,11 +75,11 @@ def train_segmenter(model: Segmenter, images: np.ndarray, masks: np.ndarray, cfg
     """Train ``model`` in place on uint8 images [N, C, R, R] and masks [N, R, R]; returns epoch losses.
     ``is_real`` flags the real images of a hybrid set, for ``cfg.hybrid_real_weight``."""
     if len(images) != len(masks):
-        raise ValueError(f"{len(images)} images but {len(masks)} masks")
+        raise ConfigError(f"{len(images)} images but {len(masks)} masks")
     if len(images) < 2:
-        raise ValueError("training needs at least 2 images (batch norm)")
+        raise ConfigError("training needs at least 2 images (batch norm)")
     if images.shape[-1] != model.resolution:
-        raise ValueError(f"images are {images.shape[-1]}px but the segmenter is for {model.resolution}px")
+        raise ConfigError(f"images are {images.shape[-1]}px but the segmenter is for {model.resolution}px")
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     device = next(model.parameters()).device

@@ -7,7 +7,6 @@ command of the previous release (``datasetgan bench RUN --real ... [--train-anno
 """
 from __future__ import annotations
 
-import contextlib
 import sys
 from pathlib import Path
 
@@ -15,6 +14,7 @@ import click
 
 from ..bench.profiles import PROFILES, Profile, SegmenterTrainConfig
 from ..bench.runner import PostProcessing
+from . import Command, ReportsErrors
 
 SUBCOMMANDS = ("run", "annotator", "grade", "report")
 RUN_DIR = click.Path(exists=True, file_okay=False, path_type=Path)
@@ -77,19 +77,6 @@ def _command_line() -> str:
 
     args = sys.argv[1:]
     return "datasetgan " + " ".join(shlex.quote(a) for a in (args[args.index("bench"):] if "bench" in args else args))
-
-
-@contextlib.contextmanager
-def _user_errors():
-    """Bad input (data, options, files) becomes a one-line click error instead of a traceback."""
-    from ..bench.losses import LossSpecError
-    from ..checkpoint import CheckpointError
-    from ..data import DataError
-
-    try:
-        yield
-    except (DataError, CheckpointError, LossSpecError, ValueError, FileNotFoundError) as e:
-        raise click.ClickException(str(e)) from None
 
 
 PROFILE_OPTIONS = _options(
@@ -222,65 +209,56 @@ def do_run(run: Path, p: dict) -> None:
     """Train and score every row; tables are rewritten after each fold."""
     from ..bench import report, runner
 
-    if p.get("fold_groups") is not None:
-        import re
-        try:
-            re.compile(p["fold_groups"])
-        except re.error as e:
-            raise click.BadParameter(f"not a regular expression: {e}", param_hint="--fold-groups") from None
     synthetic, real = list(p.get("synthetic") or ()), p.get("real")
     sets = _csv(p["sets"]) if p.get("sets") is not None else (
         (["synthetic"] if synthetic else []) + (["real"] if real else []) + (["hybrid"] if synthetic and real else []))
     if not sets:
         raise click.UsageError("give training data: --real DATA and/or --synthetic DIR (see --help)")
-    with _user_errors():
-        profile = _profile(p)
-        post = PostProcessing(min_component=_min_component(p.get("min_component")),
-                              classifier_gate=p["classifier_gate"], swa=p["swa"], prior=not p["no_prior"])
-        limit = _limit(p["real_limit"]) if p.get("real_limit") is not None else profile.real_limit
-        inputs = runner.load_inputs(profile, sets, real, p.get("test_real"), synthetic, p.get("test_generated"),
-                                    limit, p.get("hybrid_real"), _csv(p.get("synthetic_sizes"), int) or None,
-                                    p.get("drop_uncertain") or 0.0, _csv(p.get("annotated"), int) or None,
-                                    p["subset_seed"], class_map=_class_map(p))
-        if not inputs.train_sets:
-            raise click.UsageError("no training set to benchmark")
-        channels = next(iter(inputs.train_sets.values())).images.shape[1]
-        models = runner.parse_models(_csv(p.get("models")) or list(profile.models), profile, channels,
-                                     len(inputs.classes))
-        bench_dir = run / "bench"
-        runner.run_benchmark(run, inputs, models, profile, save_models=p.get("save_models", False),
-                             init_weights=_weights(p.get("init_weights") or ()), device=p["device"],
-                             progress=not p["no_progress"], log=click.echo,
-                             on_fold=lambda doc: report.write_report(bench_dir, figures=False),
-                             fold_groups=p.get("fold_groups"), command=_command_line(),
-                             losses=_losses(p) or None, post=post)
+    profile = _profile(p)
+    post = PostProcessing(min_component=_min_component(p.get("min_component")),
+                          classifier_gate=p["classifier_gate"], swa=p["swa"], prior=not p["no_prior"])
+    limit = _limit(p["real_limit"]) if p.get("real_limit") is not None else profile.real_limit
+    inputs = runner.load_inputs(profile, sets, real, p.get("test_real"), synthetic, p.get("test_generated"),
+                                limit, p.get("hybrid_real"), _csv(p.get("synthetic_sizes"), int) or None,
+                                p.get("drop_uncertain") or 0.0, _csv(p.get("annotated"), int) or None,
+                                p["subset_seed"], class_map=_class_map(p))
+    if not inputs.train_sets:
+        raise click.UsageError("no training set to benchmark")
+    channels = next(iter(inputs.train_sets.values())).images.shape[1]
+    models = runner.parse_models(_csv(p.get("models")) or list(profile.models), profile, channels,
+                                 len(inputs.classes))
+    bench_dir = run / "bench"
+    runner.run_benchmark(run, inputs, models, profile, save_models=p.get("save_models", False),
+                         init_weights=_weights(p.get("init_weights") or ()), device=p["device"],
+                         progress=not p["no_progress"], log=click.echo,
+                         on_fold=lambda doc: report.write_report(bench_dir, figures=False),
+                         fold_groups=p.get("fold_groups"), command=_command_line(),
+                         losses=_losses(p) or None, post=post)
 
 
 def do_annotator(run: Path, out: Path, p: dict) -> None:
     """Train one segmenter on all real labels, save it and score it on test-R."""
     from ..bench import datasets, runner
 
-    with _user_errors():
-        profile = _profile(p)
-        limit = _limit(p["real_limit"]) if p.get("real_limit") is not None else profile.real_limit
-        class_map = _class_map(p)
-        train = datasets.load_real(p["real"], profile.resolution, limit, p["subset_seed"], "--real", class_map=class_map)
-        test_r = None
-        if p.get("test_real"):
-            test_r = datasets.load_real(p["test_real"], profile.resolution, None, 0, "--test-real", class_map=class_map)
-            datasets.check_compatible({"--real": train, "--test-real": test_r})
-        cfg = runner.parse_models([p["annotator_model"]], profile, train.images.shape[1], len(train.classes))[0]
-        runner.train_annotator(run, out, train, cfg, profile, test_r, train.classes,
-                               _weights(p.get("init_weights") or ()).get(cfg.arch), p["device"],
-                               not p["no_progress"], click.echo)
+    profile = _profile(p)
+    limit = _limit(p["real_limit"]) if p.get("real_limit") is not None else profile.real_limit
+    class_map = _class_map(p)
+    train = datasets.load_real(p["real"], profile.resolution, limit, p["subset_seed"], "--real", class_map=class_map)
+    test_r = None
+    if p.get("test_real"):
+        test_r = datasets.load_real(p["test_real"], profile.resolution, None, 0, "--test-real", class_map=class_map)
+        datasets.check_compatible({"--real": train, "--test-real": test_r})
+    cfg = runner.parse_models([p["annotator_model"]], profile, train.images.shape[1], len(train.classes))[0]
+    runner.train_annotator(run, out, train, cfg, profile, test_r, train.classes,
+                           _weights(p.get("init_weights") or ()).get(cfg.arch), p["device"],
+                           not p["no_progress"], click.echo)
 
 
 def do_grade(run: Path, folder: Path, reference: str, n: int, device: str) -> None:
     from ..bench import grading
 
-    with _user_errors():
-        g = grading.grade_folder(folder, reference, n, device=device)
-        grading.store(run / "bench", g)
+    g = grading.grade_folder(folder, reference, n, device=device)
+    grading.store(run / "bench", g)
     click.echo(grading.summary_line(g))
 
 
@@ -289,7 +267,7 @@ LEGACY_SPELLINGS = (("--report-only", "bench report RUN"),
                     ("--grade", "bench grade RUN FOLDER --reference REF"))
 
 
-class BenchGroup(click.Group):
+class BenchGroup(ReportsErrors, click.Group):
     """Subcommands, and the previous release's single-command spelling (``bench RUN --options``)."""
 
     def parse_args(self, ctx, args):
@@ -324,7 +302,7 @@ def command():
     """
 
 
-@command.command("run")
+@command.command("run", cls=Command)
 @click.argument("run", type=RUN_DIR)
 @RUN_OPTIONS
 @PROFILE_OPTIONS
@@ -334,7 +312,7 @@ def run_command(run, **p):
     _write_report(run)
 
 
-@command.command("annotator")
+@command.command("annotator", cls=Command)
 @click.argument("run", type=RUN_DIR)
 @click.option("--real", type=DATA_DIR, required=True, help="Labelled real folder the annotator learns from.")
 @click.option("--test-real", type=DATA_DIR, help="Labelled real folder to score it on (test-R).")
@@ -349,7 +327,7 @@ def annotator_command(run, out, **p):
     _write_report(run)
 
 
-@command.command("grade")
+@command.command("grade", cls=Command)
 @click.argument("run", type=RUN_DIR)
 @click.argument("folder", type=DATA_DIR)
 @click.option("--reference", required=True, help="A segmenter file (model-assisted labeller) or a folder / "
@@ -362,7 +340,7 @@ def grade_command(run, folder, reference, n, device):
     _write_report(run)
 
 
-@command.command("report")
+@command.command("report", cls=Command)
 @click.argument("run", type=RUN_DIR)
 def report_command(run):
     """Tables (tables.md, methods.md), the method comparison (methods.json, paired over folds) and figures,
@@ -370,7 +348,7 @@ def report_command(run):
     _write_report(run)
 
 
-@command.command("legacy", hidden=True)
+@command.command("legacy", cls=Command, hidden=True)
 @click.argument("run", type=RUN_DIR)
 @RUN_OPTIONS
 @PROFILE_OPTIONS
