@@ -31,7 +31,7 @@ LOSSES = "dice_ce,ce,focal,jaccard,lovasz,tversky,boundary"
 SUITES = {
     "acdc": ["--models", "unet", "--sets", "real", "--folds", "5", "--fold-groups", r"patient\d+", "--epochs", "15",
              "--threads", "1", "--loss", LOSSES, "--min-component", "auto", "--classifier-gate", "--swa"],
-    "lesions": ["--models", "unet", "--sets", "real", "--folds", "5", "--epochs", "15", "--threads", "1",
+    "lesions": ["--models", "unet", "--sets", "real", "--folds", "5", "--epochs", "10", "--threads", "1",
                 "--real-limit", "all", "--loss", "dice_ce,ce,focal,lovasz,tversky", "--min-component", "auto",
                 "--classifier-gate", "--swa"],
 }
@@ -88,8 +88,8 @@ def data_args(suite: str, out: Path) -> list[str]:
         return ["--real", str(data / "train"), "--test-real", str(data / "test")]
     folder = out.parent / "lesions_data"
     if not (folder / "labels.json").is_file():  # written last: a complete folder
-        write_lesions(folder / "train", 300, seed=1)
-        write_lesions(folder / "test", 200, seed=2)
+        write_lesions(folder / "train", 200, seed=1)
+        write_lesions(folder / "test", 150, seed=2)
         (folder / "labels.json").write_text(json.dumps({"classes": LESION_CLASSES}))
     return ["--real", str(folder / "train"), "--test-real", str(folder / "test")]
 
@@ -136,7 +136,7 @@ def report(suite: str, out: Path, log: Path | None) -> None:
              f"Machine: shared 2-core CPU (other engineers' jobs running), 1 thread, load average (1/5/15 min) "
              + (f"{la[0]} at start, {la[-1]} at the end" if la else "not logged") + ". "
              f"{prof['resolution']}x{prof['resolution']}, {prof['train']['epochs']} epochs "
-             f"(reduced from the cpu profile's 20 to fit the session), batch {prof['train']['batch_size']}, "
+             f"(the cpu profile has 20; reduced to fit the session), batch {prof['train']['batch_size']}, "
              f"{prof['train']['optimizer']} lr {prof['train']['lr']}, U-Net widths {prof['unet_channels']}; "
              f"{next(iter(exps.values()))['n_train']} training images in {prof['folds']} folds; test-R: "
              f"{test.get('n')} images. Every loss trains the same steps per fold; the +mincomp and +gate rows "
