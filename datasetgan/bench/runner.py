@@ -63,7 +63,8 @@ class Experiment:
 
 @dataclass
 class PostProcessing:
-    """The rows derived from each (set, model)'s first loss: small-component removal and the gate."""
+    """The extra rows of a run: from each (set, model)'s first loss, small-component removal, the classifier
+    gate and an SWA retraining; per set, the prior-only baseline."""
     min_component: int | str | None = None    # pixels, "auto" (chosen on the fold's held-out part) or None
     classifier_gate: bool = False
     swa: bool = False                          # also train that loss with a cosine schedule + SWA
