@@ -27,9 +27,10 @@ from typing import Any, AsyncIterator, Callable, Iterator
 
 import anyio
 from fastapi import FastAPI, Header, HTTPException, Request
-from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, StreamingResponse
+
+from datasetgan.atomic import remove_stale_temps
 
 from .annotate_mount import AnnotateMount, load_annotate_factory
 from .guards import ApiKeyMiddleware, BodyLimitMiddleware, Slots
@@ -95,6 +96,7 @@ def create_app(settings: Settings) -> FastAPI:
         if settings.torch_threads:
             import torch
             torch.set_num_threads(settings.torch_threads)
+        remove_stale_temps(settings.jobs_dir, recursive=True)  # partial shards of a killed server
         store = JobStore(settings.jobs_dir)
         runner = JobRunner(store, registry, settings.batch_size, settings.job_workers, metrics)
         state.update(store=store, runner=runner, started=time.time())
@@ -116,8 +118,10 @@ def create_app(settings: Settings) -> FastAPI:
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError):
-        errors = jsonable_encoder(exc.errors())
-        summary = "; ".join(f"{'.'.join(str(x) for x in e.get('loc', ()))}: {e.get('msg', '')}" for e in errors)
+        # where and why, not the raw input: it may be NaN or Infinity, which JSON cannot carry
+        errors = [{"loc": list(e.get("loc", ())), "msg": str(e.get("msg", "")), "type": str(e.get("type", ""))}
+                  for e in exc.errors()]
+        summary = "; ".join(f"{'.'.join(str(x) for x in e['loc'])}: {e['msg']}" for e in errors)
         return JSONResponse({"detail": errors, "message": f"invalid request: {summary}"}, status_code=422)
 
     @app.exception_handler(UnknownModel)
@@ -178,7 +182,7 @@ def create_app(settings: Settings) -> FastAPI:
         then rendered again and streamed (memory stays flat; such requests cost twice the compute and
         their first byte comes after the scoring pass). A client that disconnects stops generation
         within one batch."""
-        info = await anyio.to_thread.run_sync(registry.info, model_id)
+        info = await anyio.to_thread.run_sync(registry.ready, model_id)
         if req.n > settings.max_n:
             raise HTTPException(422, f"n = {req.n} is over this server's limit of {settings.max_n} pairs per "
                                      f"streamed request; submit it as a job: POST /v1/models/{model_id}/jobs")
@@ -232,7 +236,7 @@ def create_app(settings: Settings) -> FastAPI:
         `Location: /v1/jobs/{id}`. A repeated request with the same `Idempotency-Key` returns the same
         job; the same key with a different request is a 409. Jobs survive a server restart: they continue
         after their last complete shard."""
-        info = await anyio.to_thread.run_sync(registry.info, model_id)
+        info = await anyio.to_thread.run_sync(registry.ready, model_id)
         if req.n > settings.max_job_n:
             raise HTTPException(422, f"n = {req.n} is over this server's job limit of {settings.max_job_n}; "
                                      "split it into several jobs with different seed_start")

@@ -69,12 +69,14 @@ class ClassOut(BaseModel):
 
 class ModelOut(BaseModel):
     id: str
-    resolution: int
-    channels: int
+    resolution: int | None
+    channels: int | None
     classes: list[ClassOut]
-    generator_sha256: str
-    interpreter_sha256: str
-    created: str
+    generator_sha256: str | None
+    interpreter_sha256: str | None
+    created: str | None
+    available: bool = Field(True, description="false when the run's files are damaged; see reason")
+    reason: str | None = Field(None, description="why the model is unavailable")
 
 
 class ModelList(BaseModel):

@@ -18,6 +18,7 @@ from service.guards import Slots, presented_key
 from service.registry import ModelRegistry, UnknownModel
 from service.schemas import JobRequest, PairsRequest
 from datasetgan.encoding import RECORD, drop_most_uncertain, tar_end, tar_member
+from datasetgan.weightfiles import write_pair
 from service.streaming import pair_chunks
 
 
@@ -76,8 +77,7 @@ def test_slots_limit_and_idempotent_release():
 
 def test_registry_lists_ready_runs_only_and_refuses_paths(tmp_path):
     def sidecar(path, **meta):
-        path.write_bytes(b"x")
-        path.with_suffix(".json").write_text(json.dumps({"sha256": "ab" * 32, **meta}))
+        write_pair(path, b"x", meta)
     for name in ("ready", "no_interpreter"):
         (tmp_path / name).mkdir()
         sidecar(tmp_path / name / "generator.safetensors", config={"resolution": 32, "img_channels": 3})

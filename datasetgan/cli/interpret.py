@@ -31,8 +31,9 @@ def command(run, members, epochs, patience, lr, batch_size, pixels_per_epoch, hi
             include_pre_annotated, seed, device, threads):
     """Train the style interpreter (an ensemble of pixel classifiers) on RUN/annotations.
 
-    Uses every annotation in state "done" (and "pre-annotated" with --include-pre-annotated),
-    re-rendering each seed with its own truncation and noise mode. Writes
+    Uses every annotation in state "done" (and "pre-annotated" with --include-pre-annotated):
+    painted seeds, re-rendered with their own truncation and noise mode, and real images imported
+    with `datasetgan annotate RUN --import-real DIR`, rendered from their stored projections. Writes
     RUN/interpreter.safetensors + .json and a log of every epoch in RUN/interpret/log.jsonl.
 
     \b
@@ -43,6 +44,7 @@ def command(run, members, epochs, patience, lr, batch_size, pixels_per_epoch, hi
 
     from .. import jsonlog
     from ..annotations import AnnotationSet
+    from ..atomic import remove_stale_temps
     from ..checkpoint import load_generator
     from ..features import render_annotated
     from ..interpreter import InterpreterConfig, InterpreterInfo, save_interpreter, train_interpreter
@@ -51,6 +53,7 @@ def command(run, members, epochs, patience, lr, batch_size, pixels_per_epoch, hi
     if threads:
         torch.set_num_threads(threads)
     rf = RunFolder(run)
+    remove_stale_temps(rf.root, "interpreter.*")  # what a killed `interpret` left half-written
     if not rf.generator.is_file():
         raise click.ClickException(f"{rf.generator} does not exist; run `datasetgan train` first")
     if not rf.annotations.is_dir():
@@ -68,7 +71,8 @@ def command(run, members, epochs, patience, lr, batch_size, pixels_per_epoch, hi
     aset = AnnotationSet(rf.annotations)
     classes = aset.classes()
     feats, masks, records = render_annotated(G, aset, include_pre_annotated, progress=True)
-    modes = sorted({r.noise_mode for r in records})
+    # the noise mode the factory renders new seeds with; real images bring their own noise maps
+    modes = sorted({r.noise_mode for r in records if r.kind != "real"}) or ["const"]
     if len(modes) > 1:
         raise click.ClickException(f"annotations mix noise modes {modes}; the interpreter needs one")
     info = InterpreterInfo(feats.taps, classes, G.cfg.resolution, G.cfg.img_channels, G.sha256, modes[0],
