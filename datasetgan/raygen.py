@@ -9,10 +9,11 @@ a retry never meets half a shard, and its bytes do not depend on the worker that
 """
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 from .errors import DatasetganError
-from .shards import ShardRequest, ShardTask, pair_scores, write_shard
+from .shards import ShardRequest, ShardStopped, ShardTask, pair_scores, write_shard
 
 INSTALL_HINT = "pip install 'datasetgan[ray]'"
 RETRIES = 3  # per shard, after a worker process died
@@ -56,8 +57,15 @@ class ShardMaker:
     def hashes(self) -> tuple[str, str]:
         return self.factory.generator_sha256, self.factory.interpreter_sha256
 
-    def write(self, task: ShardTask, req: ShardRequest) -> dict:
-        return write_shard(self.factory, task, req)
+    def write(self, task: ShardTask, req: ShardRequest) -> dict | None:
+        """The shard's record, or None when the task was cancelled (ray.cancel) before it was done."""
+        import ray
+
+        context = ray.get_runtime_context()
+        try:
+            return write_shard(self.factory, task, req, should_stop=context.is_canceled)
+        except ShardStopped:
+            return None
 
     def scores(self, seeds: list[int], req: ShardRequest) -> list[float]:
         return pair_scores(self.factory, seeds, req)
@@ -91,17 +99,63 @@ class RayWorkers:
         if len(seen) != 1 or (hashes is not None and seen != {tuple(hashes)}):
             self.close()
             raise RayError(f"Ray workers see different models at {run_dir}; it must be the same path on every node")
-        self.pool = ActorPool(self.actors)
+        self.pool = ActorPool(self.actors)  # for the scoring pass, whose chunks come back in order
 
     def scores(self, chunks, req):
         yield from self.pool.map(lambda actor, seeds: actor.scores.remote(seeds, req), chunks)
 
-    def write(self, tasks, req):
-        by_index = {t.index: t for t in tasks}
-        for rec in self.pool.map_unordered(lambda actor, task: actor.write.remote(task, req), tasks):
-            yield by_index[rec["index"]], rec
+    def write(self, tasks, req, should_stop=None):
+        """Shards to idle actors, records back as they complete; ``should_stop()`` cancels the tasks
+        still queued or running (a running one stops within a batch and leaves no file)."""
+        todo, idle, running = list(tasks), list(self.actors), {}
+        try:
+            while todo or running:
+                while todo and idle:
+                    actor, task = idle.pop(), todo.pop(0)
+                    running[actor.write.remote(task, req)] = (task, actor)
+                if should_stop is not None and should_stop():
+                    return
+                done, _ = self.ray.wait(list(running), num_returns=1, timeout=0.5)
+                for ref in done:
+                    task, actor = running.pop(ref)
+                    idle.append(actor)
+                    rec = self.ray.get(ref)
+                    if rec is not None:
+                        yield task, rec
+        finally:
+            for ref in running:  # stopped early, or the consumer went away
+                self.ray.cancel(ref)
 
     def close(self) -> None:
         for actor in self.actors:
             self.ray.kill(actor)
         self.actors = []
+
+
+class RayPools:
+    """The service's Ray workers: one pool per model, made on first use and remade when the model's
+    weights change (a pool holds one generator + interpreter)."""
+
+    def __init__(self, address: str, device: str = "cpu", workers: int | None = None, threads: int | None = None):
+        self.address, self.device, self.workers, self.threads = address, device, workers, threads
+        self.pools: dict[str, tuple[tuple[str, str], RayWorkers]] = {}
+        self.lock = threading.Lock()  # job worker threads share the pools
+        connect(address)
+
+    def get(self, run_dir, hashes: tuple[str, str]) -> RayWorkers:
+        with self.lock:
+            return self._get(str(Path(run_dir).resolve()), tuple(hashes))
+
+    def _get(self, key: str, hashes: tuple[str, str]) -> RayWorkers:
+        held = self.pools.get(key)
+        if held is None or held[0] != hashes:
+            if held is not None:
+                held[1].close()
+            self.pools[key] = (hashes, RayWorkers(self.address, key, self.device, self.workers, self.threads, hashes))
+        return self.pools[key][1]
+
+    def close(self) -> None:
+        with self.lock:
+            for _, pool in self.pools.values():
+                pool.close()
+            self.pools = {}

@@ -52,6 +52,15 @@ def make_factory(run_dir, device: str):
     return importlib.import_module("datasetgan.factory").PairFactory(run_dir, device=device)
 
 
+def ray_pools(settings: Settings):
+    """Ray workers for jobs when the server runs them on a cluster (``serve --ray``), else None."""
+    if not settings.ray_address:
+        return None
+    from datasetgan.raygen import RayPools
+
+    return RayPools(settings.ray_address, settings.device, settings.ray_workers, settings.torch_threads)
+
+
 class GuardedStream(StreamingResponse):
     """A streaming response that always runs its clean-up, however the stream ends (done, client
     gone before or during the body, error)."""
@@ -98,14 +107,18 @@ def create_app(settings: Settings) -> FastAPI:
             torch.set_num_threads(settings.torch_threads)
         remove_stale_temps(settings.jobs_dir, recursive=True)  # partial shards of a killed server
         store = JobStore(settings.jobs_dir)
-        runner = JobRunner(store, registry, settings.batch_size, settings.job_workers, metrics)
+        pools = ray_pools(settings)
+        runner = JobRunner(store, registry, settings.batch_size, settings.job_workers, metrics, pools)
         state.update(store=store, runner=runner, started=time.time())
         runner.start()
-        log.info("serving runs from %s; jobs in %s", settings.runs_dir, settings.jobs_dir)
+        log.info("serving runs from %s; jobs in %s%s", settings.runs_dir, settings.jobs_dir,
+                 f" (generated on the Ray cluster at {settings.ray_address})" if pools else "")
         try:
             yield
         finally:
             await anyio.to_thread.run_sync(runner.stop)
+            if pools is not None:
+                pools.close()
 
     app = FastAPI(title="DatasetGAN data factory", version="1.0",
                   description="Synthetic image + mask pairs from DatasetGAN runs, streamed or as jobs. "

@@ -112,3 +112,84 @@ def test_ray_missing_extra_says_how_to_install(tiny_run, tmp_path):
     env["PYTHONPATH"] = os.pathsep.join([str(blocker), env["PYTHONPATH"]])
     r = generate(tiny_run, tmp_path / "o", env, "--n", "2", "--ray", "auto")
     assert r.returncode == 1 and "pip install 'datasetgan[ray]'" in r.stderr and "Traceback" not in r.stderr
+
+
+def sse_until_end(client, url) -> list[dict]:
+    events, event = [], None
+    with client.stream("GET", url, timeout=300) as r:
+        for line in r.iter_lines():
+            if line.startswith("event: "):
+                event = line[7:]
+            elif line.startswith("data: "):
+                events.append(json.loads(line[6:]))
+                if event == "end":
+                    return events
+    return events
+
+
+def expected_shard(factory, seeds, parts, path) -> bytes:
+    from datasetgan.encoding import ShardFile, encode_parts
+
+    with ShardFile(path) as shard:
+        for pair in factory.pairs(seeds):
+            shard.add(pair.seed, encode_parts(pair, factory.classes, parts))
+    return Path(path).read_bytes()
+
+
+def test_serve_runs_jobs_on_ray(ray_cluster, tiny_run, tmp_path):
+    import httpx
+
+    from datasetgan.factory import PairFactory
+
+    address, env = ray_cluster
+    runs = tmp_path / "runs"
+    shutil.copytree(tiny_run, runs / "run")
+    port = free_port()
+    log = open(tmp_path / "server.log", "wb")
+    server = subprocess.Popen([sys.executable, "-m", "datasetgan", "serve", "--runs", str(runs), "--port", str(port),
+                               "--jobs-dir", str(tmp_path / "jobs"), "--shard-size", "2", "--threads", "1",
+                               "--log-level", "warning", "--ray", address, "--ray-workers", "2"],
+                              env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as c:
+            deadline = time.monotonic() + 300
+            while True:
+                try:
+                    if c.get("/readyz").status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                assert server.poll() is None and time.monotonic() < deadline, (tmp_path / "server.log").read_text()
+                time.sleep(0.5)
+            parts = ["mask", "image"]
+            r = c.post("/v1/models/run/jobs", json={"n": 6, "seed_start": 50, "include": parts})
+            assert r.status_code == 202, r.text
+            location = r.headers["location"]
+            events = sse_until_end(c, f"{location}/events")
+            assert events[-1]["state"] == "done" and events[-1]["shards"] == 3, events
+            job = c.get(location).json()
+            factory = PairFactory(runs / "run")
+            for rec in job["shards"]:
+                data = c.get(rec["url"]).content
+                assert hashlib.sha256(data).hexdigest() == rec["sha256"]
+                seeds = range(50 + 2 * rec["index"], 52 + 2 * rec["index"])
+                assert data == expected_shard(factory, seeds, parts, tmp_path / f"want-{rec['index']}.tar")
+            whole = c.get(job["shards"][1]["url"]).content
+            part = c.get(job["shards"][1]["url"], headers={"Range": "bytes=100-299"})
+            assert part.status_code == 206 and part.content == whole[100:300]
+
+            # DELETE cancels the job's Ray tasks: no shard appears after the cancellation
+            r = c.post("/v1/models/run/jobs", json={"n": 400, "seed_start": 0})
+            big = r.json()
+            shards = tmp_path / "jobs" / big["id"] / "shards"
+            while not (shards.is_dir() and any(shards.glob("*.tar"))):
+                assert time.monotonic() < deadline + 300
+                time.sleep(0.2)
+            assert c.delete(big["url"]).json()["result"] == "cancelled"
+            time.sleep(3)  # a task still running would write its shard now
+            assert not shards.exists() or not any(shards.iterdir())
+            assert c.get(big["url"]).json()["state"] == "cancelled"
+    finally:
+        server.terminate()
+        server.wait(60)
+        log.close()
