@@ -193,3 +193,45 @@ def test_serve_runs_jobs_on_ray(ray_cluster, tiny_run, tmp_path):
         server.terminate()
         server.wait(60)
         log.close()
+
+
+def cluster_workers(home: str) -> list[int]:
+    """PIDs of this cluster's shard workers (Ray titles them ray::ShardMaker; HOME tells our cluster's)."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        try:
+            cmd = (proc / "cmdline").read_bytes()
+            environ = (proc / "environ").read_bytes().split(b"\0")
+        except (OSError, ValueError):
+            continue
+        if b"ray::ShardMaker" in cmd and f"HOME={home}".encode() in environ:
+            pids.append(int(proc.name))
+    return pids
+
+
+def test_a_killed_worker_is_restarted_and_its_shard_retried(ray_cluster, tiny_run, tmp_path):
+    address, env = ray_cluster
+    args = ["--n", "60", "--shard-size", "2", "--batch-size", "1"]
+    out = tmp_path / "ray"
+    proc = subprocess.Popen([sys.executable, "-m", "datasetgan", "generate", str(tiny_run), "--format", "wds",
+                             "--out", str(out), *args, "--ray", address, "--workers", "2"],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 300
+        while not (out.is_dir() and any(out.glob("shard-*.tar"))):
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read()
+            time.sleep(0.1)
+        victims = cluster_workers(env["HOME"])
+        assert victims
+        os.kill(victims[0], signal.SIGKILL)
+        output, _ = proc.communicate(timeout=600)
+        assert proc.returncode == 0, output
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    local = generate(tiny_run, tmp_path / "local", env, *args)
+    assert local.returncode == 0, local.stderr
+    man = json.loads((out / "manifest.json").read_text())
+    assert len(man["shards"]) == 30
+    for name in man["shards"]:
+        assert (out / name).read_bytes() == (tmp_path / "local" / name).read_bytes()
