@@ -9,7 +9,16 @@ a retry never meets half a shard, and its bytes do not depend on the worker that
 """
 from __future__ import annotations
 
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
 import threading
+import time
 from pathlib import Path
 
 from .errors import DatasetganError
@@ -31,9 +40,53 @@ def import_ray():
     return ray
 
 
+@contextlib.contextmanager
+def local_cluster(cpus: int | None = None, env: dict | None = None, timeout: float = 300):
+    """A one-node Ray cluster bound to 127.0.0.1 for the duration of the block; yields its address.
+
+    `ray start --head --block` runs in a session of its own, so stopping that process group stops
+    exactly this cluster (never `ray stop`, which stops every cluster of the machine). ``env`` (e.g.
+    an isolated HOME) is the environment of the cluster's processes."""
+    import_ray()
+    root = Path(tempfile.mkdtemp(prefix="dg-ray-"))  # short: Ray's socket paths have a length limit
+    port = _free_port()
+    cmd = [shutil.which("ray", path=os.path.dirname(sys.executable)) or "ray", "start", "--head", "--block",
+           "--node-ip-address", "127.0.0.1", "--port", str(port), "--include-dashboard", "false",
+           "--disable-usage-stats", "--temp-dir", str(root / "t"), "--object-store-memory", str(200 * 2 ** 20)]
+    if cpus:
+        cmd += ["--num-cpus", str(cpus)]
+    log = root / "head.log"
+    with open(log, "w") as out:
+        head = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + timeout
+        while "Ray runtime started" not in log.read_text():
+            if head.poll() is not None or time.monotonic() > deadline:
+                raise RayError(f"could not start a local Ray cluster: {log.read_text().strip()[-500:]}")
+            time.sleep(0.5)
+        yield f"127.0.0.1:{port}"
+    finally:
+        for sig, wait in ((signal.SIGTERM, 60), (signal.SIGKILL, 30)):
+            try:
+                os.killpg(head.pid, sig)
+                head.wait(wait)
+                break
+            except ProcessLookupError:
+                break
+            except subprocess.TimeoutExpired:
+                continue
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def connect(address: str):
-    """Join the cluster at ``address`` ('auto': the one `ray start` made on this machine; 'local': a new
-    one-machine cluster for this process); returns the ray module."""
+    """Join the cluster at ``address`` ('auto': the one `ray start` made on this machine); returns the
+    ray module."""
     ray = import_ray()
     if not ray.is_initialized():
         try:

@@ -32,38 +32,17 @@ def ray_env(home: Path) -> dict:
 
 @pytest.fixture(scope="module")
 def ray_cluster():
-    """A one-node Ray cluster bound to 127.0.0.1; yields (address, env for its drivers)."""
-    # Ray's socket paths must stay short: a temp dir directly under /tmp, not pytest's deep tmp_path.
-    root = Path(tempfile.mkdtemp(prefix="dg-ray-"))
-    (root / "home").mkdir()
-    env = ray_env(root / "home")
-    ray = shutil.which("ray", path=os.path.dirname(sys.executable)) or "ray"
-    port = free_port()
-    # --block keeps `ray start` in the foreground, in a session of its own: stopping that process
-    # group stops exactly this cluster's processes (never `ray stop`, which stops every cluster here).
-    log = root / "head.log"
-    with open(log, "w") as out:
-        head = subprocess.Popen([ray, "start", "--head", "--block", "--node-ip-address", "127.0.0.1",
-                                 "--port", str(port), "--num-cpus", "2", "--object-store-memory", str(80 * 2 ** 20),
-                                 "--include-dashboard", "false", "--disable-usage-stats", "--temp-dir", str(root / "t")],
-                                env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    """A one-node Ray cluster on 127.0.0.1 with its own HOME, shared by the module; yields (address,
+    the environment for its drivers)."""
+    from datasetgan.raygen import local_cluster
+
+    home = Path(tempfile.mkdtemp(prefix="dg-ray-home-"))
+    env = ray_env(home)
     try:
-        deadline = time.monotonic() + 300
-        while "Ray runtime started" not in log.read_text():
-            assert head.poll() is None and time.monotonic() < deadline, log.read_text()
-            time.sleep(0.5)
-        yield f"127.0.0.1:{port}", env
+        with local_cluster(cpus=2, env=env) as address:
+            yield address, env
     finally:
-        for sig, wait in ((signal.SIGTERM, 60), (signal.SIGKILL, 30)):
-            try:
-                os.killpg(head.pid, sig)
-                head.wait(wait)
-                break
-            except ProcessLookupError:
-                break
-            except subprocess.TimeoutExpired:
-                continue
-        shutil.rmtree(root, ignore_errors=True)
+        shutil.rmtree(home, ignore_errors=True)
 
 
 def generate(run, out, env, *args, timeout=600):
