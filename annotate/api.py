@@ -7,13 +7,14 @@ server (``datasetgan annotate``) and mounted under a prefix (``/annotate/<run>``
     GET  api/labels                     the classes (labels.json)
     GET  api/items                      every item with its state, and "k of N done"
     GET  api/items/{id}                 one item's record
-    GET  api/items/{id}/image           the rendered image (PNG)
+    GET  api/items/{id}/image           the rendered image (PNG; a real image's reconstruction)
+    GET  api/items/{id}/original        a real, projected item's original image (PNG)
     GET  api/items/{id}/mask            the saved label map (PNG; ?format=raw gives R*R bytes)
     PUT  api/items/{id}/mask?state=...  a new label map (PNG body), validated, saved atomically;
                                         state=done (a person's "save & mark done", the default) or
                                         state=todo (an autosaved draft: kept, but not trained on)
 
-Item ids are checked against ``seed_`` + 8 ASCII digits before any file is looked at, so no request
+Item ids are checked against ``seed_`` or ``real_`` + 8 ASCII digits before any file is looked at, so no request
 can name a path outside the annotation set. Bad input is answered 404/413/422 with a message.
 """
 from __future__ import annotations
@@ -78,7 +79,7 @@ def create_app(run_dir) -> FastAPI:
     # -- helpers ------------------------------------------------------------------------------
     def checked_id(item: str) -> str:
         if not ITEM_ID.fullmatch(item):
-            raise ApiError(422, f"invalid item id {item[:80]!r}: expected seed_ followed by 8 digits")
+            raise ApiError(422, f"invalid item id {item[:80]!r}: expected seed_ or real_ followed by 8 digits")
         return item
 
     def record(item: str):
@@ -103,7 +104,8 @@ def create_app(run_dir) -> FastAPI:
         has_mask = aset.path(rec.id, "mask").is_file()
         return {"id": rec.id, "seed": rec.seed, "state": item_state(rec, has_mask), "source": rec.source,
                 "has_mask": has_mask, "updated": rec.updated, "truncation": rec.truncation,
-                "noise_mode": rec.noise_mode, "resolution": rec.resolution}
+                "noise_mode": rec.noise_mode, "resolution": rec.resolution, "kind": rec.kind,
+                "real_name": rec.real_name, "psnr": rec.psnr, "ssim": rec.ssim}
 
     def png_response(path: Path, missing: str) -> Response:
         if not path.is_file():
@@ -154,6 +156,11 @@ def create_app(run_dir) -> FastAPI:
     def image(item: str):
         rec = record(item)
         return png_response(aset.path(rec.id, "image"), f"item {item} has no image")
+
+    @app.get("/api/items/{item}/original")
+    def original(item: str):
+        rec = record(item)
+        return png_response(aset.path(rec.id, "original"), f"item {item} is not a real image (it has no original)")
 
     @app.get("/api/items/{item}/mask")
     def mask(item: str, format: str = "png"):

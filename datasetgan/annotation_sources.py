@@ -8,7 +8,8 @@
   (:func:`datasetgan.annotations.render_items`);
 * masks: label maps painted elsewhere (:func:`import_masks`), a segmentation model
   (:func:`label_with_segmenter`, as pre-annotations or as model-made annotations), or the run's
-  interpreter (:func:`pre_annotate_with_interpreter`).
+  interpreter (:func:`pre_annotate_with_interpreter`);
+* real labelled images, projected into the generator, with their expert masks (:func:`import_real`).
 
 A new source is one function here that writes through :class:`AnnotationSet` (``add_item``,
 ``save_mask``), checks everything before it saves anything, and raises :class:`AnnotationError`
@@ -22,8 +23,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .annotations import ITEM_ID, AnnotationError, AnnotationSet, item_id, render_items
-from .data import ClassInfo, DataError, locate, read_labels, read_mask
+from .annotations import ITEM_ID, AnnotationError, AnnotationRecord, AnnotationSet, item_id, render_items
+from .atomic import atomic_write_bytes
+from .data import (ClassInfo, DataError, fit_square, list_images, locate, mask_path_for, read_image, read_labels,
+                   read_mask, resize_image, resize_mask)
+from .png import png_bytes
 from .runfolder import RunFolder
 from .seeds import MAX_SEED, random_seeds
 
@@ -93,7 +97,7 @@ def diverse_seeds(G, n: int, rng_seed: int, pool: int | None = None) -> list[int
 
 def existing_then_smallest(aset: AnnotationSet, n: int) -> list[int]:
     """The set's items first (in seed order), topped up with the smallest unused seeds."""
-    have = [aset.record(i).seed for i in aset.ids()][:n]
+    have = [r.seed for r in aset.records() if r.kind == "seed"][:n]
     seeds, s = list(have), 0
     taken = set(have)
     while len(seeds) < n:
@@ -150,7 +154,8 @@ def import_masks(aset: AnnotationSet, folder: Path) -> int:
 
 def unlabelled(aset: AnnotationSet) -> list[str]:
     """Items nobody has painted yet (no mask, state todo)."""
-    return [r.id for r in aset.records() if r.state == "todo" and not aset.path(r.id, "mask").is_file()]
+    return [r.id for r in aset.records()
+            if r.kind == "seed" and r.state == "todo" and not aset.path(r.id, "mask").is_file()]
 
 
 def resize(a: np.ndarray, size: int, resample) -> np.ndarray:
@@ -239,3 +244,84 @@ def pre_annotate_with_interpreter(aset: AnnotationSet, run: RunFolder, warn=prin
                 continue
             aset.save_mask(rec.id, pair.mask, state=PRE_ANNOTATED, source="interpreter")
     return len(todo)
+
+
+# -- real labelled images ---------------------------------------------------------------------------
+
+def read_real_folder(folder, classes: list[ClassInfo] | None, channels: int, resolution: int, fit: str = "crop"):
+    """A canonical data folder (images/ + masks/ + labels.json) checked whole and prepared at
+    ``resolution`` (images Lanczos, masks nearest neighbour): (names, uint8 images [N, C, R, R], masks
+    [N, R, R], classes). The first problem raises AnnotationError naming its file."""
+    try:
+        image_dir, mask_dir, labels_path = locate(folder)
+        if mask_dir is None:
+            raise AnnotationError(f"--import-real {folder}: no masks/ folder (expected images/, masks/, labels.json)")
+        own = read_labels(labels_path) if labels_path else None
+        if own is None and classes is None:
+            raise AnnotationError(f"--import-real {folder}: no labels.json (and the annotation set has no classes)")
+        if own is not None and classes is not None and own != classes:
+            raise AnnotationError(f"{labels_path}: its classes differ from the annotation set's labels.json")
+        classes = own or classes
+        files = list_images(image_dir)
+        if not files:
+            raise AnnotationError(f"--import-real {folder}: no PNG or JPEG images in {image_dir}")
+        names, images, masks = [], [], []
+        for f in files:
+            a = read_image(f)
+            if a.shape[2] != channels:
+                raise AnnotationError(f"{f}: has {a.shape[2]} channel(s), the generator makes {channels}")
+            mask_file = mask_path_for(mask_dir, f)
+            if mask_file is None:
+                raise AnnotationError(f"{f}: no mask with the same name in {mask_dir}")
+            m = read_mask(mask_file)
+            if m.shape != a.shape[:2]:
+                raise AnnotationError(f"{mask_file}: mask is {m.shape[1]}x{m.shape[0]}, its image {a.shape[1]}x{a.shape[0]}")
+            if m.size and int(m.max()) >= len(classes):
+                bad = sorted(int(v) for v in np.unique(m) if v >= len(classes))
+                raise AnnotationError(f"{mask_file}: class id(s) {bad} are not in labels.json (0..{len(classes) - 1})")
+            names.append(f.name)
+            images.append(resize_image(fit_square(a, fit), resolution).transpose(2, 0, 1))
+            masks.append(resize_mask(fit_square(m, fit), resolution))
+    except DataError as e:
+        raise AnnotationError(str(e)) from None
+    return names, np.stack(images), np.stack(masks), classes
+
+
+def import_real(aset: AnnotationSet, G, folder, cfg=None, features=None, fit: str = "crop",
+                progress: bool = False) -> list[str]:
+    """Project the real images of ``folder`` into G and store each as a finished annotation (kind
+    "real": real, projected) whose mask is its expert mask, with its reconstruction PSNR and SSIM.
+
+    Every file is checked before anything is projected or written; images already imported (by file
+    name, with this generator) are skipped. Each item's files are written before its record, so an
+    interrupted import never shows a half-written item. Returns the new item ids."""
+    import time
+
+    from .projector import ProjectorConfig, project, quality, reconstruct, save_projection
+
+    cfg = cfg or ProjectorConfig()
+    existing = aset.labels_path.is_file()
+    names, images, masks, classes = read_real_folder(folder, aset.classes() if existing else None,
+                                                     G.cfg.img_channels, G.cfg.resolution, fit)
+    done = {r.real_name for r in aset.records() if r.kind == "real" and r.generator_sha256 == G.sha256}
+    todo = [i for i, name in enumerate(names) if name not in done]
+    if not existing:
+        aset.set_classes(classes)
+    if not todo:
+        return []
+    projections = project(G, images[todo], cfg, features=features, progress=progress)
+    number = max([r.seed + 1 for r in aset.records() if r.kind == "real"], default=0)
+    ids = []
+    for k, (i, p) in enumerate(zip(todo, projections)):
+        original = images[i].transpose(1, 2, 0)
+        recon = reconstruct(G, p)
+        q = quality(original, recon)
+        rec = AnnotationRecord(number + k, 1.0, "projection", G.sha256, G.cfg.resolution, state="done",
+                               source="expert", updated=time.time(), kind="real", real_name=names[i], **q)
+        save_projection(aset.path(rec.id, "projection"), p, G.sha256,
+                        {"name": names[i], **q, "config": cfg.to_dict()})
+        atomic_write_bytes(aset.path(rec.id, "original"), png_bytes(original))
+        atomic_write_bytes(aset.path(rec.id, "mask"), png_bytes(masks[i]))
+        aset.add_item(rec, recon)  # the image, then the record: the item exists from here on
+        ids.append(rec.id)
+    return ids

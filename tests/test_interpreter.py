@@ -23,12 +23,7 @@ from datasetgan.networks import FeatureTap, Generator, GeneratorConfig
 from datasetgan.render import render_one
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: tiny tensors, one thread
 
 
 # ---------------------------------------------------------------------------------------------

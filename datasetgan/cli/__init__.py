@@ -17,6 +17,7 @@ COMMANDS = {
     "train": "train",
     "fid": "fid",
     "annotate": "annotate",
+    "project": "project",
     "interpret": "interpret",
     "generate": "generate",
     "serve": "serve",
@@ -60,6 +61,7 @@ def main():
     The pipeline, each stage writing into one run folder:
       datasetgan train DATA --out RUN        StyleGAN2-ADA on a folder of images
       datasetgan annotate RUN --n 30         paint masks on 30 generated images in a browser
+      datasetgan project RUN IMAGES --out D  find the generator input of real images (GAN inversion)
       datasetgan interpret RUN               train the style interpreter on those masks
       datasetgan generate RUN --n 1000       write image + mask pairs by seed
       datasetgan serve --runs RUNS           stream pairs over REST

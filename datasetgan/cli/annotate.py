@@ -8,13 +8,14 @@ from pathlib import Path
 
 import click
 
-from ..annotation_sources import (diverse_seeds, import_masks, pre_annotate_with_interpreter,
+from ..annotation_sources import (diverse_seeds, import_masks, import_real, pre_annotate_with_interpreter,
                                   pre_annotate_with_model, resolve_classes)
 from ..annotations import AnnotationSet, item_id, render_items
 from ..atomic import remove_stale_temps
 from ..runfolder import RunFolder
 from ..seeds import parse_seeds, random_seeds
 from . import Command
+from .project import make_config, perceptual_network, projector_options
 
 
 def check_port(host: str, port: int) -> int:
@@ -26,6 +27,14 @@ def check_port(host: str, port: int) -> int:
             return s.getsockname()[1]
     except OSError as e:
         raise click.ClickException(f"cannot serve on {host}:{port} ({e.strerror}); choose another --port") from None
+
+
+def run_generator(rf: RunFolder, device: str):
+    if not rf.generator.is_file():
+        raise click.ClickException(f"{rf.generator} does not exist; run `datasetgan train DATA --out {rf.root}` first")
+    from ..checkpoint import load_generator
+
+    return load_generator(rf.generator, device)
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]}, cls=Command)
@@ -46,6 +55,11 @@ def check_port(host: str, port: int) -> int:
               help="labels.json with the classes (default: the set's own, else the training data's).")
 @click.option("--import", "import_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Import label maps painted elsewhere: DIR/<item id or seed>.png (class ids).")
+@click.option("--import-real", "import_real_dir", type=click.Path(file_okay=False, exists=True, path_type=Path),
+              default=None, help="Import real labelled images (DIR/images/, DIR/masks/, DIR/labels.json): each is "
+              "projected into the generator and stored with its expert mask as a finished annotation "
+              "(real, projected). The projector options below apply.")
+@projector_options
 @click.option("--pre-annotate", "pre_annotate", default=None, metavar="MODEL|interpreter",
               help="Fill empty masks from a segmentation model file, or from the run's interpreter; "
                    "they are marked pre-annotated until a person edits them.")
@@ -56,8 +70,9 @@ def check_port(host: str, port: int) -> int:
               help="Port to serve the page on (0: any free port).")
 @click.option("--no-serve", is_flag=True, help="Prepare the images (and imports) but do not start the page.")
 @click.option("--device", default="cpu", show_default=True, help="Torch device used to render.")
-def command(run, n, seeds, diverse, random_seed, truncation, noise_mode, labels, import_dir, pre_annotate,
-            auto_model, host, port, no_serve, device):
+def command(run, n, seeds, diverse, random_seed, truncation, noise_mode, labels, import_dir, import_real_dir,
+            steps, perceptual, optimize_noise, batch, seed, fit, pre_annotate, auto_model, host, port, no_serve,
+            device):
     """Render seed images of a trained generator and paint their masks in a browser.
 
     \b
@@ -68,6 +83,7 @@ def command(run, n, seeds, diverse, random_seed, truncation, noise_mode, labels,
       datasetgan annotate runs/acdc64 --n 30 --diverse
       datasetgan annotate runs/acdc64 --seeds 1,2,5-9 --labels data/labels.json --port 8800
       datasetgan annotate runs/acdc64 --import painted/ --no-serve
+      datasetgan annotate runs/acdc64 --import-real labelled/ --steps 300 --no-serve
       datasetgan annotate runs/acdc64 --pre-annotate interpreter
     """
     rf = RunFolder(run)
@@ -76,9 +92,10 @@ def command(run, n, seeds, diverse, random_seed, truncation, noise_mode, labels,
     aset = AnnotationSet(rf.annotations)
     for folder in (aset.dir, aset.dir / "history"):  # left by killed saves (not by one in progress)
         remove_stale_temps(folder, min_age_s=600)
-    classes = resolve_classes(rf, aset, labels, echo=click.echo)
-    if classes is not None:
-        aset.set_classes(classes)
+    if import_real_dir is None or labels or aset.labels_path.is_file():  # else the import brings its classes
+        classes = resolve_classes(rf, aset, labels, echo=click.echo)
+        if classes is not None:
+            aset.set_classes(classes)
 
     try:
         explicit = parse_seeds(seeds) if seeds else None
@@ -86,13 +103,9 @@ def command(run, n, seeds, diverse, random_seed, truncation, noise_mode, labels,
         raise click.BadParameter(str(e), param_hint="--seeds") from None
     if explicit is not None and n is not None:
         raise click.UsageError("give either --n or --seeds, not both")
-    wanted = explicit is not None or n is not None or not aset.ids()
+    wanted = explicit is not None or n is not None or (not aset.ids() and import_real_dir is None)
+    G = run_generator(rf, device) if wanted or auto_model or import_real_dir is not None else None
     if wanted or auto_model:
-        if not rf.generator.is_file():
-            raise click.ClickException(f"{rf.generator} does not exist; run `datasetgan train DATA --out {run}` first")
-        from ..checkpoint import load_generator
-
-        G = load_generator(rf.generator, device)
         stale = [r.id for r in aset.records() if r.generator_sha256 and r.generator_sha256 != G.sha256]
         if stale:
             click.echo(f"warning: {len(stale)} item(s) (e.g. {stale[0]}) were rendered by a different generator; "
@@ -111,6 +124,12 @@ def command(run, n, seeds, diverse, random_seed, truncation, noise_mode, labels,
     else:
         chosen = None
 
+    if import_real_dir is not None:
+        cfg = make_config(steps, perceptual, optimize_noise, batch, seed)
+        new = import_real(aset, G, import_real_dir, cfg, perceptual_network(cfg, run, device), fit, progress=True)
+        for rec in (aset.record(i) for i in new):
+            click.echo(f"{rec.id} <- {rec.real_name}: PSNR {rec.psnr:.2f} dB, SSIM {rec.ssim:.4f}")
+        click.echo(f"imported {len(new)} real image(s) from {import_real_dir} (already there are skipped)")
     if import_dir is not None:
         click.echo(f"imported {import_masks(aset, import_dir)} mask(s) from {import_dir}")
     if pre_annotate:

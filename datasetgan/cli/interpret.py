@@ -31,8 +31,9 @@ def command(run, members, epochs, patience, lr, batch_size, pixels_per_epoch, hi
             include_pre_annotated, seed, device, threads):
     """Train the style interpreter (an ensemble of pixel classifiers) on RUN/annotations.
 
-    Uses every annotation in state "done" (and "pre-annotated" with --include-pre-annotated),
-    re-rendering each seed with its own truncation and noise mode. Writes
+    Uses every annotation in state "done" (and "pre-annotated" with --include-pre-annotated):
+    painted seeds, re-rendered with their own truncation and noise mode, and real images imported
+    with `datasetgan annotate RUN --import-real DIR`, rendered from their stored projections. Writes
     RUN/interpreter.safetensors + .json and a log of every epoch in RUN/interpret/log.jsonl.
 
     \b
@@ -70,7 +71,8 @@ def command(run, members, epochs, patience, lr, batch_size, pixels_per_epoch, hi
     aset = AnnotationSet(rf.annotations)
     classes = aset.classes()
     feats, masks, records = render_annotated(G, aset, include_pre_annotated, progress=True)
-    modes = sorted({r.noise_mode for r in records})
+    # the noise mode the factory renders new seeds with; real images bring their own noise maps
+    modes = sorted({r.noise_mode for r in records if r.kind != "real"}) or ["const"]
     if len(modes) > 1:
         raise click.ClickException(f"annotations mix noise modes {modes}; the interpreter needs one")
     info = InterpreterInfo(feats.taps, classes, G.cfg.resolution, G.cfg.img_channels, G.sha256, modes[0],
