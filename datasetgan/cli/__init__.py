@@ -5,6 +5,7 @@ anywhere below it become a one-line click error here, so no command catches them
 """
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import importlib.util
 
@@ -39,6 +40,11 @@ class ReportsErrors:
 class Command(ReportsErrors, click.Command):
     """The class of every sub-command (``@click.command(cls=Command)``), so it reports errors when
     invoked alone too (tests invoke sub-commands without the group)."""
+
+
+def defaults(cls) -> dict:
+    """The field defaults of a dataclass: the one place a command's option defaults come from."""
+    return {f.name: f.default for f in dataclasses.fields(cls) if f.default is not dataclasses.MISSING}
 
 
 class LazyGroup(ReportsErrors, click.Group):
