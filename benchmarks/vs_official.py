@@ -316,7 +316,9 @@ def report(rows: list[dict], peak: dict, command: str, date: str) -> str:
                   f"{peak['peak_macs_per_core'] / 1e9:.1f} G multiply-adds/s ({2 * peak['peak_macs_per_core'] / 1e9:.0f} "
                   f"GFLOP/s); 2 cores: {2 * peak['peak_macs_per_core'] / 1e9:.1f} GMAC/s. A 1536² fp32 matrix product "
                   f"(torch.mm, 1 thread) reaches {peak['mm_macs_per_core'] / 1e9:.1f} GMAC/s "
-                  f"({peak['mm_macs_per_core'] / peak['peak_macs_per_core']:.0%} of that)."]
+                  f"({peak['mm_macs_per_core'] / peak['peak_macs_per_core']:.0%} of that)."
+                  + (" (The CPU has AVX-512; with AVX2's 8 lanes the peak would be half.)" if peak["fp32_lanes"] == 16
+                     else "")]
     prof_rows = [r for r in rows if "profile" in r]
     if prof_rows:
         lines += ["", "Multiply-adds of convolutions and matrix products per amortised step (forward, backward, double "
@@ -351,15 +353,15 @@ def main():
     ap.add_argument("--pl-interval", type=int, default=4)
     ap.add_argument("--r1-interval", type=int, default=16)
     ap.add_argument("--profile", action="store_true", help="per-operator profile and MAC rate (at the fewest threads)")
-    ap.add_argument("--no-write", action="store_true")
+    ap.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md and the JSON alone")
     args = ap.parse_args()
     modules = load_official(args.official)
     command = "PYTHONPATH=$PWD python benchmarks/vs_official.py " + " ".join(sys.argv[1:])
     date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     peak = fma_peak()
     rows = []
-    for name in args.configs:
-        for threads in args.threads:
+    for threads in args.threads:  # all configurations at one thread count, then the next
+        for name in args.configs:
             rounds = args.wide_rounds if name == "wide64" else args.rounds
             row = measure_config(name, threads, rounds, args, modules)
             row.update(p=args.p, pl_interval=args.pl_interval, r1_interval=args.r1_interval)
@@ -368,12 +370,12 @@ def main():
                   f"{row['official']['img_s_wall']:.2f} img/s, ratio {row['ratio_wall']:.2f} wall / "
                   f"{row['ratio_cpu']:.2f} CPU (load {row['load_before'][0]:.1f} -> {row['load_after'][0]:.1f})",
                   flush=True)
-    text = report(rows, peak, command, date)
-    print(text)
-    if not args.no_write:
-        write_section(f"## {SECTION}\n\n{text.strip()}\n")
-        write_json("vs_official", {"command": command, "date": date, "machine": platform.machine(),
-                                   "cores": os.cpu_count(), "torch": torch.__version__, "peak": peak, "rows": rows})
+            if not args.no_write:  # after every row: a long run that is stopped keeps what it measured
+                write_section(f"## {SECTION}\n\n{report(rows, peak, command, date).strip()}\n")
+                write_json("vs_official", {"command": command, "date": date, "machine": platform.machine(),
+                                           "cores": os.cpu_count(), "torch": torch.__version__, "peak": peak,
+                                           "rows": rows})
+    print(report(rows, peak, command, date))
 
 
 if __name__ == "__main__":
