@@ -7,20 +7,19 @@ server (``datasetgan annotate``) and mounted under a prefix (``/annotate/<run>``
     GET  api/labels                     the classes (labels.json)
     GET  api/items                      every item with its state, and "k of N done"
     GET  api/items/{id}                 one item's record
-    GET  api/items/{id}/image           the rendered image (PNG)
+    GET  api/items/{id}/image           the rendered image (PNG; a real image's reconstruction)
+    GET  api/items/{id}/original        a real, projected item's original image (PNG)
     GET  api/items/{id}/mask            the saved label map (PNG; ?format=raw gives R*R bytes)
     PUT  api/items/{id}/mask?state=...  a new label map (PNG body), validated, saved atomically;
                                         state=done (a person's "save & mark done", the default) or
                                         state=todo (an autosaved draft: kept, but not trained on)
 
-Item ids are checked against ``seed_`` + 8 ASCII digits before any file is looked at, so no request
+Item ids are checked against ``seed_`` or ``real_`` + 8 ASCII digits before any file is looked at, so no request
 can name a path outside the annotation set. Bad input is answered 404/413/422 with a message.
 """
 from __future__ import annotations
 
 import io
-import re
-import threading
 from pathlib import Path
 
 from fastapi import FastAPI, Request
@@ -31,16 +30,16 @@ from PIL import Image
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from datasetgan.annotations import AnnotationError, AnnotationSet, decode_mask_png
+from datasetgan.annotations import ITEM_ID, AnnotationError, AnnotationSet, decode_mask_png
 from datasetgan.data import DataError
+from datasetgan.errors import DatasetganError
 from datasetgan.runfolder import RunFolder
 
 STATIC = Path(__file__).resolve().parent / "static"
-SAFE_ID = re.compile(r"seed_[0-9]{8}", re.ASCII)  # stricter than \d, which also matches non-ASCII digits
 SAVE_STATES = ("done", "todo")                       # what a person's save may set
 
 
-class ApiError(Exception):
+class ApiError(DatasetganError):
     def __init__(self, status: int, message: str):
         super().__init__(message)
         self.status, self.message = status, message
@@ -59,7 +58,6 @@ def max_upload_bytes(resolution: int) -> int:
 def create_app(run_dir) -> FastAPI:
     run = RunFolder(run_dir)
     aset = AnnotationSet(run.annotations)
-    save_lock = threading.Lock()  # one save at a time within this app; writes themselves are atomic
 
     app = FastAPI(title="DatasetGAN annotation", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.annotation_set = aset
@@ -80,8 +78,8 @@ def create_app(run_dir) -> FastAPI:
 
     # -- helpers ------------------------------------------------------------------------------
     def checked_id(item: str) -> str:
-        if not SAFE_ID.fullmatch(item):
-            raise ApiError(422, f"invalid item id {item[:80]!r}: expected seed_ followed by 8 digits")
+        if not ITEM_ID.fullmatch(item):
+            raise ApiError(422, f"invalid item id {item[:80]!r}: expected seed_ or real_ followed by 8 digits")
         return item
 
     def record(item: str):
@@ -106,7 +104,8 @@ def create_app(run_dir) -> FastAPI:
         has_mask = aset.path(rec.id, "mask").is_file()
         return {"id": rec.id, "seed": rec.seed, "state": item_state(rec, has_mask), "source": rec.source,
                 "has_mask": has_mask, "updated": rec.updated, "truncation": rec.truncation,
-                "noise_mode": rec.noise_mode, "resolution": rec.resolution}
+                "noise_mode": rec.noise_mode, "resolution": rec.resolution, "kind": rec.kind,
+                "real_name": rec.real_name, "psnr": rec.psnr, "ssim": rec.ssim}
 
     def png_response(path: Path, missing: str) -> Response:
         if not path.is_file():
@@ -158,6 +157,11 @@ def create_app(run_dir) -> FastAPI:
         rec = record(item)
         return png_response(aset.path(rec.id, "image"), f"item {item} has no image")
 
+    @app.get("/api/items/{item}/original")
+    def original(item: str):
+        rec = record(item)
+        return png_response(aset.path(rec.id, "original"), f"item {item} is not a real image (it has no original)")
+
     @app.get("/api/items/{item}/mask")
     def mask(item: str, format: str = "png"):
         rec = record(item)
@@ -200,10 +204,9 @@ def create_app(run_dir) -> FastAPI:
         except AnnotationError as e:
             raise ApiError(422, str(e)) from None
 
-        def save():
-            with save_lock:
-                aset.save_mask(rec.id, arr, state=state, source="human")
-                return aset.record(rec.id)
+        def save():  # under the set's file lock (see AnnotationSet.save_mask)
+            aset.save_mask(rec.id, arr, state=state, source="human")
+            return aset.record(rec.id)
 
         try:
             saved = await run_in_threadpool(save)

@@ -86,7 +86,8 @@ def main() -> None:
     if not a.report_only:
         from datasetgan.cli import main as cli
         for run in runs:
-            cli.main(["bench", run] + base + a.extra, standalone_mode=False)
+            Path(run).mkdir(parents=True, exist_ok=True)
+            cli.main(["bench", "run", run] + base + a.extra, standalone_mode=False)
     parts = [SECTION, ""] + ([a.note, ""] if a.note else [])
     for run in runs:
         doc = json.loads((Path(run) / "bench/results.json").read_text())
@@ -96,7 +97,7 @@ def main() -> None:
             extra += ["--output-stride", str(doc["profile"]["output_stride"])]
         if doc["profile"]["train"].get("loss", "ce") != "ce" and "--loss" not in extra:
             extra += ["--loss", doc["profile"]["train"]["loss"]]
-        command = doc.get("command") or " ".join(["datasetgan", "bench", run] + base + extra)
+        command = doc.get("command") or " ".join(["datasetgan", "bench", "run", run] + base + extra)
         command = command.replace(str(data), os.path.relpath(data))
         parts.append(section(doc, command, Path(run), f"`{run}`"))
     text = "\n".join(parts)

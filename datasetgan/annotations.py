@@ -1,4 +1,5 @@
-"""The annotation set: generated seed images and the label maps painted on them.
+"""The annotation set: generated seed images, real images projected into the generator, and the
+label maps painted on them.
 
     RUN/annotations/
       labels.json                       classes (same format as a data folder's labels.json)
@@ -6,14 +7,23 @@
       seed_00000042.png                 the rendered image (as annotated)
       seed_00000042.mask.png            the label map (8-bit, one class id per pixel), once saved
       history/seed_00000042.<time>.mask.png   earlier versions of the mask
+      real_00000003.json                a real image (kind "real": real, projected): its file name,
+                                        reconstruction PSNR and SSIM, generator hash, state
+      real_00000003.png                 its reconstruction, rendered exactly from the projection
+      real_00000003.original.png        the real image (at the generator's resolution)
+      real_00000003.projection.safetensors + .json   its w+ and noise maps (datasetgan.projector)
+      real_00000003.mask.png            its expert mask (nearest-neighbour resized), editable
 
-An item id is ``seed_`` + 8 digits and nothing else, so an id can never name a path outside the set.
-Every write is atomic; saving a mask first moves the previous version into ``history/``.
+An item id is ``seed_`` or ``real_`` + 8 digits and nothing else, so an id can never name a path
+outside the set. Every write is atomic; saving a mask first moves the previous version into ``history/``.
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import io
 import json
+import os
 import re
 import time
 from dataclasses import asdict, dataclass
@@ -24,42 +34,49 @@ from PIL import Image
 
 from .atomic import atomic_write_bytes, atomic_write_text
 from .data import ClassInfo, labels_to_json, read_labels
+from .errors import DatasetganError
 from .png import png_bytes
+from .seeds import check_seed
 
-ITEM_ID = re.compile(r"seed_\d{8}")
+ITEM_ID = re.compile(r"(seed|real)_[0-9]{8}", re.ASCII)  # not \d, which also matches non-ASCII digits
 STATES = ("todo", "pre-annotated", "done")
 
 
-class AnnotationError(ValueError):
+class AnnotationError(DatasetganError, ValueError):
     pass
 
 
 def item_id(seed: int) -> str:
-    if not 0 <= int(seed) < 10 ** 8:
-        raise AnnotationError(f"seed {seed} is out of range 0..99999999")
-    return f"seed_{int(seed):08d}"
+    try:
+        return f"seed_{check_seed(seed):08d}"
+    except ValueError as e:
+        raise AnnotationError(str(e)) from None
 
 
 def check_item_id(value: str) -> str:
     if not isinstance(value, str) or not ITEM_ID.fullmatch(value):
-        raise AnnotationError(f"invalid item id {value!r}: expected seed_ followed by 8 digits")
+        raise AnnotationError(f"invalid item id {value!r}: expected seed_ or real_ followed by 8 digits")
     return value
 
 
 @dataclass
 class AnnotationRecord:
-    seed: int
+    seed: int                     # the seed; for a real image, its number in the set
     truncation: float
-    noise_mode: str
+    noise_mode: str               # "projection" for a real image (its noise maps are stored with it)
     generator_sha256: str
     resolution: int
     state: str = "todo"           # todo | pre-annotated | done
-    source: str = ""              # "human", "import", "model:<name>" ...
+    source: str = ""              # "human", "import", "model:<name>", "expert" ...
     updated: float = 0.0
+    kind: str = "seed"            # seed | real (a real image, projected)
+    real_name: str = ""           # a real image's file name
+    psnr: float | None = None     # a real image's reconstruction quality (dB; SSIM in [0, 1])
+    ssim: float | None = None
 
     @property
     def id(self) -> str:
-        return item_id(self.seed)
+        return f"real_{self.seed:08d}" if self.kind == "real" else item_id(self.seed)
 
 
 def decode_mask_png(data: bytes, resolution: int, num_classes: int) -> np.ndarray:
@@ -101,14 +118,17 @@ class AnnotationSet:
 
     # -- items --------------------------------------------------------------------------------
     def path(self, item: str, kind: str) -> Path:
-        """kind: 'record' | 'image' | 'mask'. The id is validated, so the path stays inside the set."""
+        """kind: 'record' | 'image' | 'mask' | 'original' | 'projection' (the last two: real images).
+        The id is validated, so the path stays inside the set."""
         check_item_id(item)
-        return self.dir / {"record": f"{item}.json", "image": f"{item}.png", "mask": f"{item}.mask.png"}[kind]
+        return self.dir / {"record": f"{item}.json", "image": f"{item}.png", "mask": f"{item}.mask.png",
+                           "original": f"{item}.original.png",
+                           "projection": f"{item}.projection.safetensors"}[kind]
 
     def ids(self) -> list[str]:
         if not self.dir.is_dir():
             return []
-        return sorted(p.stem for p in self.dir.glob("seed_*.json") if ITEM_ID.fullmatch(p.stem))
+        return sorted(p.stem for p in self.dir.glob("*.json") if ITEM_ID.fullmatch(p.stem))
 
     def record(self, item: str) -> AnnotationRecord:
         p = self.path(item, "record")
@@ -134,21 +154,34 @@ class AnnotationSet:
         p = self.path(item, "mask")
         return np.asarray(Image.open(p), dtype=np.uint8) if p.is_file() else None
 
+    @contextlib.contextmanager
+    def locked(self):
+        """Hold the set's lock: an exclusive flock on its folder, so saves by several threads or
+        processes (``datasetgan serve`` and ``datasetgan annotate`` on one run) take turns."""
+        fd = os.open(self.dir, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # releases the lock
+
     def save_mask(self, item: str, mask: np.ndarray, state: str = "done", source: str = "human") -> None:
-        """Save a label map, keeping the previous one in history/; the record is updated last."""
+        """Save a label map, keeping the previous one in history/; the record is updated last. The
+        mask and the record are written under the set's lock, so they always come from one save."""
         if state not in STATES:
             raise AnnotationError(f"state must be one of {STATES}")
-        rec = self.record(item)
         mask = np.asarray(mask, dtype=np.uint8)
-        decode_mask_png(png_bytes(mask), rec.resolution, len(self.classes()))  # same checks as the API
-        target = self.path(item, "mask")
-        if target.is_file():
-            history = self.dir / "history"
-            history.mkdir(exist_ok=True)
-            atomic_write_bytes(history / f"{item}.{time.time_ns()}.mask.png", target.read_bytes())
-        atomic_write_bytes(target, png_bytes(mask))
-        rec.state, rec.source, rec.updated = state, source, time.time()
-        self.write_record(rec)
+        with self.locked():
+            rec = self.record(item)
+            decode_mask_png(png_bytes(mask), rec.resolution, len(self.classes()))  # same checks as the API
+            target = self.path(item, "mask")
+            if target.is_file():
+                history = self.dir / "history"
+                history.mkdir(exist_ok=True)
+                atomic_write_bytes(history / f"{item}.{time.time_ns()}.mask.png", target.read_bytes())
+            atomic_write_bytes(target, png_bytes(mask))
+            rec.state, rec.source, rec.updated = state, source, time.time()
+            self.write_record(rec)
 
     def annotated(self, include_pre_annotated: bool = False) -> list[AnnotationRecord]:
         """Items whose mask is finished (optionally also unedited pre-annotations)."""

@@ -38,3 +38,19 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def remove_stale_temps(folder, names: str = "*", min_age_s: float = 0.0, recursive: bool = False) -> list[Path]:
+    """Remove the temporary files that writers killed mid-write left in ``folder`` (those of targets
+    matching ``names``, at least ``min_age_s`` old, so a concurrent writer's file survives)."""
+    import time
+
+    removed = []
+    folder = Path(folder)
+    found = (folder.rglob if recursive else folder.glob)(f".{names}.tmp") if folder.is_dir() else []
+    for tmp in found:
+        with contextlib.suppress(FileNotFoundError):
+            if time.time() - tmp.stat().st_mtime >= min_age_s:
+                tmp.unlink()
+                removed.append(tmp)
+    return removed

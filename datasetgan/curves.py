@@ -1,25 +1,14 @@
 """curves.png: training curves (losses, ADA's p and r_t, FID) against thousands of images seen."""
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
+from . import jsonlog
 from .atomic import atomic_path
 
 LOSS_KEYS = ("loss_G", "loss_D", "r1_penalty", "pl_penalty")
 
 
 def read_rows(log_path) -> list[dict]:
-    path = Path(log_path)
-    if not path.is_file():
-        return []
-    rows = []
-    for line in path.read_text().splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue  # a line cut short by a crash; the next write starts a new one
-    return rows
+    return jsonlog.read(log_path)[0]  # a line cut short by a crash is dropped
 
 
 def plot_curves(log_path, out_path, title: str | None = None) -> None:

@@ -26,12 +26,13 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from .atomic import atomic_path, atomic_write_text
+from .errors import DatasetganError
 
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg"}
 CACHE_VERSION = 1
 
 
-class DataError(ValueError):
+class DataError(DatasetganError, ValueError):
     """Bad input data; the message names the offending file."""
 
 

@@ -38,6 +38,7 @@ from PIL import Image
 import datasetgan
 
 from .atomic import atomic_write_bytes, atomic_write_text
+from .errors import DatasetganError
 from .imagegrid import make_grid
 from .png import png_bytes
 
@@ -48,7 +49,7 @@ REQUEST_TIMEOUT_S = 900.0
 LISTENING = re.compile(r"Uvicorn running on (http://[^\s]+)")
 
 
-class DemoError(RuntimeError):
+class DemoError(DatasetganError, RuntimeError):
     """Something the user can act on (missing run, busy port, server that did not start)."""
 
 

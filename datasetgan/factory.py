@@ -13,34 +13,29 @@ bytes alone or in any batch. Generated sets are canonical data folders (or WebDa
 """
 from __future__ import annotations
 
-import io
-import json
-import math
 import shutil
-import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-
-from .atomic import atomic_path, atomic_write_bytes, atomic_write_text
+from .atomic import atomic_write_bytes
 from .checkpoint import CheckpointError, load_generator
-from .data import DEFAULT_COLORS, ClassInfo, labels_to_json
-from .interpreter import js_scale, load_interpreter, predict_from_logits
+from .data import ClassInfo
+from .encoding import KEYS, encode_pair, js_scale, kept_seeds
+from .errors import DatasetganError
+from .interpreter import load_interpreter, predict_from_logits
 from .render import render_one, to_uint8
-from .png import png_bytes
 from .runfolder import RunFolder
+from .shards import ShardRequest, generate_shards, write_manifest
 
-KEYS = ("image.png", "mask.png", "overlay.png", "uncertainty.png", "json")
 FOLDERS = {"image.png": "images", "mask.png": "masks", "overlay.png": "overlays",
            "uncertainty.png": "uncertainty", "json": "records"}
-OVERLAY_ALPHA = 0.5
 WORK_BYTES = 1 << 28  # the interpreter handles as many images at once as fit in ~256 MB of hidden units
 
 
-class FactoryError(ValueError):
+class FactoryError(DatasetganError, ValueError):
     pass
 
 
@@ -122,61 +117,6 @@ class PairFactory:
 
 
 # ---------------------------------------------------------------------------------------------
-# Encoding
-
-
-def hex_rgb(color: str, fallback: str) -> tuple[int, int, int]:
-    for c in (color, fallback):
-        c = (c or "").lstrip("#")
-        if len(c) == 6:
-            try:
-                return tuple(int(c[i: i + 2], 16) for i in (0, 2, 4))
-            except ValueError:
-                pass
-    return (255, 0, 0)
-
-
-def overlay(image: np.ndarray, mask: np.ndarray, classes: list[ClassInfo]) -> np.ndarray:
-    """RGB image with every pixel of class >= 1 blended with its class colour (class 0 left as is)."""
-    rgb = np.repeat(image, 3, axis=2) if image.shape[2] == 1 else image
-    palette = np.array([hex_rgb(c.color, DEFAULT_COLORS[c.id % len(DEFAULT_COLORS)]) for c in classes]
-                       + [(255, 0, 0)] * (256 - len(classes)), dtype=np.float32)
-    tint = palette[mask]
-    out = rgb.astype(np.float32)
-    sel = mask > 0
-    out[sel] = (1 - OVERLAY_ALPHA) * out[sel] + OVERLAY_ALPHA * tint[sel]
-    return np.round(out).clip(0, 255).astype(np.uint8)
-
-
-def uncertainty_png(js: np.ndarray, scale: float) -> np.ndarray:
-    return np.round(np.clip(js / scale, 0, 1) * 255).astype(np.uint8)
-
-
-def encode_pair(pair: Pair, classes: list[ClassInfo], include=KEYS) -> dict[str, bytes]:
-    """The files of a pair as bytes (same pair -> same bytes)."""
-    bad = set(include) - set(KEYS)
-    if bad:
-        raise FactoryError(f"unknown part(s) {sorted(bad)}; choose from {list(KEYS)}")
-    img = pair.image[..., 0] if pair.image.shape[2] == 1 else pair.image
-    scale = float(pair.record.get("uncertainty_scale_nats") or js_scale(10, len(classes)))
-    make = {"image.png": lambda: png_bytes(img), "mask.png": lambda: png_bytes(pair.mask),
-            "overlay.png": lambda: png_bytes(overlay(pair.image, pair.mask, classes)),
-            "uncertainty.png": lambda: png_bytes(uncertainty_png(pair.uncertainty, scale)),
-            "json": lambda: json.dumps(pair.record, sort_keys=True, indent=1).encode()}
-    return {k: make[k]() for k in KEYS if k in include}
-
-
-def drop_most_uncertain(scores, fraction: float) -> list[int]:
-    """Indices kept after dropping exactly round(fraction * n) highest scores (ties: later index dropped first)."""
-    if not 0 <= fraction <= 1 or math.isnan(fraction):
-        raise FactoryError(f"the fraction to drop must be in [0, 1], got {fraction}")
-    n = len(scores)
-    k = round(fraction * n)
-    by_uncertainty = sorted(range(n), key=lambda i: (-float(scores[i]), -i))
-    return sorted(by_uncertainty[k:])
-
-
-# ---------------------------------------------------------------------------------------------
 # Writers
 
 
@@ -189,50 +129,6 @@ class FolderSink:
     def add(self, seed: int, files: dict[str, bytes]) -> None:
         for key, data in files.items():
             atomic_write_bytes(self.out / FOLDERS[key] / f"{seed:08d}.{'json' if key == 'json' else 'png'}", data)
-
-    def finish(self) -> dict:
-        return {}
-
-
-def tar_member(name: str, size: int) -> tarfile.TarInfo:
-    info = tarfile.TarInfo(name)
-    info.size, info.mtime, info.mode = size, 0, 0o644
-    info.uid = info.gid = 0
-    info.uname = info.gname = ""
-    return info
-
-
-class ShardSink:
-    """WebDataset tar shards ``shard-000000.tar`` ... with deterministic headers."""
-
-    def __init__(self, out: Path, shard_size: int):
-        if shard_size < 1:
-            raise FactoryError("shard_size must be at least 1")
-        self.out, self.shard_size = out, shard_size
-        self.pending: list[tuple[int, dict[str, bytes]]] = []
-        self.shards: list[str] = []
-
-    def add(self, seed: int, files: dict[str, bytes]) -> None:
-        self.pending.append((seed, files))
-        if len(self.pending) == self.shard_size:
-            self._flush()
-
-    def _flush(self) -> None:
-        if not self.pending:
-            return
-        name = f"shard-{len(self.shards):06d}.tar"
-        with atomic_path(self.out / name) as tmp:
-            with tarfile.open(tmp, "w", format=tarfile.USTAR_FORMAT) as tar:
-                for seed, files in self.pending:
-                    for key in KEYS:
-                        if key in files:
-                            tar.addfile(tar_member(f"{seed:08d}.{key}", len(files[key])), io.BytesIO(files[key]))
-        self.shards.append(name)
-        self.pending = []
-
-    def finish(self) -> dict:
-        self._flush()
-        return {"shards": list(self.shards)}
 
 
 class StagingSink:
@@ -262,8 +158,10 @@ class StagingSink:
 
 def generate(factory: PairFactory, seeds, out, truncation: float = 1.0, batch_size: int = 8,
              fmt: str = "folder", drop_uncertain: float = 0.0, shard_size: int = 1000, include=KEYS,
-             progress: bool = False, should_stop=None) -> dict:
-    """Write the pairs of ``seeds`` into ``out``; returns the manifest (also written as manifest.json)."""
+             progress: bool = False, prefix: str = "shard", workers=None) -> dict:
+    """Write the pairs of ``seeds`` into ``out``; returns the manifest (also written as manifest.json).
+
+    ``fmt="wds"`` writes tar shards (see :mod:`datasetgan.shards`; ``workers`` may be a Ray pool)."""
     seeds = [int(s) for s in seeds]
     if len(set(seeds)) != len(seeds):
         raise FactoryError("seeds must be distinct")
@@ -271,11 +169,14 @@ def generate(factory: PairFactory, seeds, out, truncation: float = 1.0, batch_si
         raise FactoryError(f"format must be 'folder' or 'wds', got {fmt!r}")
     if not 0 <= drop_uncertain <= 1:
         raise FactoryError(f"--drop-uncertain must be in [0, 1], got {drop_uncertain}")
+    if fmt == "wds":
+        req = ShardRequest(seeds, truncation, tuple(include), drop_uncertain, shard_size, prefix, batch_size)
+        return generate_shards(factory, req, out, workers, progress)
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise FactoryError(f"{out} exists and is not an empty folder; choose a new output folder")
     out.mkdir(parents=True, exist_ok=True)
-    final = FolderSink(out) if fmt == "folder" else ShardSink(out, shard_size)
+    final = FolderSink(out)
     sink = StagingSink(out) if drop_uncertain > 0 else final
     scores: dict[int, float] = {}
     bar = None
@@ -283,7 +184,7 @@ def generate(factory: PairFactory, seeds, out, truncation: float = 1.0, batch_si
         from tqdm import tqdm
         bar = tqdm(total=len(seeds), desc="generating pairs", unit="pair")
     try:
-        for pair in factory.pairs(seeds, truncation, batch_size, should_stop):
+        for pair in factory.pairs(seeds, truncation, batch_size):
             sink.add(pair.seed, encode_pair(pair, factory.classes, include))
             scores[pair.seed] = pair.score
             if bar is not None:
@@ -291,23 +192,11 @@ def generate(factory: PairFactory, seeds, out, truncation: float = 1.0, batch_si
     finally:
         if bar is not None:
             bar.close()
-    done = [s for s in seeds if s in scores]
-    kept_idx = drop_most_uncertain([scores[s] for s in done], drop_uncertain)
-    kept = [done[i] for i in kept_idx]
+    kept = kept_seeds(seeds, [scores[s] for s in seeds], drop_uncertain)
     if sink is not final:
         sink.replay(kept, final)
         sink.remove()
-    manifest = {"format": fmt, "truncation": float(truncation), "noise_mode": factory.noise_mode,
-                "resolution": factory.resolution, "img_channels": factory.img_channels,
-                "generator_sha256": factory.generator_sha256, "interpreter_sha256": factory.interpreter_sha256,
-                "drop_uncertain": float(drop_uncertain), "requested": len(seeds), "complete": len(done) == len(seeds),
-                "seeds_kept": kept, "seeds_dropped": sorted(set(done) - set(kept)),
-                "scores": {f"{s:08d}": scores[s] for s in done},
-                "uncertainty_scale_nats": factory.uncertainty_scale, "parts": [k for k in KEYS if k in include],
-                **final.finish()}
-    atomic_write_text(out / "labels.json", labels_to_json(factory.classes))
-    atomic_write_text(out / "manifest.json", json.dumps(manifest, indent=1))
-    return manifest
+    return write_manifest(out, factory, "folder", truncation, drop_uncertain, seeds, kept, scores, include)
 
 
-__all__ = ["Pair", "PairFactory", "FactoryError", "encode_pair", "drop_most_uncertain", "generate", "overlay"]
+__all__ = ["Pair", "PairFactory", "FactoryError", "generate"]

@@ -14,10 +14,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .errors import DatasetganError
 from .networks import FeatureTap
 
 
-class FeatureError(ValueError):
+class FeatureError(DatasetganError, ValueError):
     pass
 
 
@@ -168,14 +169,30 @@ def epoch_order(pixels: torch.Tensor, labels: torch.Tensor, count: int | None, g
     return pixels[draws]
 
 
+def render_record(G, aset, rec):
+    """An annotation's image [1, C, R, R] and taps: a seed rendered with its truncation and noise mode,
+    a real image from its stored projection (w+ and noise maps)."""
+    from .render import render_one, render_projection
+
+    if rec.kind != "real":
+        return render_one(G, rec.seed, rec.truncation, rec.noise_mode, with_taps=True)
+    from .projector import ProjectionError, load_projection
+
+    try:
+        p, _ = load_projection(aset.path(rec.id, "projection"), G)
+    except ProjectionError as e:
+        raise FeatureError(f"{rec.id}: {e}") from None
+    return render_projection(G, p.ws, p.noise, with_taps=True)
+
+
 def render_annotated(G, aset, include_pre_annotated: bool = False, progress: bool = False):
     """Render every finished annotation of ``aset`` with taps.
 
-    Returns (TapFeatures, masks uint8 [N, R, R], records). Each seed is rendered with its own
-    truncation and noise mode; records made with another generator are refused, and the re-rendered
+    Returns (TapFeatures, masks uint8 [N, R, R], records). Each item is rendered as it was annotated
+    (:func:`render_record`); records made with another generator are refused, and the re-rendered
     image must match the stored one (the mask was painted on it).
     """
-    from .render import render_one, to_uint8
+    from .render import to_uint8
 
     records = aset.annotated(include_pre_annotated)
     if not records:
@@ -196,15 +213,15 @@ def render_annotated(G, aset, include_pre_annotated: bool = False, progress: boo
     items = records
     if progress:
         from tqdm import tqdm
-        items = tqdm(records, desc="rendering annotated seeds", unit="img")
+        items = tqdm(records, desc="rendering annotated images", unit="img")
     maps, masks = {}, []
     for i, rec in enumerate(items):
-        img, t = render_one(G, rec.seed, rec.truncation, rec.noise_mode, with_taps=True)
+        img, t = render_record(G, aset, rec)
         stored = aset.image(rec.id)
         got = to_uint8(img)[0]
         got = got[..., 0] if stored.ndim == 2 else got
         if got.shape != stored.shape or np.abs(got.astype(np.int16) - stored.astype(np.int16)).mean() > 1.0:
-            raise FeatureError(f"{rec.id}: re-rendering seed {rec.seed} does not give the annotated image; "
+            raise FeatureError(f"{rec.id}: re-rendering it does not give the annotated image; "
                                "the generator or the renderer changed since it was annotated")
         for tap in taps:  # filled in place: the peak stays at the float16 maps plus one image's taps
             if i == 0:

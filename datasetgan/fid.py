@@ -27,13 +27,14 @@ import torch
 import torch.nn.functional as F
 
 from .atomic import atomic_path, atomic_write_text
+from .errors import DatasetganError
 
 INCEPTION_FILE = "default_1.pt"
 FEATURE_DIM = 2048
 CACHE_VERSION = 1
 
 
-class FIDError(RuntimeError):
+class FIDError(DatasetganError, RuntimeError):
     pass
 
 

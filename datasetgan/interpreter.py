@@ -26,6 +26,7 @@ import math
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -117,11 +118,6 @@ def image_score(js: torch.Tensor, top: float = TOP_FRACTION) -> torch.Tensor:
     return flat.topk(k, dim=1).values.mean(1)
 
 
-def js_scale(members: int, num_classes: int) -> float:
-    """The largest possible JS of ``members`` distributions over ``num_classes`` classes bounds the 8-bit map."""
-    return math.log(max(2, min(members, num_classes)))
-
-
 @dataclass
 class Prediction:
     mask: torch.Tensor     # uint8 [N, R, R]
@@ -149,6 +145,16 @@ class InterpreterInfo:
     generator_sha256: str = ""
     noise_mode: str = "const"
     annotations: list[str] = field(default_factory=list)
+
+
+class FoldedWeights(NamedTuple):
+    """What the fast path precomputes once (see :meth:`Interpreter.folded`)."""
+    first: dict            # tap resolution -> (tap names, first-layer weights [M*h1, c] of those taps)
+    first_bias: torch.Tensor           # [M*h1]
+    x_offsets: dict        # lower resolution -> its first column in the x-upsampled layout
+    y_upsample: torch.Tensor | None    # sparse CSR [R, sum of lower resolutions]: upsampling along y
+    upsampled_width: int   # sum of the lower resolutions
+    later_layers: list     # per later layer: (W [M, out, in], b [M, out, 1]) with BatchNorm folded in
 
 
 class Interpreter(nn.Module):
@@ -186,7 +192,7 @@ class Interpreter(nn.Module):
 
     # -- fast path ---------------------------------------------------------------------------
     @torch.no_grad()
-    def folded(self):
+    def folded(self) -> FoldedWeights:
         """Everything the fast path precomputes once: per-resolution first-layer weights, the upsampling
         tables, and the later layers with each BatchNorm folded into the Linear after it."""
         if self._folded is not None:
@@ -236,7 +242,7 @@ class Interpreter(nn.Module):
                 ws.append(ls[j].weight * a[None, :])
                 bs.append(ls[j].bias + ls[j].weight @ c)
             rest.append((torch.stack(ws), torch.stack(bs)[:, :, None]))
-        self._folded = (first, b1, xs, ymat, off, rest)
+        self._folded = FoldedWeights(first, b1, xs, ymat, off, rest)
         return self._folded
 
     @torch.no_grad()

@@ -18,6 +18,8 @@ from torch import nn
 
 import stylegan2_ops as ops
 
+from .errors import ConfigError
+
 
 @dataclass
 class GeneratorConfig:
@@ -35,7 +37,7 @@ class GeneratorConfig:
     def __post_init__(self):
         check_resolution(self.resolution)
         if self.img_channels not in (1, 3):
-            raise ValueError(f"img_channels must be 1 or 3, got {self.img_channels}")
+            raise ConfigError(f"img_channels must be 1 or 3, got {self.img_channels}")
 
     def channels(self, res: int) -> int:
         return min(self.channel_base // res, self.channel_max)
@@ -66,7 +68,7 @@ class DiscriminatorConfig:
 
 def check_resolution(res: int) -> None:
     if res < 16 or res > 1024 or res & (res - 1):
-        raise ValueError(f"resolution must be a power of two from 16 to 1024, got {res}")
+        raise ConfigError(f"resolution must be a power of two from 16 to 1024, got {res}")
 
 
 def block_resolutions(res: int) -> list[int]:
@@ -164,11 +166,14 @@ class SynthesisLayer(nn.Module):
         self.register_buffer("noise_const", torch.randn(resolution, resolution))
         self.out_channels = out_channels
 
-    def forward(self, x, w, noise_mode="random", noise_generator=None, gain=1.0):
+    def forward(self, x, w, noise_mode="random", noise_generator=None, gain=1.0, noise=None):
+        """``noise``: an explicit noise map [N, 1, r, r] (a projected image's), used instead of noise_mode."""
         styles = self.affine(w)
         x = ops.modulated_conv2d(x, self.weight, styles, demodulate=True, f=self.resample_filter,
                                  up=self.up, padding=1)
-        if noise_mode == "random":
+        if noise is not None:
+            x = x + noise.to(x.dtype) * self.noise_strength
+        elif noise_mode == "random":
             # drawn where the generator lives (a training run keeps its random streams on the CPU)
             noise = torch.randn(x.shape[0], 1, self.resolution, self.resolution, dtype=x.dtype,
                                 device=noise_generator.device if noise_generator is not None else x.device,
@@ -217,18 +222,24 @@ class SynthesisBlock(nn.Module):
         first = "const" if self.is_first else "conv0"
         return [f"b{self.resolution}.{first}", f"b{self.resolution}.conv1"]
 
-    def forward(self, x, img, ws, taps=None, **layer_kwargs):
-        """ws: [N, num_conv + 1, w_dim] (the last one feeds toRGB)."""
+    def noise_layers(self) -> dict[str, SynthesisLayer]:
+        """{name: layer} of the layers that add noise (their names are also their taps' names)."""
+        layers = {} if self.is_first else {f"b{self.resolution}.conv0": self.conv0}
+        return {**layers, f"b{self.resolution}.conv1": self.conv1}
+
+    def forward(self, x, img, ws, taps=None, noise=None, **layer_kwargs):
+        """ws: [N, num_conv + 1, w_dim] (the last one feeds toRGB); noise: optional {layer name: [N, 1, r, r]}."""
         names = self.tap_names()
+        given = noise or {}
         if self.is_first:
             x = self.const.to(ws.dtype)[None].repeat(ws.shape[0], 1, 1, 1)
             w_iter = iter(ws.unbind(1))
         else:
             w_iter = iter(ws.unbind(1))
-            x = self.conv0(x, next(w_iter), **layer_kwargs)
+            x = self.conv0(x, next(w_iter), noise=given.get(names[0]), **layer_kwargs)
         if taps is not None:
             taps[names[0]] = x
-        x = self.conv1(x, next(w_iter), **layer_kwargs)
+        x = self.conv1(x, next(w_iter), noise=given.get(names[1]), **layer_kwargs)
         if taps is not None:
             taps[names[1]] = x
         if img is not None:
@@ -264,6 +275,9 @@ class SynthesisNetwork(nn.Module):
     def feature_taps(self) -> list[FeatureTap]:
         return [FeatureTap(name, block.resolution, self._channels[block.resolution])
                 for block in self.blocks for name in block.tap_names()]
+
+    def noise_layers(self) -> dict[str, SynthesisLayer]:
+        return {name: layer for block in self.blocks for name, layer in block.noise_layers().items()}
 
     def forward(self, ws, taps=None, **layer_kwargs):
         x = img = None

@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, fields
 
+from .errors import ConfigError
 from .networks import DiscriminatorConfig, GeneratorConfig, check_resolution
 
 
@@ -74,11 +75,11 @@ class TrainConfig:
         check_resolution(self.resolution)
         self.betas = tuple(self.betas)
         if self.aug not in ("ada", "fixed", "none"):
-            raise ValueError(f"aug must be ada, fixed or none, got {self.aug!r}")
+            raise ConfigError(f"aug must be ada, fixed or none, got {self.aug!r}")
         if not 0 <= self.aug_p <= 1:
-            raise ValueError(f"aug_p must be in [0, 1], got {self.aug_p}")
+            raise ConfigError(f"aug_p must be in [0, 1], got {self.aug_p}")
         if self.batch < 1:
-            raise ValueError(f"batch must be positive, got {self.batch}")
+            raise ConfigError(f"batch must be positive, got {self.batch}")
 
     def generator_config(self) -> GeneratorConfig:
         return GeneratorConfig(resolution=self.resolution, img_channels=self.img_channels, z_dim=self.z_dim,
@@ -125,7 +126,7 @@ PRESETS: dict[str, dict] = {
 def make_config(preset: str, **overrides) -> TrainConfig:
     """The named preset with ``overrides`` (None values are ignored) applied."""
     if preset not in PRESETS:
-        raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+        raise ConfigError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
     values = dict(PRESETS[preset], preset=preset)
     values.update({k: v for k, v in overrides.items() if v is not None})
     if "r1_gamma" not in PRESETS[preset] and overrides.get("r1_gamma") is None:

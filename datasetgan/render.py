@@ -3,8 +3,10 @@
 The latent z of a seed is drawn from a ``torch.Generator`` seeded with the seed (on the CPU, so the
 device does not change it). Per-layer noise is either the constant noise stored with the generator
 weights (``noise_mode="const"``, the default) or drawn from a generator seeded with the seed
-(``noise_mode="seed"``). Each seed is evaluated in a batch of one, because batched kernels (BLAS,
-grouped convolutions) may sum in a different order and change the last bits.
+(``noise_mode="seed"``). A real image projected into the generator renders the same way from its
+stored w+ and noise maps (:func:`render_projection`). Each image is evaluated in a batch of one,
+because batched kernels (BLAS, grouped convolutions) may sum in a different order and change the
+last bits.
 """
 from __future__ import annotations
 
@@ -33,6 +35,21 @@ def render_one(G, seed: int, truncation: float = 1.0, noise_mode: str = "const",
         raise ValueError(f"noise_mode must be const, seed or none, got {noise_mode!r}")
     taps = {} if with_taps else None
     img = G(z, truncation_psi=truncation, taps=taps, **kwargs)
+    return (img, taps) if with_taps else img
+
+
+@torch.no_grad()
+def render_projection(G, ws: torch.Tensor, noise: dict[str, torch.Tensor], with_taps: bool = False):
+    """Render a projected image (see :mod:`datasetgan.projector`) like a seed: from its w+ [num_ws, w_dim]
+    and noise maps {layer name: [r, r]}, evaluated alone; image [1, C, R, R] (and its taps if asked)."""
+    device = next(G.parameters()).device
+    maps = {name: n[None, None].to(device) for name, n in noise.items()}
+    missing = sorted(set(G.synthesis.noise_layers()) - set(maps))
+    if missing or ws.shape != (G.num_ws, G.cfg.w_dim):
+        raise ValueError(f"a projection for this generator needs w+ [{G.num_ws}, {G.cfg.w_dim}] and noise maps "
+                         f"for every layer; got w+ {list(ws.shape)}, missing noise {missing[:3]}")
+    taps = {} if with_taps else None
+    img = G.synthesis(ws[None].to(device), taps=taps, noise=maps)
     return (img, taps) if with_taps else img
 
 

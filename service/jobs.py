@@ -29,17 +29,19 @@ from typing import Any
 
 import numpy as np
 
-from datasetgan.atomic import atomic_path, atomic_write_bytes, atomic_write_text
+from datasetgan.atomic import atomic_write_bytes, atomic_write_text
+from datasetgan.encoding import ShardFile, encode_parts, kept_seeds
+from datasetgan.errors import DatasetganError
 
 from .schemas import JobRequest
-from .streaming import Metrics, encode_parts, kept_seeds, tar_end, tar_pair
+from .streaming import Metrics
 
 log = logging.getLogger("service.jobs")
 ACTIVE = ("queued", "running")
 JOB_ID_CHARS = set("0123456789abcdef")
 
 
-class JobConflict(ValueError):
+class JobConflict(DatasetganError, ValueError):
     pass
 
 
@@ -152,9 +154,9 @@ class JobStore:
 class JobRunner:
     """Worker threads that take queued jobs in order and write their shards."""
 
-    def __init__(self, store: JobStore, registry, codec, batch_size: int, workers: int = 1,
+    def __init__(self, store: JobStore, registry, batch_size: int, workers: int = 1,
                  metrics: Metrics | None = None):
-        self.store, self.registry, self.codec = store, registry, codec
+        self.store, self.registry = store, registry
         self.batch_size, self.metrics = batch_size, metrics
         self.queue: queue.Queue[str | None] = queue.Queue()
         self.stopping = threading.Event()
@@ -252,7 +254,7 @@ class JobRunner:
                         _save_npy(chunk_file, part)
                     scores.extend(part.tolist())
                     store.update(job_id, scored=len(scores))
-                kept = kept_seeds(self.codec, range(req.n), scores, req.drop_uncertain)  # indices, in order
+                kept = kept_seeds(range(req.n), scores, req.drop_uncertain)  # indices, in order
                 _save_npy(kept_file, np.asarray(kept, dtype=np.int64))
             kept = np.load(kept_file, allow_pickle=False)
             order = [seeds[int(i)] for i in kept]
@@ -274,31 +276,20 @@ class JobRunner:
         for k in range(len(done), math.ceil(total / size)):
             shard_seeds = order[k * size:(k + 1) * size]
             path = store.shard_path(job_id, k)
-            h, written, count = hashlib.sha256(), 0, 0
-            with atomic_path(path) as tmp, open(tmp, "wb") as f:
+            with ShardFile(path) as shard:
                 for pair in factory.pairs(shard_seeds, truncation=req.truncation, batch_size=self.batch_size,
                                           should_stop=should_stop):
                     if self.metrics:
                         self.metrics.add("generated_pairs_total")
-                    chunk = tar_pair(pair.seed, encode_parts(self.codec, pair, classes, req.include))
-                    f.write(chunk)
-                    h.update(chunk)
-                    written += len(chunk)
-                    count += 1
-                    store.update(job_id, persist=False, pairs_done=k * size + count)
+                    shard.add(pair.seed, encode_parts(pair, classes, req.include))
+                    store.update(job_id, persist=False, pairs_done=k * size + len(shard.seeds))
                 self._check(job_id)  # raising here discards the partial shard
-                if count != len(shard_seeds):
-                    raise RuntimeError(f"the factory returned {count} of {len(shard_seeds)} pairs")
-                end = tar_end(written)
-                f.write(end)
-                h.update(end)
-                written += len(end)
-                f.flush()
+                if len(shard.seeds) != len(shard_seeds):
+                    raise RuntimeError(f"the factory returned {len(shard.seeds)} of {len(shard_seeds)} pairs")
             with store.lock:
                 self._check(job_id)
-                rec = {"index": k, "pairs": count, "bytes": written, "sha256": h.hexdigest(),
-                       "first_seed": int(shard_seeds[0]), "last_seed": int(shard_seeds[-1])}
-                store.update(job_id, shards=store.jobs[job_id]["shards"] + [rec], pairs_done=k * size + count)
+                rec = {"index": k, **shard.record}
+                store.update(job_id, shards=store.jobs[job_id]["shards"] + [rec], pairs_done=k * size + rec["pairs"])
         store.update(job_id, state="done", phase="done", pairs_done=total, pairs_total=total)
         log.info("job %s done: %d pairs in %d shards", job_id, total, math.ceil(total / size))
 

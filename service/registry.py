@@ -1,11 +1,12 @@
 """The model registry: every run folder under RUNS with a generator and an interpreter is a model.
 
-Listing reads only the JSON sidecars (cheap, so every request sees runs added or replaced since);
-the pair factory of a run is loaded on first use and kept while its weight hashes stay the same.
+Listing reads the JSON sidecars and checks the weights' hashes against them (a hash is computed once
+per file version, keyed by size, mtime and inode), so every request sees runs added or replaced since
+and a run with damaged weights is listed as unavailable, with the reason; the pair factory of a run is
+loaded on first use and kept while its weight hashes stay the same. Messages never show server paths.
 """
 from __future__ import annotations
 
-import json
 import logging
 import re
 import threading
@@ -16,7 +17,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 from datasetgan.data import DataError, read_labels
+from datasetgan.errors import DatasetganError
 from datasetgan.runfolder import RunFolder
+from datasetgan.weightfiles import CheckpointError, check_sha, file_sha256, read_meta
 
 log = logging.getLogger("service.registry")
 
@@ -24,11 +27,11 @@ log = logging.getLogger("service.registry")
 RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 
-class UnknownModel(LookupError):
+class UnknownModel(DatasetganError, LookupError):
     pass
 
 
-class BrokenModel(RuntimeError):
+class BrokenModel(DatasetganError, RuntimeError):
     pass
 
 
@@ -36,25 +39,19 @@ class BrokenModel(RuntimeError):
 class RunInfo:
     id: str
     path: Path
-    resolution: int
-    channels: int
+    resolution: int | None
+    channels: int | None
     classes: tuple[dict, ...]
-    generator_sha256: str
-    interpreter_sha256: str
-    created: str
+    generator_sha256: str | None
+    interpreter_sha256: str | None
+    created: str | None
+    unavailable: str | None = None  # why the run cannot serve (damaged weights), None when it can
 
     def public(self) -> dict[str, Any]:
         return {"id": self.id, "resolution": self.resolution, "channels": self.channels,
                 "classes": [dict(c) for c in self.classes],
                 "generator_sha256": self.generator_sha256, "interpreter_sha256": self.interpreter_sha256,
-                "created": self.created}
-
-
-def _read_json(path: Path) -> dict:
-    doc = json.loads(path.read_text())
-    if not isinstance(doc, dict):
-        raise ValueError(f"{path}: not a JSON object")
-    return doc
+                "created": self.created, "available": self.unavailable is None, "reason": self.unavailable}
 
 
 def _classes_from(meta: dict, run: RunFolder) -> list[dict] | None:
@@ -100,6 +97,35 @@ class ModelRegistry:
         self._lock = threading.Lock()          # guards the cache
         self._load_locks: dict[str, threading.Lock] = {}
         self._factories: OrderedDict[str, tuple[tuple[str, str], Any]] = OrderedDict()
+        self._hashes: dict[Path, tuple[tuple[int, int, int], str]] = {}  # path -> (file version, sha256)
+
+    def public(self, message: str) -> str:
+        """``message`` without the server's paths: RUNS/x/file becomes x/file."""
+        for root in {str(self.runs_dir.resolve()), str(self.runs_dir)}:
+            message = message.replace(root + "/", "").replace(root, "RUNS")
+        return message
+
+    def _sha256(self, path: Path) -> str:
+        st = path.stat()
+        version = (st.st_size, st.st_mtime_ns, st.st_ino)
+        with self._lock:
+            hit = self._hashes.get(path)
+        if hit and hit[0] == version:
+            return hit[1]
+        sha = file_sha256(path)
+        with self._lock:
+            self._hashes[path] = (version, sha)
+        return sha
+
+    def _meta(self, path: Path) -> tuple[dict, str | None]:
+        """The metadata of a weights file, and why its weights are unusable (None if they are fine)."""
+        sha = self._sha256(path)
+        meta = read_meta(path, sha)
+        try:
+            check_sha(path, meta, sha)
+        except CheckpointError as e:
+            return meta, self.public(str(e))
+        return meta, None
 
     def run_dir(self, run_id: str) -> Path:
         """The folder of a run id (which must name an existing direct child of RUNS)."""
@@ -118,19 +144,27 @@ class ModelRegistry:
             raise UnknownModel(f"model {run_id!r} is not ready: its run folder needs "
                                f"{run.generator.name} and {run.interpreter.name} (train and interpret first)")
         try:
-            gmeta = _read_json(run.generator.with_suffix(".json"))
-            imeta = _read_json(run.interpreter.with_suffix(".json"))
+            gmeta, gbad = self._meta(run.generator)
+            imeta, ibad = self._meta(run.interpreter)
             cfg = gmeta["config"]
             resolution, channels = int(cfg["resolution"]), int(cfg["img_channels"])
             gsha, isha = str(gmeta["sha256"]), str(imeta["sha256"])
-        except (OSError, ValueError, KeyError, TypeError) as e:
-            raise BrokenModel(f"model {run_id!r}: unreadable metadata ({e.__class__.__name__}: {e})") from None
+        except (OSError, ValueError, KeyError, TypeError, CheckpointError) as e:
+            raise BrokenModel(self.public(f"model {run_id!r}: unreadable metadata ({e.__class__.__name__}: {e})")) \
+                from None
         classes = _classes_from(imeta, run)
-        if classes is None:  # only the loaded interpreter knows its classes
+        if classes is None and not (gbad or ibad):  # only the loaded interpreter knows its classes
             classes = classes_of(self.factory(run_id, (gsha, isha)))
         created = datetime.fromtimestamp(run.interpreter.stat().st_mtime, timezone.utc)
-        return RunInfo(run_id, path, resolution, channels, tuple(classes), gsha, isha,
-                       created.isoformat(timespec="seconds").replace("+00:00", "Z"))
+        return RunInfo(run_id, path, resolution, channels, tuple(classes or ()), gsha, isha,
+                       created.isoformat(timespec="seconds").replace("+00:00", "Z"), gbad or ibad)
+
+    def ready(self, run_id: str) -> RunInfo:
+        """The info of a run that can serve; BrokenModel (503) with the reason if it cannot."""
+        info = self.info(run_id)
+        if info.unavailable:
+            raise BrokenModel(f"model {run_id!r} is unavailable: {info.unavailable}")
+        return info
 
     def list(self) -> list[RunInfo]:
         out = []
@@ -143,8 +177,9 @@ class ModelRegistry:
                 out.append(self.info(path.name))
             except UnknownModel:
                 continue
-            except BrokenModel as e:
-                log.warning("skipping %s", e)
+            except BrokenModel as e:  # listed, so that its owner learns why it does not serve
+                log.warning("%s", e)
+                out.append(RunInfo(path.name, path, None, None, (), None, None, None, str(e)))
         return out
 
     def factory(self, run_id: str, hashes: tuple[str, str] | None = None):
@@ -166,7 +201,7 @@ class ModelRegistry:
             try:
                 factory = self._loader(self.runs_dir / run_id)
             except Exception as e:
-                raise BrokenModel(f"model {run_id!r} cannot be loaded: {e}") from e
+                raise BrokenModel(self.public(f"model {run_id!r} cannot be loaded: {e}")) from e
             got = (str(getattr(factory, "generator_sha256", hashes[0])),
                    str(getattr(factory, "interpreter_sha256", hashes[1])))
             if got != hashes:  # the files changed between listing and loading

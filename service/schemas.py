@@ -6,7 +6,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-MAX_SEED = 99_999_999  # seeds are named with 8 digits ({seed:08d}), like annotation items
+from datasetgan.seeds import MAX_SEED
 Part = Literal["image", "mask", "overlay", "uncertainty"]
 Seed = Annotated[int, Field(ge=0, le=MAX_SEED)]
 
@@ -69,12 +69,14 @@ class ClassOut(BaseModel):
 
 class ModelOut(BaseModel):
     id: str
-    resolution: int
-    channels: int
+    resolution: int | None
+    channels: int | None
     classes: list[ClassOut]
-    generator_sha256: str
-    interpreter_sha256: str
-    created: str
+    generator_sha256: str | None
+    interpreter_sha256: str | None
+    created: str | None
+    available: bool = Field(True, description="false when the run's files are damaged; see reason")
+    reason: str | None = Field(None, description="why the model is unavailable")
 
 
 class ModelList(BaseModel):

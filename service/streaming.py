@@ -1,7 +1,7 @@
 """Pairs as bytes, produced lazily: tar members in WebDataset layout or NDJSON lines.
 
-Tar headers are deterministic (mtime 0, uid/gid 0, no user names, mode 0644), so the same request
-gives the same bytes. A pair is encoded the moment the factory yields it, and only one pair's bytes
+Pairs are encoded and framed by :mod:`datasetgan.encoding` (deterministic tar headers), so the same
+request gives the same bytes, equal to a job's shards and to ``datasetgan generate --format wds``. A pair is encoded the moment the factory yields it, and only one pair's bytes
 are held at a time.
 
 ``drop_uncertain`` needs every score before the first pair can be kept or dropped. Rather than hold
@@ -14,14 +14,12 @@ from __future__ import annotations
 
 import base64
 import json
-import tarfile
 import threading
 from collections import Counter
 from typing import Callable, Iterator, Sequence
 
-BLOCK = 512
-RECORD = 20 * BLOCK  # tar archives are padded to whole 10 KiB records, like GNU tar and Python's tarfile
-PART_KEYS = {"image": "image.png", "mask": "mask.png", "overlay": "overlay.png", "uncertainty": "uncertainty.png"}
+from datasetgan.encoding import encode_parts, kept_seeds, tar_end, tar_pair
+
 TICK = b""  # yielded while scoring: nothing to send, but lets the caller notice a disconnect
 
 
@@ -41,35 +39,6 @@ class Metrics:
             return dict(self._c)
 
 
-def tar_member(name: str, data: bytes) -> bytes:
-    """One regular-file member: a USTAR header with fixed metadata, the data, zero padding."""
-    info = tarfile.TarInfo(name)
-    info.size = len(data)
-    info.mtime = 0
-    info.mode = 0o644
-    info.uid = info.gid = 0
-    info.uname = info.gname = ""
-    info.type = tarfile.REGTYPE
-    return info.tobuf(format=tarfile.USTAR_FORMAT, encoding="utf-8", errors="strict") + data + bytes(-len(data) % BLOCK)
-
-
-def tar_end(written: int) -> bytes:
-    """End of archive: two zero blocks, then zeros up to a whole record."""
-    total = written + 2 * BLOCK
-    return bytes(2 * BLOCK + (-total % RECORD))
-
-
-def encode_parts(codec, pair, classes, include: Sequence[str]) -> list[tuple[str, bytes]]:
-    """(key, bytes) of a pair in a fixed order: the included images, then the JSON record."""
-    keys = tuple(PART_KEYS[p] for p in include) + ("json",)
-    encoded = codec.encode_pair(pair, classes, include=keys)
-    return [(k, encoded[k]) for k in keys]
-
-
-def tar_pair(seed: int, parts: list[tuple[str, bytes]]) -> bytes:
-    return b"".join(tar_member(f"{seed:08d}.{key}", data) for key, data in parts)
-
-
 def ndjson_pair(seed: int, parts: list[tuple[str, bytes]]) -> bytes:
     """One line: {"seed": .., "image.png": base64, ..., "json": the record}; keys sorted, so stable."""
     doc = {"seed": seed}
@@ -87,12 +56,6 @@ def scores_of(factory, seeds: Sequence[int], truncation: float, batch_size: int,
         yield float(pair.score)
 
 
-def kept_seeds(codec, seeds: Sequence[int], scores: Sequence[float], fraction: float) -> list[int]:
-    """The seeds that survive dropping the most uncertain ``fraction``, in request order."""
-    kept = sorted(int(i) for i in codec.drop_most_uncertain(list(scores), fraction))
-    return [seeds[i] for i in kept]
-
-
 def first_alone(factory, seeds: Sequence[int], truncation: float, batch_size: int,
                 should_stop: Callable[[], bool]) -> Iterator:
     """The pairs of the seeds, the first one in a batch of its own so that the first byte leaves
@@ -102,7 +65,7 @@ def first_alone(factory, seeds: Sequence[int], truncation: float, batch_size: in
             yield from factory.pairs(part, truncation=truncation, batch_size=batch_size, should_stop=should_stop)
 
 
-def pair_chunks(factory, codec, seeds: Sequence[int], *, truncation: float, include: Sequence[str], fmt: str,
+def pair_chunks(factory, seeds: Sequence[int], *, truncation: float, include: Sequence[str], fmt: str,
                 drop_uncertain: float, batch_size: int, should_stop: Callable[[], bool],
                 metrics: Metrics | None = None) -> Iterator[bytes]:
     """The response body, one pair per chunk (TICK while scoring), ending a tar with its end blocks."""
@@ -113,13 +76,13 @@ def pair_chunks(factory, codec, seeds: Sequence[int], *, truncation: float, incl
             yield TICK
         if should_stop():
             return
-        seeds = kept_seeds(codec, seeds, scores, drop_uncertain)
+        seeds = kept_seeds(seeds, scores, drop_uncertain)
     written = 0
     classes = factory.classes
     for pair in first_alone(factory, seeds, truncation, batch_size, should_stop):
         if metrics:
             metrics.add("generated_pairs_total")
-        parts = encode_parts(codec, pair, classes, include)
+        parts = encode_parts(pair, classes, include)
         chunk = tar_pair(pair.seed, parts) if fmt == "tar" else ndjson_pair(pair.seed, parts)
         written += len(chunk)
         if metrics:

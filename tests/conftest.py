@@ -27,6 +27,16 @@ def fused_ops_built():
         pass  # the operations fall back to the reference backend; tests/test_ops.py reports why
 
 
+@pytest.fixture
+def one_thread():
+    """Torch on one thread for the test: tiny tensors gain nothing from more, they only contend for the
+    shared cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 TINY_G = dict(resolution=16, img_channels=1, z_dim=32, w_dim=32, mapping_layers=2, channel_base=256,
               channel_max=32)
 

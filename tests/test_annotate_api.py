@@ -28,7 +28,8 @@ from datasetgan.annotations import AnnotationSet, render_items
 from datasetgan.png import png_bytes
 from datasetgan.checkpoint import save_generator
 from datasetgan.cli.annotate import command as annotate_command
-from datasetgan.cli.annotate import diverse_seeds, parse_seeds, random_seeds
+from datasetgan.annotation_sources import diverse_seeds
+from datasetgan.seeds import parse_seeds, random_seeds
 from datasetgan.data import default_classes, labels_to_json
 from datasetgan.networks import Generator, GeneratorConfig
 from datasetgan.runfolder import RunFolder
@@ -538,7 +539,7 @@ def test_cli_pre_annotate_and_auto_use_the_agreed_interfaces(run, tmp_path, monk
                         fake_module("datasetgan.bench.segmenters", load_segmenter=lambda path: Segmenter()))
     r = CliRunner().invoke(annotate_command, [str(run), "--pre-annotate", str(model), "--no-serve"])
     assert r.exit_code == 0, r.output
-    assert calls == [(1, 1, 16, 16)] * 2
+    assert calls == [(2, 1, 16, 16)]                            # both empty items in one batch
     for item in ("seed_00000007", "seed_00000011"):
         rec = aset.record(item)
         assert (rec.state, rec.source) == ("pre-annotated", "model:unet")
@@ -639,3 +640,40 @@ def test_random_requests_never_answer_500(client, run):
     changed = {k for k in set(before) | set(after) if before.get(k) != after.get(k)}
     assert changed <= {"annotations/seed_00000003.mask.png", "annotations/seed_00000003.json"} | {
         k for k in after if k.startswith("annotations/history/seed_00000003.")}
+
+
+SLOW_SAVE = """
+import sys, time
+from pathlib import Path
+import numpy as np
+import datasetgan.annotations as A
+
+write, ready = A.atomic_write_bytes, Path(sys.argv[2])
+def slow_write(path, data):  # pause between the mask and the record, as a slow disk or a busy CPU would
+    write(path, data)
+    if str(path).endswith(".mask.png"):
+        ready.touch()
+        time.sleep(2)
+A.atomic_write_bytes = slow_write
+aset = A.AnnotationSet(sys.argv[1])
+aset.save_mask("seed_00000007", np.ones((aset.record("seed_00000007").resolution,) * 2, np.uint8), state="done")
+"""
+
+
+def test_saves_from_two_processes_never_mix_mask_and_state(run, tmp_path):
+    """`datasetgan serve` and `datasetgan annotate` on one run: a save by another process that starts
+    while one is between its mask and its record waits, so mask and state come from the same save."""
+    aset = AnnotationSet(RunFolder(run).annotations)
+    ready = tmp_path / "ready"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    other = subprocess.Popen([sys.executable, "-c", SLOW_SAVE, str(aset.dir), str(ready)], env=env)
+    try:
+        deadline = time.monotonic() + 60
+        while not ready.exists():
+            assert other.poll() is None and time.monotonic() < deadline, "the other process did not start saving"
+            time.sleep(0.01)
+        aset.save_mask("seed_00000007", np.full((RES, RES), 2, np.uint8), state="todo")  # a draft, meanwhile
+    finally:
+        assert other.wait(60) == 0
+    mask, state = aset.mask("seed_00000007"), aset.record("seed_00000007").state
+    assert (int(mask[0, 0]), state) in {(1, "done"), (2, "todo")}, f"mask of one save, state {state!r} of the other"

@@ -6,6 +6,7 @@ against a mask computed here independently from the stroke geometry and flood-fi
 """
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -40,8 +41,7 @@ CLASSES = [ClassInfo(0, "background", "#000000"), ClassInfo(1, "left ventricle",
 ARTIFACTS = REPO / "test-artifacts"
 
 
-@pytest.fixture
-def server(tmp_path):
+def make_run(tmp_path) -> Path:
     if not CHROMIUM.exists():
         print(f"{CHROMIUM} is absent: install it with `apt-get install -y chromium` to run the browser tests")
         pytest.skip(f"{CHROMIUM} is absent (apt-get install -y chromium)")
@@ -50,12 +50,16 @@ def server(tmp_path):
     G = Generator(GeneratorConfig(resolution=RES, img_channels=1, z_dim=32, w_dim=32, mapping_layers=2,
                                   channel_base=512, channel_max=32))
     save_generator(RunFolder(run).generator, G)
-    labels = tmp_path / "labels.json"
-    labels.write_text(labels_to_json(CLASSES))
+    return run
+
+
+@contextlib.contextmanager
+def annotate_server(tmp_path, run, *args, items: int):
+    """``datasetgan annotate RUN ARGS`` serving on a free port, once its set lists ``items`` items."""
     port = free_port()
     log = open(tmp_path / "server.log", "w+")
-    proc = subprocess.Popen([sys.executable, "-m", "datasetgan", "annotate", str(run), "--seeds", "5,9",
-                             "--labels", str(labels), "--host", "127.0.0.1", "--port", str(port)],
+    proc = subprocess.Popen([sys.executable, "-m", "datasetgan", "annotate", str(run), *args,
+                             "--host", "127.0.0.1", "--port", str(port)],
                             env=dict(os.environ, PYTHONPATH=str(REPO)), stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/"
     try:
@@ -63,7 +67,7 @@ def server(tmp_path):
         while True:
             try:
                 with urllib.request.urlopen(url + "api/items", timeout=2) as r:
-                    if json.load(r)["total"] == 2:
+                    if json.load(r)["total"] == items:
                         break
             except OSError:
                 pass
@@ -71,7 +75,7 @@ def server(tmp_path):
                 log.seek(0)
                 pytest.fail(f"annotation server did not start:\n{log.read()}")
             time.sleep(0.2)
-        yield run, url
+        yield url
     finally:
         proc.terminate()
         try:
@@ -82,7 +86,23 @@ def server(tmp_path):
 
 
 @pytest.fixture
+def server(tmp_path):
+    run = make_run(tmp_path)
+    labels = tmp_path / "labels.json"
+    labels.write_text(labels_to_json(CLASSES))
+    with annotate_server(tmp_path, run, "--seeds", "5,9", "--labels", str(labels), items=2) as url:
+        yield run, url
+
+
+@pytest.fixture
 def page(server):
+    with chromium_page() as pg:
+        yield pg
+
+
+@contextlib.contextmanager
+def chromium_page():
+    """A page in Debian's Chromium; page errors and console errors fail the test."""
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
@@ -324,3 +344,71 @@ def test_pre_annotated_polygon_eraser_autosave_and_view(server, page):
     assert aset.annotated() == [] and [r.id for r in aset.annotated(include_pre_annotated=True)] == []
     assert "draft" in page.locator(".thumb[data-index='1']").get_attribute("class")
     assert page.locator("#done-count").inner_text() == "0"
+
+
+def test_real_projected_items_show_original_beside_the_editable_reconstruction(tmp_path):
+    from datasetgan.annotation_sources import import_real
+    from datasetgan.checkpoint import load_generator
+    from datasetgan.projector import ProjectorConfig
+    from datasetgan.render import render_one, to_uint8
+
+    run = make_run(tmp_path)
+    G = load_generator(RunFolder(run).generator)
+    real = tmp_path / "real"
+    for sub in ("images", "masks"):
+        (real / sub).mkdir(parents=True)
+    (real / "labels.json").write_text(labels_to_json(CLASSES))
+    img = to_uint8(render_one(G, 21))[0, ..., 0]
+    expert = np.zeros((RES, RES), np.uint8)
+    expert[8:20, 10:24] = 3
+    Image.fromarray(img).save(real / "images" / "case21.png")
+    Image.fromarray(expert).save(real / "masks" / "case21.png")
+    aset = AnnotationSet(RunFolder(run).annotations)
+    torch.set_num_threads(1)
+    assert import_real(aset, G, real, ProjectorConfig(steps=30, perceptual="none")) == ["real_00000000"]
+    item = "real_00000000"
+    psnr = aset.record(item).psnr
+
+    with annotate_server(tmp_path, run, "--seeds", "5", items=2) as url, chromium_page() as page:
+        page.goto(url + "#" + item)
+        wait_ready(page)
+        assert page.evaluate("annotator.currentId") == item
+        np.testing.assert_array_equal(page_mask(page), expert)        # the expert mask, editable
+        assert page.locator("#item-name").inner_text() == "Real image case21.png"
+        assert page.locator("#item-state").inner_text().lower() == "done"
+        panel = page.locator("#original-panel")
+        assert panel.is_visible()
+        page.wait_for_function("document.getElementById('original-image').complete && "
+                               f"document.getElementById('original-image').naturalWidth === {RES}")
+        assert f"PSNR {psnr:.2f} dB" in page.locator("#original-quality").inner_text()
+        canvas, side = (page.locator(sel).bounding_box() for sel in ("#view", "#original-panel"))
+        assert side["x"] >= canvas["x"] + canvas["width"] - 1 and side["width"] > 100   # side by side
+        assert page.locator(".thumb[data-index='0'] .label").inner_text() == "real 0"
+
+        # the canvas shows the reconstruction (the item's image), the panel the original
+        shown = page.evaluate("""(() => { const im = document.getElementById('original-image');
+            const c = document.createElement('canvas'); c.width = im.naturalWidth; c.height = im.naturalHeight;
+            const g = c.getContext('2d'); g.drawImage(im, 0, 0);
+            return Array.from(g.getImageData(0, 0, c.width, c.height).data.filter((_, i) => i % 4 === 0)); })()""")
+        np.testing.assert_array_equal(np.array(shown, np.uint8).reshape(RES, RES), img)
+
+        # paint a class-1 dot and save: the expert mask is edited like any other
+        left, top, scale, ox, oy = geometry(page)
+        page.keyboard.press("1")
+        page.keyboard.press("b")
+        page.mouse.click(round(left + ox + 4.5 * scale), round(top + oy + 4.5 * scale))
+        edited = page_mask(page)
+        assert edited[4, 4] == 1 and (edited == 3).sum() == (expert == 3).sum()
+        page.keyboard.press("Control+s")
+        page.wait_for_function("!annotator.dirty && annotator.saveCount > 0")
+        np.testing.assert_array_equal(aset.mask(item), edited)
+        rec = aset.record(item)
+        assert (rec.kind, rec.state, rec.source, rec.psnr, rec.real_name) == ("real", "done", "human", psnr, "case21.png")
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "annotate-real.png"))
+
+        # a seed item has no original: the panel goes and the canvas takes the room again
+        page.keyboard.press("ArrowRight")
+        page.wait_for_function("annotator.ready && annotator.currentId === 'seed_00000005'")
+        assert panel.is_hidden()
+        assert page.locator("#view").bounding_box()["width"] > canvas["width"] + 100

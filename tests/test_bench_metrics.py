@@ -46,6 +46,7 @@ def test_empty_prediction():
     assert r["miou"] == pytest.approx(0.5 / 3)
     # both foreground classes missed -> HD95 is the image diagonal
     assert r["hd95_per_class"][1:] == pytest.approx([math.hypot(4, 4)] * 2)
+    assert r["bf_per_class"][1:] == [0.0, 0.0]
     assert r["hd95_per_class"][0] is None  # background has no HD95 (strict JSON: None, not NaN)
 
 
@@ -134,20 +135,95 @@ def test_grading_thresholds():
     assert g["mean_wrong"] == pytest.approx((0 + 0.01 + 0.02 + 0.25) / 4)
 
 
-def test_hd95_matches_monai_on_random_blobs():
-    from scipy.ndimage import gaussian_filter
-    import torch
-    from monai.metrics import compute_hausdorff_distance
+def _edges(mask):
+    from scipy.ndimage import binary_erosion
 
-    rng = np.random.default_rng(0)
-    for _ in range(6):
-        a = gaussian_filter(rng.random((2, 24, 24)), (0, 2, 2)) > 0.5
-        p, t = a[0], a[1]
-        if not (p.any() and t.any()):
-            continue
-        ref = compute_hausdorff_distance(torch.as_tensor(p)[None, None], torch.as_tensor(t)[None, None],
-                                         include_background=True, percentile=95).item()
-        assert M.hd95_binary(p, t) == pytest.approx(ref, abs=1e-5)
+    return mask & ~binary_erosion(mask, border_value=0)
+
+
+def _brute_force(p, t, tau):
+    """Reference boundary metrics from all pairwise distances between boundary pixel centres."""
+    a, b = np.argwhere(_edges(p)), np.argwhere(_edges(t))
+    d = np.sqrt(((a[:, None, :] - b[None, :, :]) ** 2).sum(-1))
+    d_pt, d_tp = d.min(1), d.min(0)
+    prec, rec = (d_pt < tau).mean(), (d_tp < tau).mean()
+    return {"hd95": max(np.percentile(d_pt, 95), np.percentile(d_tp, 95)),
+            "assd": (d_pt.sum() + d_tp.sum()) / (len(d_pt) + len(d_tp)),
+            "chamfer": (d_pt.mean() + d_tp.mean()) / 2,
+            "bf": 2 * prec * rec / (prec + rec) if prec + rec else 0.0}
+
+
+def _blobs(seed, n=6, size=24):
+    from scipy.ndimage import gaussian_filter
+
+    rng = np.random.default_rng(seed)
+    out = []
+    while len(out) < n:
+        a = gaussian_filter(rng.random((2, size, size)), (0, 2, 2)) > 0.5
+        if a[0].any() and a[1].any():
+            out.append((a[0], a[1]))
+    return out
+
+
+def test_boundary_metrics_match_monai_and_a_brute_force_reference():
+    """HD95 and ASSD are MONAI's (HausdorffDistanceMetric / SurfaceDistanceMetric functions, also the
+    scipy HD95 this benchmark used before); Chamfer (eq. 8) and BF (eq. 9-10) match all-pairs distances."""
+    import torch
+    from monai.metrics import compute_average_surface_distance, compute_hausdorff_distance
+
+    for tau in (0.5, 2.0):
+        for p, t in _blobs(0):
+            got = M.boundary_scores(p[None].astype(np.uint8), t[None].astype(np.uint8), 2, tau=tau)
+            ref = _brute_force(p, t, tau)
+            for k in M.BOUNDARY_KEYS:
+                assert got[k][0, 0] == pytest.approx(ref[k], abs=1e-6), k
+            pt, tt = torch.as_tensor(p)[None, None], torch.as_tensor(t)[None, None]
+            assert got["hd95"][0, 0] == pytest.approx(compute_hausdorff_distance(
+                pt, tt, include_background=True, percentile=95).item(), abs=1e-5)
+            assert got["assd"][0, 0] == pytest.approx(compute_average_surface_distance(
+                pt, tt, include_background=True, symmetric=True).item(), abs=1e-5)
+
+
+def test_chamfer_and_bf_by_hand():
+    truth = np.zeros((1, 12, 12), np.uint8)
+    truth[0, 3:6, 3:6] = 1
+    pred = np.roll(truth, 1, axis=2)      # shifted one pixel right
+    s = M.boundary_scores(pred, truth, 2, tau=0.5)
+    # 8 boundary pixels each; in both directions 4 lie on the other boundary (distance 0), 4 at 1
+    assert s["chamfer"][0, 0] == pytest.approx(0.5) and s["assd"][0, 0] == pytest.approx(0.5)
+    assert s["bf"][0, 0] == pytest.approx(0.5)                  # precision = recall = 4/8 below 0.5 px
+    assert M.boundary_scores(pred, truth, 2, tau=2)["bf"][0, 0] == pytest.approx(1.0)
+    assert M.bf_tau(256) == 2.0 and M.bf_tau(64) == 0.5          # 2 px at 256x256, scaled
+
+
+def test_empty_mask_convention():
+    """Absent from both: skipped (NaN); absent from exactly one: the image diagonal, BF 0; IoU/Dice of
+    a class absent from the whole set: NaN, left out of the means."""
+    truth = np.zeros((2, 8, 8), np.uint8)
+    truth[0, 2:5, 2:5] = 1
+    pred = np.zeros_like(truth)
+    pred[1, 0:2, 0:2] = 1                # image 0: missed; image 1: hallucinated
+    s = M.boundary_scores(pred, truth, 3)
+    for k in ("hd95", "assd", "chamfer"):
+        assert s[k][:, 0] == pytest.approx([math.hypot(8, 8)] * 2)
+        assert np.isnan(s[k][:, 1]).all()   # class 2 in no mask at all
+    assert s["bf"][:, 0].tolist() == [0.0, 0.0] and np.isnan(s["bf"][:, 1]).all()
+    r = M.evaluate(pred, truth, 3)
+    assert r["dice"][2] is None and r["iou"][2] is None and r["dice"][1] == 0.0
+    assert r["mdice_fg"] == 0.0 and r["hd95"] == pytest.approx(math.hypot(8, 8)) and r["bf"] == 0.0
+
+
+def test_calibration_by_hand():
+    conf = np.array([0.95, 0.95, 0.55, 0.55])
+    correct = np.array([True, False, True, True])
+    mmcl, ece = M.calibration(conf, correct)
+    assert mmcl == pytest.approx(0.75)
+    # bin (0.933, 1]: accuracy 0.5, confidence 0.95; bin (0.533, 0.6]: accuracy 1, confidence 0.55
+    assert ece == pytest.approx(0.5 * 0.45 + 0.5 * 0.45)
+    assert M.calibration(np.array([1.0, 0.0]), np.array([True, False]))[1] == pytest.approx(0.0)
+    assert M.calibration(np.array([0.7] * 10), np.array([True] * 7 + [False] * 3))[1] == pytest.approx(0.0)
+    r = M.evaluate(PRED[None], TRUTH[None], 3, confidence=np.full((1, 4, 4), 0.875))
+    assert r["mmcl"] == pytest.approx(0.875) and r["ece"] == pytest.approx(0.0)   # 14 of 16 pixels right
 
 
 def test_group_folds_keep_groups_together():
@@ -161,20 +237,6 @@ def test_group_folds_keep_groups_together():
         assert not {groups[i] for i in tr} & {groups[i] for i in va}
     with pytest.raises(ValueError):
         group_kfold(["a", "b"], 3)
-
-
-def test_soft_dice_loss():
-    import torch
-    from datasetgan.bench.trainer import segmentation_loss, soft_dice_loss
-
-    target = torch.as_tensor(TRUTH.astype(np.int64))[None]
-    perfect = torch.nn.functional.one_hot(target, 3).permute(0, 3, 1, 2).float() * 50
-    assert soft_dice_loss(perfect, target).item() == pytest.approx(0.0, abs=1e-6)
-    background = torch.zeros(1, 3, 4, 4)
-    background[:, 0] = 50  # all background: foreground Dice (2*0+1)/(0+4+1) per class
-    assert soft_dice_loss(background, target).item() == pytest.approx(1 - 1 / 5, abs=1e-4)  # 4 px per class
-    ce = torch.nn.functional.cross_entropy(background, target)
-    assert segmentation_loss(background, target, "dice_ce").item() == pytest.approx(ce.item() + 1 - 1 / 5, abs=1e-4)
 
 
 def test_results_of_concurrent_commands_are_merged_not_lost(tmp_path):

@@ -63,15 +63,17 @@ TINY = ["--resolution", "32", "--epochs", "1", "--batch-size", "4", "--threads",
 
 def test_tiny_run_writes_all_outputs(data, tmp_path):
     run = tmp_path / "run"
-    args = ["bench", str(run), "--real", str(data / "real"), "--test-real", str(data / "test"),
+    run.mkdir()
+    args = ["bench", "run", str(run), "--real", str(data / "real"), "--test-real", str(data / "test"),
             "--synthetic", str(data / "synth"), "--test-generated", str(data / "testg"), "--models", "unet,fcn",
             "--folds", "2", "--hybrid-real", "3", "--drop-uncertain", "0.2", "--fold-groups", r"patient\d+"] + TINY
     r = CliRunner().invoke(main, args)
     assert r.exit_code == 0, r.output
     doc = json.loads((run / "bench/results.json").read_text())
     exps = doc["experiments"]
-    assert set(exps) == {f"{s}/{m}" for s in ("synthetic8", "real12", "hybrid8+3")
-                         for m in ("unet", "fcn_mobilenet_v3_large")}
+    sets = ("synthetic8", "real12", "hybrid8+3")
+    assert set(exps) == {f"{s}/{m}/dice_ce" for s in sets for m in ("unet", "fcn_mobilenet_v3_large")} | {
+        f"{s}/prior" for s in sets}
     for e in exps.values():
         assert [f["fold"] for f in e["folds"]] == [0, 1]
         for f in e["folds"]:
@@ -83,8 +85,8 @@ def test_tiny_run_writes_all_outputs(data, tmp_path):
         vals = [f["test_r"]["miou"] for f in e["folds"]]
         assert m == pytest.approx(np.mean(vals)) and s == pytest.approx(np.std(vals))
     # the most uncertain 20 % of the 10 synthetic pairs were dropped (scores from records/)
-    assert exps["synthetic8/unet"]["set_info"]["annotated"] == 30
-    assert exps["real12/unet"]["fold_groups"] == r"patient\d+"
+    assert exps["synthetic8/unet/dice_ce"]["set_info"]["annotated"] == 30
+    assert exps["real12/unet/dice_ce"]["fold_groups"] == r"patient\d+"
     tables = (run / "bench/tables.md").read_text()
     for heading in ("Table I:", "Table II:", "Table III:", "Per-class Dice", "held-out fold"):
         assert heading in tables
@@ -92,17 +94,18 @@ def test_tiny_run_writes_all_outputs(data, tmp_path):
         assert (run / "bench" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     again = CliRunner().invoke(main, args)  # resumes: every fold is already there
-    assert again.exit_code == 0 and again.output.count("already done") == 12
-    bad = CliRunner().invoke(main, args[:8] + ["--test-generated", str(data / "synth")] + args[10:])
-    assert args[8] == "--test-generated"
+    assert again.exit_code == 0 and again.output.count("already done") == 18
+    bad = CliRunner().invoke(main, args[:9] + ["--test-generated", str(data / "synth")] + args[11:])
+    assert args[9] == "--test-generated"
     assert bad.exit_code != 0 and "disjoint" in bad.output
 
 
 def test_bad_input_is_a_clear_error(data, tmp_path):
-    r = CliRunner().invoke(main, ["bench", str(tmp_path / "r"), "--synthetic", str(data / "real"),
+    (tmp_path / "r").mkdir()
+    r = CliRunner().invoke(main, ["bench", "run", str(tmp_path / "r"), "--synthetic", str(data / "real"),
                                   "--sets", "synthetic"] + TINY)
     assert r.exit_code != 0 and "not a generated folder" in r.output and "Traceback" not in r.output
-    r = CliRunner().invoke(main, ["bench", str(tmp_path / "r"), "--real", str(data / "real"),
+    r = CliRunner().invoke(main, ["bench", "run", str(tmp_path / "r"), "--real", str(data / "real"),
                                   "--models", "segformer"] + TINY)
     assert r.exit_code != 0 and "unknown segmenter" in r.output
 
@@ -115,10 +118,12 @@ def test_annotator_auto_annotate_and_grading(data, tmp_path):
     from datasetgan.networks import Generator, GeneratorConfig
 
     run = tmp_path / "run"
+    run.mkdir()
     model_path = tmp_path / "annotator.safetensors"
     r = CliRunner().invoke(main, ["bench", str(run), "--real", str(data / "real"), "--test-real", str(data / "test"),
                                   "--train-annotator", str(model_path), "--annotator-model", "unet"] + TINY)
-    assert r.exit_code == 0, r.output
+    assert r.exit_code == 0, r.output   # the previous release's spelling still works, with a notice
+    assert "deprecated" in r.output and "bench annotator" in r.output
     doc = json.loads((run / "bench/results.json").read_text())
     assert doc["annotator"]["n_train"] == 12 and 0 <= doc["annotator"]["test_r"]["miou"] <= 1
     assert "Model-assisted annotator" in (run / "bench/tables.md").read_text()
@@ -146,8 +151,7 @@ def test_annotator_auto_annotate_and_grading(data, tmp_path):
     assert r.exit_code == 0, r.output
     g = json.loads((run / "bench/results.json").read_text())["grading"]
     assert g["n"] == 5 and sum(g["counts"].values()) == 5 and g["reference_kind"] == "model:unet"
-    r = CliRunner().invoke(main, ["bench", str(run), "--grade", str(data / "synth"), "--grade-reference",
-                                  str(data / "synth")] + TINY)
+    r = CliRunner().invoke(main, ["bench", "grade", str(run), str(data / "synth"), "--reference", str(data / "synth")])
     assert r.exit_code == 0, r.output
     g = json.loads((run / "bench/results.json").read_text())["grading"]
     assert g["counts"] == {"good": 10, "partial": 0, "bad": 0}
@@ -163,14 +167,113 @@ def test_on_pairs_from_the_factory(tiny_run, tmp_path):
     factory = PairFactory(run)
     generate(factory, range(0, 10), run / "generated/train")
     generate(factory, range(1000, 1004), run / "generated/test")
-    args = ["bench", str(run), "--synthetic", str(run / "generated/train"), "--test-generated",
+    args = ["bench", "run", str(run), "--synthetic", str(run / "generated/train"), "--test-generated",
             str(run / "generated/test"), "--models", "unet", "--folds", "2", "--drop-uncertain", "0.2",
             "--resolution", "16", "--epochs", "1", "--batch-size", "4", "--threads", "1", "--no-progress",
             "--unet-channels", "4,8"]
     r = CliRunner().invoke(main, args)
     assert r.exit_code == 0, r.output
-    e = json.loads((run / "bench/results.json").read_text())["experiments"]["synthetic8/unet"]
+    e = json.loads((run / "bench/results.json").read_text())["experiments"]["synthetic8/unet/dice_ce"]
     assert e["set_info"]["annotated"] == 4          # read from the run's interpreter.json
     assert e["summary"]["test_g"]["folds"] == 2 and len(e["folds"][0]["test_g"]["dice"]) == 3
-    r = CliRunner().invoke(main, args[:5] + [str(run / "generated/train")] + args[6:])
+    r = CliRunner().invoke(main, args[:6] + [str(run / "generated/train")] + args[7:])
     assert r.exit_code != 0 and "disjoint" in r.output
+
+
+def _swapped_labels(src: Path, dst: Path) -> Path:
+    """A copy of a labelled folder whose labels.json names classes 1 and 3 the other way round."""
+    shutil.copytree(src, dst)
+    doc = json.loads((dst / "labels.json").read_text())
+    names = {c["id"]: c["name"] for c in doc["classes"]}
+    for c in doc["classes"]:
+        if c["id"] in (1, 3):
+            c["name"] = names[4 - c["id"]]
+    (dst / "labels.json").write_text(json.dumps(doc))
+    return dst
+
+
+@pytest.mark.parametrize("spelling", [["run"], []], ids=["bench-run", "previous-spelling"])
+def test_sets_must_agree_on_class_names_or_be_remapped(data, tmp_path, spelling):
+    """#18: a real folder naming classes 1 and 3 the other way round from the synthetic pairs was mixed in
+    silently (only the class count was compared); now a one-line-per-difference error, or --class-map."""
+    swapped = _swapped_labels(data / "real", tmp_path / "swapped")
+    run = tmp_path / "run"
+    run.mkdir()
+    args = ["bench", *spelling, str(run), "--real", str(swapped), "--synthetic", str(data / "synth"),
+            "--sets", "real,hybrid", "--hybrid-real", "3", "--models", "unet", "--folds", "2"] + TINY
+    r = CliRunner().invoke(main, args)
+    assert r.exit_code != 0 and "Traceback" not in r.output
+    assert "class 1 is 'left_ventricle'" in r.output and "class 3 is 'right_ventricle'" in r.output
+    assert not (run / "bench" / "results.json").exists()
+    r = CliRunner().invoke(main, args + ["--class-map", "1=3,3=1"])
+    assert r.exit_code == 0, r.output
+    doc = json.loads((run / "bench/results.json").read_text())
+    assert [c["name"] for c in doc["classes"]] == [c["name"] for c in
+                                                  json.loads((data / "synth/labels.json").read_text())["classes"]]
+    assert set(doc["experiments"]) == {"real12/unet/dice_ce", "hybrid10+3/unet/dice_ce", "real12/prior",
+                                       "hybrid10+3/prior"}
+    r = CliRunner().invoke(main, args + ["--class-map", "1=7"])
+    assert r.exit_code != 0 and "--class-map" in r.output
+
+
+def test_run_folder_must_exist(data, tmp_path):
+    """#18: `bench` on a RUN path that does not exist created it; now it is refused, nothing created."""
+    missing = tmp_path / "no_such_run"
+    for args in (["bench", str(missing)], ["bench", "run", str(missing)], ["bench", "report", str(missing)]):
+        r = CliRunner().invoke(main, args + (["--real", str(data / "real")] + TINY if args[1] != "report" else []))
+        assert r.exit_code != 0 and "does not exist" in r.output, r.output
+    assert not missing.exists()
+
+
+def test_losses_postprocessing_rows_and_report(data, tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    args = ["bench", "run", str(run), "--real", str(data / "real"), "--test-real", str(data / "test"),
+            "--models", "unet", "--folds", "2", "--loss", "ce,tversky:alpha=0.6,beta=0.4", "--loss", "lovasz",
+            "--min-component", "auto", "--classifier-gate", "--swa"] + TINY
+    r = CliRunner().invoke(main, args)
+    assert r.exit_code == 0, r.output
+    exps = json.loads((run / "bench/results.json").read_text())["experiments"]
+    rows = {"real12/prior", "real12/unet/ce", "real12/unet/tversky(alpha=0.6,beta=0.4)", "real12/unet/lovasz",
+            "real12/unet/ce+swa", "real12/unet/ce+mincomp", "real12/unet/ce+gate"}
+    assert set(exps) == rows
+    assert exps["real12/unet/tversky(alpha=0.6,beta=0.4)"]["train"]["loss"] == "tversky:alpha=0.6,beta=0.4"
+    assert exps["real12/unet/ce+swa"]["train"]["swa"] is True
+    for key, e in exps.items():
+        assert [f["fold"] for f in e["folds"]] == [0, 1], key
+        for f in e["folds"]:
+            for split in ("val", "test_r"):
+                rec = f[split]
+                for k in ("miou", "mdice_fg", "hd95", "assd", "chamfer", "bf", "mmcl", "ece"):
+                    assert k in rec, (key, k)
+                assert len(rec["bf_per_class"]) == 4 and rec["bf_tau_px"] == pytest.approx(2 * 32 / 256)
+    for f in exps["real12/unet/ce+mincomp"]["folds"]:
+        assert f["min_area"] in (0, 1, 2, 4, 8, 16)   # chosen on the fold's held-out part (32 px candidates)
+    for f in exps["real12/unet/ce+gate"]["folds"]:
+        assert 0 <= f["test_r"]["gate_accuracy"] <= 1
+    # the prior row ignores the image: every test image gets the same label map
+    r = CliRunner().invoke(main, ["bench", "report", str(run)])
+    assert r.exit_code == 0, r.output
+    comp = json.loads((run / "bench/methods.json").read_text())
+    assert {m["key"] for m in comp["methods"]} == rows and comp["best"] in rows
+    assert (run / "bench/methods.png").read_bytes()[:4] == b"\x89PNG"
+    md = (run / "bench/methods.md").read_text()
+    assert "real12/unet/ce+gate" in md and "p=" in md
+
+
+@pytest.mark.slow
+def test_paper_profile_runs_on_tiny_data(data, tmp_path):
+    """The `paper` profile (DeepLabV3-ResNet101 with its auxiliary head, 256x256, SGD) end to end on a
+    few images, so a GPU user's run does not fail after hours."""
+    run = tmp_path / "run"
+    run.mkdir()
+    r = CliRunner().invoke(main, ["bench", "run", str(run), "--profile", "paper", "--real", str(data / "real"),
+                                  "--real-limit", "4", "--test-real", str(data / "test"), "--folds", "2",
+                                  "--epochs", "1", "--batch-size", "2", "--threads", "2", "--no-progress",
+                                  "--min-component", "auto", "--classifier-gate"])
+    assert r.exit_code == 0, r.output
+    doc = json.loads((run / "bench/results.json").read_text())
+    assert doc["profile"]["resolution"] == 256
+    e = doc["experiments"]["real4/deeplabv3_resnet101/ce"]
+    assert e["model"]["aux_loss"] is True and e["summary"]["test_r"]["folds"] == 2
+    assert e["folds"][0]["test_r"]["bf_tau_px"] == pytest.approx(2.0)

@@ -5,7 +5,7 @@ import torch
 
 from datasetgan.bench.segmenters import (Segmenter, SegmenterConfig, load_init_weights, load_segmenter,
                                          save_segmenter)
-from datasetgan.bench.profiles import TrainConfig
+from datasetgan.bench.profiles import SegmenterTrainConfig as TrainConfig
 from datasetgan.bench.trainer import train_segmenter
 from datasetgan.checkpoint import CheckpointError, save_tensors
 

@@ -67,7 +67,8 @@ def test_demo_writes_pairs_and_prints_instructions(demo_run, tmp_path, monkeypat
     assert len(ds) == 3 and ds.masks is not None
     # the pairs are the run's own: same bytes as the pair factory makes in this process (with the
     # reference operations, which the demo's server uses)
-    from datasetgan.factory import PairFactory, encode_pair
+    from datasetgan.encoding import encode_pair
+    from datasetgan.factory import PairFactory
 
     monkeypatch.setenv("STYLEGAN2_OPS_BACKEND", "ref")
     factory = PairFactory(out / "runs" / DEMO_ID)

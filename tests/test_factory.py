@@ -11,7 +11,8 @@ import torch
 from PIL import Image
 
 from datasetgan.data import load_image_folder
-from datasetgan.factory import FactoryError, PairFactory, drop_most_uncertain, encode_pair, generate
+from datasetgan.encoding import EncodingError, drop_most_uncertain, encode_pair
+from datasetgan.factory import FactoryError, PairFactory, generate
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +72,7 @@ def test_drop_most_uncertain_hand_built():
     assert drop_most_uncertain(scores, 0.0) == [0, 1, 2, 3, 4]
     assert drop_most_uncertain(scores, 1.0) == []
     assert drop_most_uncertain(scores, 0.2) == [0, 2, 3, 4]   # round(1.0) = 1: drops 0.9 only
-    with pytest.raises(FactoryError):
+    with pytest.raises(EncodingError):
         drop_most_uncertain(scores, 1.5)
 
 

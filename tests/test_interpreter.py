@@ -23,12 +23,7 @@ from datasetgan.networks import FeatureTap, Generator, GeneratorConfig
 from datasetgan.render import render_one
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: tiny tensors, one thread
 
 
 # ---------------------------------------------------------------------------------------------
@@ -163,6 +158,9 @@ def test_fast_path_equals_reference(res, channels, classes):
     a, b = predict_from_logits(fast), predict_from_logits(ref)
     assert torch.equal(a.mask, b.mask)
     assert len(torch.unique(a.mask)) > 1  # the test would be weak if every pixel had one class
+    folded = interp.folded()  # a named type, not an unnamed 6-tuple (#18)
+    assert folded.first_bias.shape[0] == next(iter(folded.first.values()))[1].shape[0]   # M * h1
+    assert len(folded.later_layers) == len(interp.cfg.hidden)
     torch.testing.assert_close(a.js, b.js, rtol=1e-4, atol=1e-5)
     # in float64 both paths agree to rounding
     interp64 = interp.double()

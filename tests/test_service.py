@@ -25,7 +25,8 @@ import datasetgan
 import service
 from support import free_port
 
-from datasetgan.factory import PairFactory, drop_most_uncertain, encode_pair
+from datasetgan.encoding import drop_most_uncertain, encode_pair
+from datasetgan.factory import PairFactory
 
 ALL = ["image", "mask", "overlay", "uncertainty"]
 KEYS = {"image": "image.png", "mask": "mask.png", "overlay": "overlay.png", "uncertainty": "uncertainty.png"}

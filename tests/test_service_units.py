@@ -13,11 +13,13 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from service.app import thread_iter
+from service.routers.models import thread_iter
 from service.guards import Slots, presented_key
 from service.registry import ModelRegistry, UnknownModel
 from service.schemas import JobRequest, PairsRequest
-from service.streaming import RECORD, pair_chunks, tar_end, tar_member
+from datasetgan.encoding import RECORD, drop_most_uncertain, tar_end, tar_member
+from datasetgan.weightfiles import write_pair
+from service.streaming import pair_chunks
 
 
 def test_tar_members_are_deterministic_and_readable():
@@ -75,8 +77,7 @@ def test_slots_limit_and_idempotent_release():
 
 def test_registry_lists_ready_runs_only_and_refuses_paths(tmp_path):
     def sidecar(path, **meta):
-        path.write_bytes(b"x")
-        path.with_suffix(".json").write_text(json.dumps({"sha256": "ab" * 32, **meta}))
+        write_pair(path, b"x", meta)
     for name in ("ready", "no_interpreter"):
         (tmp_path / name).mkdir()
         sidecar(tmp_path / name / "generator.safetensors", config={"resolution": 32, "img_channels": 3})
@@ -120,25 +121,13 @@ class CountingFactory:
             yield from (FakePair(x, z[..., None], z, z.astype(np.float32), float(x % 7), {"seed": x}) for x in batch)
 
 
-class FakeCodec:
-    @staticmethod
-    def encode_pair(pair, classes, include):
-        return {k: json.dumps([k, pair.seed]).encode() for k in include}
-
-    @staticmethod
-    def drop_most_uncertain(scores, fraction):
-        k = round(fraction * len(scores))
-        drop = set(sorted(range(len(scores)), key=lambda i: (-scores[i], -i))[:k])
-        return [i for i in range(len(scores)) if i not in drop]
-
-
 @pytest.mark.parametrize("drop", [0.0, 0.5])
 def test_abandoned_stream_stops_within_one_batch(drop):
     factory, batch = CountingFactory(), 4
 
     async def consume_three():
         stop = []
-        chunks = pair_chunks(factory, FakeCodec, range(1000), truncation=1.0, include=["image"], fmt="tar",
+        chunks = pair_chunks(factory, range(1000), truncation=1.0, include=["image"], fmt="tar",
                              drop_uncertain=drop, batch_size=batch, should_stop=lambda: bool(stop))
         got = 0
         agen = thread_iter(chunks)
@@ -159,10 +148,10 @@ def test_abandoned_stream_stops_within_one_batch(drop):
 
 def test_drop_uncertain_stream_is_the_kept_subset():
     factory = CountingFactory()
-    chunks = list(pair_chunks(factory, FakeCodec, range(10, 30), truncation=1.0, include=[], fmt="ndjson",
+    chunks = list(pair_chunks(factory, range(10, 30), truncation=1.0, include=[], fmt="ndjson",
                               drop_uncertain=0.25, batch_size=3, should_stop=lambda: False))
     seeds = [json.loads(c)["seed"] for c in chunks if c]
-    kept = [10 + i for i in FakeCodec.drop_most_uncertain([float(s % 7) for s in range(10, 30)], 0.25)]
+    kept = [10 + i for i in drop_most_uncertain([float(s % 7) for s in range(10, 30)], 0.25)]
     assert seeds == kept and len(seeds) == 15
 
 
@@ -181,7 +170,7 @@ class FakeRegistry:
 def run_jobs(store, registry, timeout=30):
     import time
     from service.jobs import JobRunner
-    runner = JobRunner(store, registry, FakeCodec, batch_size=4)
+    runner = JobRunner(store, registry, batch_size=4)
     runner.start()
     deadline = time.monotonic() + timeout
     while store.unfinished() and time.monotonic() < deadline:
@@ -216,7 +205,7 @@ def test_worker_survives_a_job_whose_failure_cannot_be_recorded(tmp_path):
         return real_update(job_id, **kw)
 
     store.update = update
-    runner = JobRunner(store, FakeRegistry(("g2", "i1")), FakeCodec, batch_size=4)
+    runner = JobRunner(store, FakeRegistry(("g2", "i1")), batch_size=4)
     runner.start()
     try:
         assert tried.wait(30)

@@ -435,6 +435,23 @@ function stateLabel(state) {
   return { todo: "to do", draft: "draft", "pre-annotated": "pre-annotated", done: "done" }[state] || state;
 }
 
+// a seed image, or a real image projected into the generator (kind "real")
+function itemLabel(it) { return it.kind === "real" ? `real ${it.seed}` : `#${it.seed}`; }
+function itemTitle(it) { return it.kind === "real" ? `real image ${it.real_name}` : `seed ${it.seed}`; }
+
+// Real items show their original beside the canvas; returns true when the panel appeared or went.
+function showOriginal(it) {
+  const panel = $("original-panel"), real = it.kind === "real";
+  if (real) {
+    $("original-image").src = `api/items/${it.id}/original`;
+    $("original-quality").textContent =
+      `${it.real_name} · reconstruction PSNR ${Number(it.psnr).toFixed(2)} dB · SSIM ${Number(it.ssim).toFixed(3)}`;
+  }
+  if (panel.hidden === !real) return false;
+  panel.hidden = !real;
+  return true;
+}
+
 function buildStrip() {
   const strip = $("strip");
   strip.innerHTML = "";
@@ -445,7 +462,7 @@ function buildStrip() {
     t.dataset.index = k;
     t.innerHTML = `<img alt="" loading="lazy"><span class="dot"></span><div class="label"></div>`;
     t.querySelector("img").src = `api/items/${it.id}/image`;
-    t.querySelector(".label").textContent = `#${it.seed}`;
+    t.querySelector(".label").textContent = itemLabel(it);
     t.addEventListener("click", () => goTo(k));
     strip.appendChild(t);
   });
@@ -456,7 +473,7 @@ function updateStrip() {
   document.querySelectorAll(".thumb").forEach((t) => {
     const k = Number(t.dataset.index), it = S.items[k];
     t.className = `thumb ${it.state}`;
-    t.title = `seed ${it.seed} · ${stateLabel(it.state)}${it.source ? ` · ${it.source}` : ""}`;
+    t.title = `${itemTitle(it)} · ${stateLabel(it.state)}${it.source ? ` · ${it.source}` : ""}`;
     t.setAttribute("aria-selected", String(k === S.index));
   });
   const done = S.items.filter((it) => it.state === "done").length;
@@ -468,7 +485,7 @@ function updateStrip() {
 function updateItemHeader() {
   const it = S.items[S.index];
   if (!it) return;
-  $("item-name").textContent = `Seed ${it.seed}`;
+  $("item-name").textContent = it.kind === "real" ? `Real image ${it.real_name}` : `Seed ${it.seed}`;
   $("item-name").title = it.id;
   const shown = S.edited && it.state !== "done" ? "draft" : it.state;
   const badge = $("item-state");
@@ -534,6 +551,7 @@ async function loadItemData(k) {
   imgCanvas.width = R; imgCanvas.height = R;
   maskCanvas.width = R; maskCanvas.height = R;
   maskPixels = new ImageData(R, R);
+  if (showOriginal(it)) { S.fitted = false; resizeCanvas(); }   // the canvas got narrower or wider
   if (!S.fitted) fitView();
   renderImage();
   renderMask(null);

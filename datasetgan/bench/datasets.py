@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from ..data import ClassInfo, DataError, list_images, load_image_folder, locate
+from ..errors import ConfigError
 
 
 @dataclass
@@ -50,14 +51,15 @@ def random_subset(n: int, k: int | None, seed: int = 0) -> np.ndarray:
     if k is None or k >= n:
         return np.arange(n)
     if k < 1:
-        raise ValueError(f"a subset needs at least 1 item, got {k}")
+        raise ConfigError(f"a subset needs at least 1 item, got {k}")
     return np.sort(np.random.default_rng(seed).choice(n, size=k, replace=False))
 
 
 def load_real(path, resolution: int, limit: int | None = None, seed: int = 0, what: str = "real data",
-              cache_dir=None) -> LabelledSet:
-    """A labelled folder, optionally only ``limit`` images drawn at random (seeded) from it."""
-    full = _load(path, resolution, what, cache_dir)
+              cache_dir=None, class_map: dict[int, int] | None = None) -> LabelledSet:
+    """A labelled folder, optionally only ``limit`` images drawn at random (seeded) from it, its classes
+    renumbered by ``class_map``."""
+    full = remap_classes(_load(path, resolution, what, cache_dir), class_map or {})
     out = full.subset(random_subset(len(full), limit, seed))
     out.info.update(kind="real", n=len(out), n_available=len(full), limit=limit, subset_seed=seed)
     return out
@@ -149,7 +151,7 @@ def load_generated(path, resolution: int, size: int | None = None, drop_uncertai
     idx = np.arange(n)
     if drop_uncertain:
         if not 0 <= drop_uncertain < 1:
-            raise ValueError(f"drop fraction must be in [0, 1), got {drop_uncertain}")
+            raise ConfigError(f"drop fraction must be in [0, 1), got {drop_uncertain}")
         scores = read_scores(path, full.names[:n])
         n_drop = int(round(drop_uncertain * n))
         keep = np.sort(np.argsort(scores, kind="stable")[: n - n_drop])
@@ -172,10 +174,12 @@ def check_disjoint(train: LabelledSet, test: LabelledSet) -> None:
 
 
 def hybrid(synthetic: LabelledSet, real: LabelledSet) -> LabelledSet:
-    """Synthetic pairs plus a few real ones."""
+    """Synthetic pairs plus a few real ones (same channels, size and classes)."""
     if synthetic.images.shape[1:] != real.images.shape[1:]:
         raise DataError(f"synthetic images {synthetic.images.shape[1:]} and real images "
                         f"{real.images.shape[1:]} differ in channels or size")
+    check_compatible({f"the synthetic pairs ({synthetic.info.get('path')})": synthetic,
+                      f"the real images of the hybrid set ({real.info.get('path')})": real})
     info = {"kind": "hybrid", "n": len(synthetic) + len(real), "synthetic": synthetic.info, "real": real.info}
     return LabelledSet("hybrid", np.concatenate([synthetic.images, real.images]),
                        np.concatenate([synthetic.masks, real.masks]),
@@ -183,13 +187,66 @@ def hybrid(synthetic: LabelledSet, real: LabelledSet) -> LabelledSet:
                        list(synthetic.seeds), info)
 
 
+def class_differences(name: str, classes: list[ClassInfo], ref_name: str, ref: list[ClassInfo]) -> list[str]:
+    """One line per class on which two sets disagree (id present in one only, or named differently)."""
+    mine, theirs = {c.id: c.name for c in classes}, {c.id: c.name for c in ref}
+    out = []
+    for i in sorted(set(mine) | set(theirs)):
+        if i not in theirs:
+            out.append(f"{name}: class {i} {mine[i]!r} is not in {ref_name}")
+        elif i not in mine:
+            out.append(f"{name}: has no class {i} ({ref_name} calls it {theirs[i]!r})")
+        elif mine[i] != theirs[i]:
+            out.append(f"{name}: class {i} is {mine[i]!r} but {ref_name} calls it {theirs[i]!r}")
+    return out
+
+
 def check_compatible(sets: dict[str, LabelledSet]) -> list[ClassInfo]:
-    """All sets must have the same channel count and class count; returns the classes."""
+    """All sets must have the same channel count and the same classes (ids and names); returns the
+    classes. A mismatch is one error listing every difference, a line each."""
     ref_name, ref = next(iter(sets.items()))
+    problems = []
     for name, s in sets.items():
         if s.images.shape[1] != ref.images.shape[1]:
-            raise DataError(f"{name} has {s.images.shape[1]} channel(s) but {ref_name} has {ref.images.shape[1]}")
-        if len(s.classes) != len(ref.classes):
-            raise DataError(f"{name} has {len(s.classes)} classes but {ref_name} has {len(ref.classes)} "
-                            "(check their labels.json)")
+            problems.append(f"{name} has {s.images.shape[1]} channel(s) but {ref_name} has {ref.images.shape[1]}")
+        problems += class_differences(name, s.classes, ref_name, ref.classes)
+    if problems:
+        raise DataError("the sets disagree (check their labels.json, or renumber the real folders' classes "
+                        "with --class-map):\n  " + "\n  ".join(problems))
     return ref.classes
+
+
+def parse_class_map(text: str) -> dict[int, int]:
+    """``'1=3,3=1'`` -> {1: 3, 3: 1}: class ids of the real folders and the ids they become."""
+    out = {}
+    for item in filter(None, (t.strip() for t in text.split(","))):
+        old, sep, new = item.partition("=")
+        try:
+            old_id, new_id = int(old), int(new)
+        except ValueError:
+            raise ConfigError(f"--class-map: expected OLD=NEW class ids, got {item!r}") from None
+        if not sep or old_id in out:
+            raise ConfigError(f"--class-map: expected each OLD=NEW once, got {item!r}")
+        out[old_id] = new_id
+    return out
+
+
+def remap_classes(s: LabelledSet, mapping: dict[int, int]) -> LabelledSet:
+    """The set with its class ids renumbered (ids not in ``mapping`` keep theirs); the result must
+    number the classes 0..K-1, each once."""
+    if not mapping:
+        return s
+    ids = {c.id for c in s.classes}
+    unknown = sorted(set(mapping) - ids)
+    if unknown:
+        raise DataError(f"--class-map: {s.info.get('path')} has no class {unknown[0]}")
+    classes = [ClassInfo(mapping.get(c.id, c.id), c.name, c.color) for c in s.classes]
+    if sorted(c.id for c in classes) != list(range(len(classes))):
+        raise DataError(f"--class-map: the classes of {s.info.get('path')} would not be numbered 0..{len(classes) - 1} "
+                        f"each once (got ids {sorted(c.id for c in classes)})")
+    table = np.arange(256, dtype=np.uint8)
+    for old, new in mapping.items():
+        table[old] = new
+    out = LabelledSet(s.kind, s.images, table[s.masks], s.names, sorted(classes, key=lambda c: c.id), s.seeds,
+                      dict(s.info, class_map={str(k): v for k, v in mapping.items()}))
+    return out

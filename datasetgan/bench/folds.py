@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..errors import ConfigError
+
 
 def kfold(n: int, k: int, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
     """[(train indices, held-out indices)] for k folds over n items, shuffled by ``seed``.
@@ -11,11 +13,11 @@ def kfold(n: int, k: int, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
     ``k=1`` trains once on everything (no held-out part).
     """
     if k < 1:
-        raise ValueError(f"the number of folds must be at least 1, got {k}")
+        raise ConfigError(f"the number of folds must be at least 1, got {k}")
     if k > 1 and n < k:
-        raise ValueError(f"cannot make {k} folds from {n} item(s)")
+        raise ConfigError(f"cannot make {k} folds from {n} item(s)")
     if n < 1:
-        raise ValueError("cannot make folds from an empty set")
+        raise ConfigError("cannot make folds from an empty set")
     order = np.random.default_rng(seed).permutation(n)
     if k == 1:
         return [(np.sort(order), np.zeros(0, dtype=np.int64))]
@@ -31,7 +33,7 @@ def group_kfold(groups: list[str], k: int, seed: int = 0) -> list[tuple[np.ndarr
         return kfold(len(groups), k, seed)
     names, inverse, counts = np.unique(np.asarray(groups, dtype=str), return_inverse=True, return_counts=True)
     if len(names) < k:
-        raise ValueError(f"cannot make {k} folds from {len(names)} group(s)")
+        raise ConfigError(f"cannot make {k} folds from {len(names)} group(s)")
     order = np.random.default_rng(seed).permutation(len(names))
     order = order[np.argsort(-counts[order], kind="stable")]
     fold_of, sizes = np.zeros(len(names), dtype=np.int64), np.zeros(k, dtype=np.int64)

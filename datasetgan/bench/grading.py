@@ -13,6 +13,7 @@ import numpy as np
 from PIL import Image
 
 from ..data import DataError, fit_square, load_image_folder, resize_mask
+from .datasets import class_differences
 from .runner import Results
 
 GOOD_MAX = 0.01
@@ -78,6 +79,9 @@ def grade_folder(folder, reference, n: int = 100, device: str = "cpu", cache_dir
         model = load_segmenter(ref_path, device)
         if model.cfg.in_channels != ds.channels:
             raise DataError(f"{reference}: takes {model.cfg.in_channels}-channel images, {folder} has {ds.channels}")
+        problems = class_differences(str(reference), model.classes, str(folder), ds.classes)
+        if problems:
+            raise DataError("the grading reference and the folder disagree on classes:\n  " + "\n  ".join(problems))
         idx = np.arange(min(n, len(ds)))
         refs = model.predict(ds.images[idx])
         kind = f"model:{model.name}"
@@ -89,7 +93,7 @@ def grade_folder(folder, reference, n: int = 100, device: str = "cpu", cache_dir
         refs = np.stack([found[seeds[i]] for i in idx])
         kind = "masks"
     else:
-        raise FileNotFoundError(f"{reference}: no such segmenter file or mask folder")
+        raise DataError(f"{reference}: no such segmenter file or mask folder")
     out = grade_pairs(ds.masks[idx], refs)
     out.update(folder=str(folder), reference=str(reference), reference_kind=kind,
                seeds=[seeds[i] for i in idx])

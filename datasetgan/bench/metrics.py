@@ -1,4 +1,5 @@
-"""Segmentation scores: mIoU, per-class IoU and Dice, pixel accuracy, HD95.
+"""Segmentation scores: IoU and Dice (per class and mean), pixel accuracy, boundary distances (HD95,
+ASSD, Chamfer, BF score) and calibration (MMCL, ECE).
 
 Conventions (stated in every report):
 
@@ -8,19 +9,32 @@ Conventions (stated in every report):
   the truth but never predicted scores 0.
 * ``miou`` averages over all classes including background (as the seed paper's mIoU);
   ``miou_fg`` and ``mdice_fg`` leave class 0 (background) out.
-* HD95 (95th percentile symmetric Hausdorff distance between mask boundaries, in pixels at the
-  evaluation resolution) is computed per image and foreground class with scipy's exact Euclidean
-  distance transform, as MONAI's ``compute_hausdorff_distance(percentile=95)`` does (a test compares
-  the two). If the class is absent from both prediction and
-  truth the value is skipped (NaN); if it is absent from exactly one of them, the distance is set to
-  the image diagonal (the largest possible), so missed or hallucinated structures are penalised.
-  Per-class HD95 is the mean over images, ``hd95`` the mean over foreground classes.
+* Boundary metrics are computed per image and foreground class, in pixels at the evaluation
+  resolution, from the boundary pixels of the two masks (MONAI's edges and exact Euclidean distance
+  transform): HD95 = the larger of the two directed 95th percentiles (MONAI's
+  HausdorffDistanceMetric), ASSD = the mean of all distances of both directions (MONAI's
+  SurfaceDistanceMetric, symmetric), Chamfer = the mean of the two directed mean distances (eq. 8
+  of the gambling-nets paper), BF = F1 of boundary precision and recall, a boundary pixel counting
+  when its distance to the other boundary is below tau (eq. 9-10); tau = 2 px at 256x256, scaled to
+  the evaluation resolution (0.5 px at 64x64: only boundary pixels lying on the other boundary).
+  Empty masks: a class absent from both prediction and truth is skipped (NaN); absent from exactly
+  one of them, the distances are the image diagonal (the largest possible) and BF is 0, so missed
+  or hallucinated structures are penalised. Per-class values are means over images, the headline
+  value the mean over foreground classes.
+* MMCL (mean maximum class likelihood) is the mean over all pixels of the predicted class'
+  probability; ECE (expected calibration error) uses 15 equal-width confidence bins over all pixels.
 """
+
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
+
+BOUNDARY_KEYS = ("hd95", "assd", "chamfer", "bf")
+BF_TAU_PX, BF_REFERENCE_RESOLUTION = 2.0, 256
+ECE_BINS = 15
 
 
 def confusion_matrix(pred: np.ndarray, truth: np.ndarray, num_classes: int) -> np.ndarray:
@@ -63,50 +77,85 @@ def per_image_iou(pred: np.ndarray, truth: np.ndarray, num_classes: int) -> np.n
     return out
 
 
-def _edges(mask: np.ndarray) -> np.ndarray:
-    """Boundary pixels of a binary mask: the mask minus its erosion (pixels outside count as empty)."""
-    from scipy.ndimage import binary_erosion
+def boundary_distances(pred: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Distances from each boundary pixel of ``pred`` to the nearest boundary pixel of ``truth`` and
+    back (two non-empty binary masks; MONAI's edges and Euclidean distance transform)."""
+    import torch
+    from monai.metrics.utils import get_edge_surface_distance
 
-    return mask & ~binary_erosion(mask, border_value=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # MONAI passes its own deprecated argument
+        _, (d_pt, d_tp), _ = get_edge_surface_distance(torch.as_tensor(pred), torch.as_tensor(truth),
+                                                       symmetric=True, warn_empty=False)
+    return d_pt.double().numpy(), d_tp.double().numpy()
 
 
-def hd95_binary(pred: np.ndarray, truth: np.ndarray) -> float:
-    """Symmetric 95th-percentile Hausdorff distance between the boundaries of two non-empty binary
-    masks: the larger of the two directed 95th percentiles (the definition MONAI uses)."""
-    from scipy.ndimage import distance_transform_edt
+def bf_tau(resolution: int) -> float:
+    """The BF score's tolerance in pixels: 2 px at 256x256, scaled to the evaluation resolution."""
+    return BF_TAU_PX * resolution / BF_REFERENCE_RESOLUTION
 
-    ep, et = _edges(pred), _edges(truth)
-    d_pt = distance_transform_edt(~et)[ep]   # each predicted boundary pixel to the nearest true one
-    d_tp = distance_transform_edt(~ep)[et]
-    return float(max(np.percentile(d_pt, 95), np.percentile(d_tp, 95)))
+
+def boundary_scores(pred: np.ndarray, truth: np.ndarray, num_classes: int, tau: float | None = None) -> dict:
+    """Per image and foreground class, float [N, K-1] each: ``hd95``, ``assd`` (MONAI's definitions),
+    ``chamfer`` (eq. 8: the mean of the two directed mean distances) and ``bf`` (eq. 9-10, tolerance
+    ``tau`` pixels, default :func:`bf_tau`), with the empty-mask convention of the module doc."""
+    pred, truth = np.asarray(pred), np.asarray(truth)
+    n, size = len(truth), truth.shape[1:3]
+    tau = bf_tau(size[0]) if tau is None else tau
+    out = {k: np.full((n, max(num_classes - 1, 0)), np.nan) for k in BOUNDARY_KEYS}
+    diag = math.hypot(*size)
+    for i in range(n):
+        for c in range(1, num_classes):
+            p, t = pred[i] == c, truth[i] == c
+            has_p, has_t = bool(p.any()), bool(t.any())
+            if has_p and has_t:
+                d_pt, d_tp = boundary_distances(p, t)
+                out["hd95"][i, c - 1] = max(np.percentile(d_pt, 95), np.percentile(d_tp, 95))
+                out["assd"][i, c - 1] = (d_pt.sum() + d_tp.sum()) / (len(d_pt) + len(d_tp))
+                out["chamfer"][i, c - 1] = (d_pt.mean() + d_tp.mean()) / 2
+                precision, recall = (d_pt < tau).mean(), (d_tp < tau).mean()
+                out["bf"][i, c - 1] = (2 * precision * recall / (precision + recall)
+                                       if precision + recall else 0.0)
+            elif has_p != has_t:
+                for k in ("hd95", "assd", "chamfer"):
+                    out[k][i, c - 1] = diag
+                out["bf"][i, c - 1] = 0.0
+    return out
 
 
 def hd95(pred: np.ndarray, truth: np.ndarray, num_classes: int) -> np.ndarray:
     """float [N, K-1]: HD95 per image and foreground class, with the conventions in the module doc."""
-    pred, truth = np.asarray(pred), np.asarray(truth)
-    n = len(truth)
-    out = np.full((n, max(num_classes - 1, 0)), np.nan)
-    for i in range(n):
-        diag = math.hypot(*truth.shape[1:3])
-        for c in range(1, num_classes):
-            p, t = pred[i] == c, truth[i] == c
-            has_p, has_t = p.any(), t.any()
-            if has_p and has_t:
-                out[i, c - 1] = hd95_binary(p, t)
-            elif has_p != has_t:
-                out[i, c - 1] = diag
-    return out
+    return boundary_scores(pred, truth, num_classes)["hd95"]
 
 
-def evaluate(pred: np.ndarray, truth: np.ndarray, num_classes: int, with_hd95: bool = True) -> dict:
-    """All scores of a test set, JSON-ready (NaN becomes None)."""
+def calibration(confidence: np.ndarray, correct: np.ndarray, bins: int = ECE_BINS) -> tuple[float, float]:
+    """(MMCL, ECE) over all pixels: MMCL is the mean of the most likely class' probability; ECE sums,
+    over ``bins`` equal-width confidence bins (lo, hi], the share of pixels in the bin times the gap
+    between their accuracy and their mean confidence."""
+    conf = np.asarray(confidence, dtype=np.float64).ravel()
+    ok = np.asarray(correct, dtype=np.float64).ravel()
+    if not conf.size:
+        return math.nan, math.nan
+    idx = np.clip(np.ceil(conf * bins).astype(np.int64) - 1, 0, bins - 1)
+    gap = np.abs(np.bincount(idx, ok, bins) - np.bincount(idx, conf, bins))  # |sum acc - sum conf| per bin
+    return float(conf.mean()), float(gap.sum() / conf.size)
+
+
+def evaluate(pred: np.ndarray, truth: np.ndarray, num_classes: int, confidence: np.ndarray | None = None,
+             boundaries: bool = True) -> dict:
+    """All scores of a test set, JSON-ready (NaN becomes None). ``confidence``: the probability of the
+    predicted class per pixel (float [N, H, W]), for MMCL and ECE."""
     res = scores_from_confusion(confusion_matrix(pred, truth, num_classes))
     res["n_images"] = int(len(truth))
-    if with_hd95:
-        d = hd95(pred, truth, num_classes)
-        per_class = [_nanmean(d[:, c]) for c in range(d.shape[1])]
-        res["hd95_per_class"] = [math.nan] + per_class  # index = class id; background has none
-        res["hd95"] = _nanmean(np.asarray(per_class))
+    if boundaries:
+        per_image = boundary_scores(pred, truth, num_classes)
+        for k, d in per_image.items():
+            per_class = [_nanmean(d[:, c]) for c in range(d.shape[1])]
+            res[f"{k}_per_class"] = [math.nan] + per_class  # index = class id; background has none
+            res[k] = _nanmean(np.asarray(per_class))
+        res["bf_tau_px"] = bf_tau(np.asarray(truth).shape[1])
+    if confidence is not None:
+        res["mmcl"], res["ece"] = calibration(confidence, np.asarray(pred) == np.asarray(truth))
     return to_json(res)
 
 

@@ -23,9 +23,12 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, replace
 
+from ..errors import ConfigError
+
 
 @dataclass
-class TrainConfig:
+class SegmenterTrainConfig:
+    """How a benchmark segmenter is trained (the GAN's is :class:`datasetgan.presets.TrainConfig`)."""
     epochs: int = 4
     batch_size: int = 16
     optimizer: str = "adam"          # adam | sgd
@@ -34,16 +37,21 @@ class TrainConfig:
     weight_decay: float = 1e-4
     poly_power: float = 0.9          # lr * (1 - step/steps) ** power; 0 keeps lr constant
     aux_weight: float = 0.5          # weight of torchvision's auxiliary head loss, when present
-    loss: str = "ce"                 # ce | dice_ce (cross-entropy + soft Dice over foreground classes)
+    loss: str = "ce"                 # a loss spec of .losses, e.g. dice_ce or tversky:alpha=0.7,beta=0.3
+    swa: bool = False                # cosine lr, then stochastic weight averaging over the last epochs
+    hybrid_real_weight: float | None = None  # share of each batch drawn from a hybrid set's real images
     seed: int = 0
 
     def __post_init__(self):
-        if self.loss not in ("ce", "dice_ce"):
-            raise ValueError(f"loss must be ce or dice_ce, got {self.loss!r}")
+        from .losses import parse_loss
+
+        parse_loss(self.loss)
+        if self.hybrid_real_weight is not None and not 0 <= self.hybrid_real_weight <= 1:
+            raise ConfigError(f"the real share of a batch must be in [0, 1], got {self.hybrid_real_weight}")
         if self.optimizer not in ("adam", "sgd"):
-            raise ValueError(f"optimizer must be adam or sgd, got {self.optimizer!r}")
+            raise ConfigError(f"optimizer must be adam or sgd, got {self.optimizer!r}")
         if self.epochs < 1 or self.batch_size < 2:
-            raise ValueError("training needs at least 1 epoch and a batch size of at least 2 "
+            raise ConfigError("training needs at least 1 epoch and a batch size of at least 2 "
                              "(batch norm cannot normalise a single image)")
 
 
@@ -56,7 +64,7 @@ class Profile:
     unet_channels: tuple[int, ...] = (16, 32, 64, 128, 256)
     aux_loss: bool = False
     output_stride: int = 16                    # MobileNetV3 backbones
-    train: TrainConfig = field(default_factory=TrainConfig)
+    train: SegmenterTrainConfig = field(default_factory=SegmenterTrainConfig)
     folds: int = 5
     real_limit: int | None = 500
     hybrid_real: int = 30
@@ -73,7 +81,7 @@ PROFILES = {
         name="paper", resolution=256, models=("deeplabv3",),
         backbones={"deeplabv3": "resnet101", "fcn": "resnet101"},
         unet_channels=(64, 128, 256, 512, 1024), aux_loss=True,
-        train=TrainConfig(epochs=30, batch_size=8, optimizer="sgd", lr=0.01, weight_decay=1e-4),
+        train=SegmenterTrainConfig(epochs=30, batch_size=8, optimizer="sgd", lr=0.01, weight_decay=1e-4),
         folds=5, real_limit=500, hybrid_real=30, synthetic_sizes=(1500, 5000, 10000, 15000), threads=8,
         eval_batch=16),
     "cpu": Profile(
@@ -81,15 +89,15 @@ PROFILES = {
         backbones={"deeplabv3": "mobilenet_v3_large", "fcn": "mobilenet_v3_large"},
         unet_channels=(16, 32, 64, 128, 256), aux_loss=False,
         output_stride=8,
-        train=TrainConfig(epochs=20, batch_size=8, optimizer="adam", lr=1e-3, weight_decay=1e-4, loss="dice_ce"),
+        train=SegmenterTrainConfig(epochs=20, batch_size=8, optimizer="adam", lr=1e-3, weight_decay=1e-4, loss="dice_ce"),
         folds=5, real_limit=500, hybrid_real=30, synthetic_sizes=(1500,), threads=2, eval_batch=64),
 }
 
 
 def get_profile(name: str, **overrides) -> Profile:
     if name not in PROFILES:
-        raise ValueError(f"unknown profile {name!r}; choose from {', '.join(PROFILES)}")
+        raise ConfigError(f"unknown profile {name!r}; choose from {', '.join(PROFILES)}")
     p = PROFILES[name]
-    train_fields = {k: overrides.pop(k) for k in list(overrides) if k in TrainConfig.__dataclass_fields__}
+    train_fields = {k: overrides.pop(k) for k in list(overrides) if k in SegmenterTrainConfig.__dataclass_fields__}
     p = replace(p, train=replace(p.train, **train_fields), **overrides)
     return p

@@ -34,6 +34,11 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
+def method(entry: dict) -> str:
+    """The row's name without its set: model/loss[+post] (older results: the model's name)."""
+    return entry.get("method") or entry["model_name"]
+
+
 def _has(entries, split) -> bool:
     return any(_summary(e, split) for e in entries)
 
@@ -56,19 +61,19 @@ def build_tables(doc: dict) -> str:
             out.append(f"- {name}: `{t.get('path')}`, {t.get('n')} images{extra}")
     out.append("")
     entries = list(exps.values())
-    models = list(dict.fromkeys(e["model_name"] for e in entries))
+    models = list(dict.fromkeys(method(e) for e in entries))
 
     # Seed §III-C: each training set scored on test-G and test-R
     if entries:
         rows = []
         for key, e in exps.items():
             done = len(e.get("folds", []))
-            rows.append([e["set"], e["model_name"], str(e["n_train"]), f"{done}/{e.get('folds_k')}",
+            rows.append([e["set"], method(e), str(e["n_train"]), f"{done}/{e.get('folds_k')}",
                          fmt(_summary(e, "val")), fmt(_summary(e, "test_g")), fmt(_summary(e, "test_r")),
                          fmt(_summary(e, "test_r", "miou_fg")), fmt(_summary(e, "test_r", "mdice_fg")),
                          fmt(_summary(e, "test_r", "hd95"), 2), fmt(_summary(e, "test_r", "pixel_accuracy"))])
         out += ["## Training sets and models (mIoU incl. background unless noted)\n",
-                _table(["training set", "model", "n train", "folds", "mIoU held-out fold", "mIoU test-G",
+                _table(["training set", "model/loss", "n train", "folds", "mIoU held-out fold", "mIoU test-G",
                         "mIoU test-R", "mIoU test-R (no bg)", "Dice test-R (fg mean)", "HD95 test-R (px)",
                         "pixel acc. test-R"], rows), ""]
 
@@ -79,8 +84,8 @@ def build_tables(doc: dict) -> str:
             for key, e in exps.items():
                 dice = _summary(e, split, "dice") or []
                 hd = _summary(e, split, "hd95_per_class") or []
-                rows.append([e["set"], e["model_name"]] + [fmt(d) for d in dice[1:]] + [fmt(h, 2) for h in hd[1:]])
-            head = ["training set", "model"] + [f"Dice {c}" for c in classes[1:]] + [f"HD95 {c}" for c in classes[1:]]
+                rows.append([e["set"], method(e)] + [fmt(d) for d in dice[1:]] + [fmt(h, 2) for h in hd[1:]])
+            head = ["training set", "model/loss"] + [f"Dice {c}" for c in classes[1:]] + [f"HD95 {c}" for c in classes[1:]]
             out += [f"### Per-class Dice and HD95 (px) on {SPLIT_NAMES[split]}\n", _table(head, rows), ""]
 
     # Table I: synthetic set size vs mIoU
@@ -91,7 +96,7 @@ def build_tables(doc: dict) -> str:
             rows = [[f"Dataset size={e['n_train']}" + (f" (annotated={e['set_info'].get('annotated')})"
                                                       if e["set_info"].get("annotated") is not None else ""),
                      fmt(_summary(e, "test_g")), fmt(_summary(e, "test_r"))]
-                    for e in sorted((e for e in synth if e["model_name"] == m), key=lambda e: e["n_train"])]
+                    for e in sorted((e for e in synth if method(e) == m), key=lambda e: e["n_train"])]
             if rows:
                 out += [f"Model: {m}\n", _table(["", "mIoU on test-G", "mIoU on test-R"], rows), ""]
 
@@ -102,7 +107,7 @@ def build_tables(doc: dict) -> str:
         for m in models:
             rows = [[f"Annotated images={e['set_info']['annotated']} (n={e['n_train']})",
                      fmt(_summary(e, "test_g")), fmt(_summary(e, "test_r"))]
-                    for e in sorted((e for e in annotated if e["model_name"] == m),
+                    for e in sorted((e for e in annotated if method(e) == m),
                                     key=lambda e: (e["set_info"]["annotated"], e["n_train"]))]
             if rows:
                 out += [f"Model: {m}\n", _table(["", "mIoU on test-G", "mIoU on test-R"], rows), ""]
@@ -111,7 +116,7 @@ def build_tables(doc: dict) -> str:
     if len(models) > 1:
         out.append("## Table III: segmentation networks compared\n")
         for set_key in dict.fromkeys(e["set"] for e in entries):
-            row_e = {e["model_name"]: e for e in entries if e["set"] == set_key}
+            row_e = {method(e): e for e in entries if e["set"] == set_key}
             rows = []
             for split, label in (("test_g", "mIoU on test-G"), ("test_r", "mIoU on test-R")):
                 if _has(row_e.values(), split):
@@ -164,7 +169,7 @@ def plot_bars(doc: dict) -> bytes | None:
     splits = [s for s in ("test_r", "test_g", "val") if any(_summary(e, s) for e in exps.values())]
     if not exps or not splits:
         return None
-    labels = [f"{e['set']}\n{e['model_name']}" for e in exps.values()]
+    labels = [f"{e['set']}\n{method(e)}" for e in exps.values()]
     x = np.arange(len(labels))
     w = 0.8 / len(splits)
     fig, ax = plt.subplots(figsize=(max(5, 1.4 * len(labels) + 2), 4))

@@ -10,7 +10,7 @@ import hashlib
 import json
 import re
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -18,9 +18,12 @@ import torch
 from filelock import FileLock
 
 from ..atomic import atomic_path, atomic_write_text
-from . import datasets as D
+from ..errors import ConfigError
+from . import datasets
 from .folds import group_kfold, kfold
+from .gate import positive, train_gate
 from .metrics import evaluate, mean_std, to_json
+from .postprocess import area_candidates, choose_min_area, prior_map, remove_small_components
 from .profiles import Profile
 from .segmenters import Segmenter, SegmenterConfig, load_init_weights, save_segmenter
 from .trainer import train_segmenter
@@ -29,28 +32,50 @@ FORMAT = "datasetgan-bench/1"
 METRIC_NOTES = (
     "IoU/Dice/pixel accuracy from one confusion matrix summed over the test set; a class absent from both "
     "truth and prediction in the whole set is skipped (NaN), one never predicted scores 0. miou includes "
-    "background (class 0), miou_fg excludes it. HD95 in pixels at the benchmark resolution, per image and "
-    "foreground class (boundary distances, percentile 95, as MONAI); skipped when the class is absent from both masks, set to the "
-    "image diagonal when absent from exactly one; averaged over images then classes. mean +- std over folds "
-    "(population std). Each fold trains on k-1 parts of the training set; 'val' is its held-out part.")
+    "background (class 0), miou_fg excludes it. HD95, ASSD (MONAI), Chamfer (mean of the two directed mean "
+    "boundary distances) in pixels at the benchmark resolution and BF score (boundary F1, tolerance bf_tau_px: "
+    "2 px at 256x256 scaled to the resolution), per image and foreground class; a class absent from both masks "
+    "is skipped, absent from exactly one scores the image diagonal (BF 0); averaged over images then classes. "
+    "MMCL: mean probability of the predicted class; ECE: 15 equal-width confidence bins, over all pixels. "
+    "mean +- std over folds (population std). Each fold trains on k-1 parts of the training set; 'val' is its "
+    "held-out part. Rows: SET/MODEL/LOSS, +swa (cosine lr then weight averaging), +mincomp (small components "
+    "removed), +gate (image classifier gate), SET/prior (per-pixel majority class of the fold's training masks).")
 SPLITS = ("val", "test_r", "test_g")
-SUMMARY_KEYS = ("miou", "miou_fg", "mdice_fg", "pixel_accuracy", "hd95")
+SUMMARY_KEYS = ("miou", "miou_fg", "mdice_fg", "pixel_accuracy", "hd95", "assd", "chamfer", "bf", "mmcl", "ece",
+                "gate_accuracy")
+PER_CLASS_KEYS = ("dice", "iou", "hd95_per_class", "assd_per_class", "chamfer_per_class", "bf_per_class")
 N_SAMPLES = 6
 
 
 @dataclass
 class Experiment:
-    key: str                       # e.g. "real500/deeplabv3_mobilenet_v3_large"
+    """One row of the benchmark: a model trained with a loss on a set (``model`` None: the prior
+    baseline), or a post-processing of another row's predictions (``post``)."""
+    key: str                       # e.g. "real500/unet/dice_ce", "real500/unet/dice_ce+gate", "real500/prior"
     set_key: str
-    train: D.LabelledSet
-    model: SegmenterConfig
+    train: datasets.LabelledSet
+    model: SegmenterConfig | None
+    loss: str = ""
+    swa: bool = False
+    post: str = ""                 # "" | mincomp | gate
+    derived: list = field(default_factory=list)  # the post-processing rows made from this row's models
+
+
+@dataclass
+class PostProcessing:
+    """The extra rows of a run: from each (set, model)'s first loss, small-component removal, the classifier
+    gate and an SWA retraining; per set, the prior-only baseline."""
+    min_component: int | str | None = None    # pixels, "auto" (chosen on the fold's held-out part) or None
+    classifier_gate: bool = False
+    swa: bool = False                          # also train that loss with a cosine schedule + SWA
+    prior: bool = True                         # the prior-only baseline row of each set
 
 
 @dataclass
 class BenchInputs:
-    train_sets: dict[str, D.LabelledSet]
-    test_r: D.LabelledSet | None = None
-    test_g: D.LabelledSet | None = None
+    train_sets: dict[str, datasets.LabelledSet]
+    test_r: datasets.LabelledSet | None = None
+    test_g: datasets.LabelledSet | None = None
     classes: list = field(default_factory=list)
 
 
@@ -65,38 +90,39 @@ def parse_models(spec: list[str], profile: Profile, in_channels: int, num_classe
                                    unet_channels=profile.unet_channels, output_stride=profile.output_stride))
     names = [c.name for c in out]
     if len(set(names)) != len(names):
-        raise ValueError(f"a model is listed twice: {names}")
+        raise ConfigError(f"a model is listed twice: {names}")
     return out
 
 
 def load_inputs(profile: Profile, sets: list[str], real=None, test_real=None, synthetic=(), test_generated=None,
                 real_limit: int | None = None, hybrid_real: int | None = None, synthetic_sizes=None,
-                drop_uncertain: float = 0.0, annotated=None, subset_seed: int = 0, cache_dir=None) -> BenchInputs:
-    """Load and check every set the run needs."""
+                drop_uncertain: float = 0.0, annotated=None, subset_seed: int = 0, cache_dir=None,
+                class_map: dict[int, int] | None = None) -> BenchInputs:
+    """Load and check every set the run needs; ``class_map`` renumbers the real folders' classes."""
     res = profile.resolution
     unknown = set(sets) - {"real", "synthetic", "hybrid"}
     if unknown:
-        raise ValueError(f"unknown training set(s) {sorted(unknown)}; choose from real, synthetic, hybrid")
+        raise ConfigError(f"unknown training set(s) {sorted(unknown)}; choose from real, synthetic, hybrid")
     if "real" in sets and real is None:
-        raise ValueError("the 'real' training set needs --real DATA")
+        raise ConfigError("the 'real' training set needs --real DATA")
     if ("synthetic" in sets or "hybrid" in sets) and not synthetic:
-        raise ValueError("the 'synthetic' and 'hybrid' training sets need --synthetic DIR")
+        raise ConfigError("the 'synthetic' and 'hybrid' training sets need --synthetic DIR")
     if "hybrid" in sets and real is None:
-        raise ValueError("the 'hybrid' training set needs --real DATA (its real images come from there)")
+        raise ConfigError("the 'hybrid' training set needs --real DATA (its real images come from there)")
     if annotated and len(annotated) != len(synthetic):
-        raise ValueError(f"--annotated gives {len(annotated)} count(s) for {len(synthetic)} synthetic folder(s)")
-    train_sets: dict[str, D.LabelledSet] = {}
+        raise ConfigError(f"--annotated gives {len(annotated)} count(s) for {len(synthetic)} synthetic folder(s)")
+    train_sets: dict[str, datasets.LabelledSet] = {}
     if "real" in sets:
-        s = D.load_real(real, res, real_limit, subset_seed, "--real", cache_dir)
+        s = datasets.load_real(real, res, real_limit, subset_seed, "--real", cache_dir, class_map)
         train_sets[f"real{len(s)}"] = s
     for j, folder in enumerate(synthetic):
         tag = ""
         counts = {}
         if "synthetic" in sets or "hybrid" in sets:
-            available = len(D.list_names(folder))
+            available = len(datasets.list_names(folder))
             sizes = list(synthetic_sizes) if synthetic_sizes else sorted({min(n, available) for n in profile.synthetic_sizes})
             for size in sizes:
-                s = D.load_generated(folder, res, size, drop_uncertain, "--synthetic", cache_dir)
+                s = datasets.load_generated(folder, res, size, drop_uncertain, "--synthetic", cache_dir)
                 if annotated:
                     s.info["annotated"] = int(annotated[j])
                 counts[size] = s
@@ -107,23 +133,23 @@ def load_inputs(profile: Profile, sets: list[str], real=None, test_real=None, sy
                 train_sets[f"synthetic{len(s)}{tag}"] = s
         if "hybrid" in sets:
             k = profile.hybrid_real if hybrid_real is None else hybrid_real
-            r = D.load_real(real, res, k, subset_seed, "--real", cache_dir)
+            r = datasets.load_real(real, res, k, subset_seed, "--real", cache_dir, class_map)
             s = counts[max(counts)]
-            h = D.hybrid(s, r)
+            h = datasets.hybrid(s, r)
             train_sets[f"hybrid{len(s)}+{len(r)}{tag}"] = h
-    test_r = D.load_real(test_real, res, None, 0, "--test-real", cache_dir) if test_real else None
-    test_g = D.load_generated(test_generated, res, None, 0.0, "--test-generated", cache_dir) if test_generated else None
+    test_r = datasets.load_real(test_real, res, None, 0, "--test-real", cache_dir, class_map) if test_real else None
+    test_g = datasets.load_generated(test_generated, res, None, 0.0, "--test-generated", cache_dir) if test_generated else None
     if test_g is not None:
         for name, s in train_sets.items():
             if s.seeds:
                 try:
-                    D.check_disjoint(s, test_g)
-                except D.DataError as e:
-                    raise D.DataError(f"{name}: {e}") from None
+                    datasets.check_disjoint(s, test_g)
+                except datasets.DataError as e:
+                    raise datasets.DataError(f"{name}: {e}") from None
     everything = {**train_sets, **({"test-R": test_r} if test_r else {}), **({"test-G": test_g} if test_g else {})}
     if not everything:
-        raise ValueError("nothing to do: give training data (--real / --synthetic) or test data")
-    classes = D.check_compatible(everything)
+        raise ConfigError("nothing to do: give training data (--real / --synthetic) or test data")
+    classes = datasets.check_compatible(everything)
     return BenchInputs(train_sets, test_r, test_g, classes)
 
 
@@ -196,11 +222,10 @@ def summarise(folds: list[dict], num_classes: int) -> dict:
         rows = [f[split] for f in folds if f.get(split)]
         if not rows:
             continue
-        s = {k: mean_std([r.get(k) for r in rows]) for k in SUMMARY_KEYS}
-        s["dice"] = [mean_std([r["dice"][c] for r in rows]) for c in range(num_classes)]
-        s["iou"] = [mean_std([r["iou"][c] for r in rows]) for c in range(num_classes)]
-        s["hd95_per_class"] = [mean_std([(r.get("hd95_per_class") or [None] * num_classes)[c] for r in rows])
-                               for c in range(num_classes)]
+        s = {k: mean_std([r.get(k) for r in rows]) for k in SUMMARY_KEYS if any(k in r for r in rows)}
+        for k in PER_CLASS_KEYS:
+            if any(k in r for r in rows):
+                s[k] = [mean_std([(r.get(k) or [None] * num_classes)[c] for r in rows]) for c in range(num_classes)]
         s["folds"] = len(rows)
         out[split] = s
     return out
@@ -219,19 +244,68 @@ def save_npy(path: Path, array: np.ndarray) -> None:
             np.save(f, array, allow_pickle=False)
 
 
+def plan_experiments(inputs: BenchInputs, models: list[SegmenterConfig], losses: list[str],
+                     post: PostProcessing) -> list[Experiment]:
+    """Every row of the run: per set the prior baseline, then per model each loss, the first loss with
+    SWA, and the post-processing rows of the first loss."""
+    from .losses import parse_loss
+
+    out = []
+    for sk, s in inputs.train_sets.items():
+        if post.prior:
+            out.append(Experiment(f"{sk}/prior", sk, s, None))
+        for m in models:
+            for i, loss in enumerate(losses):
+                label = parse_loss(loss).label
+                exp = Experiment(f"{sk}/{m.name}/{label}", sk, s, m, loss)
+                out.append(exp)
+                if i == 0:
+                    if post.min_component is not None:
+                        exp.derived.append(Experiment(exp.key + "+mincomp", sk, s, m, loss, post="mincomp"))
+                    if post.classifier_gate:
+                        exp.derived.append(Experiment(exp.key + "+gate", sk, s, m, loss, post="gate"))
+                    if post.swa:
+                        out.append(Experiment(exp.key + "+swa", sk, s, m, loss, swa=True))
+    return out
+
+
+def predict(model: Segmenter, images: np.ndarray, batch: int) -> tuple[np.ndarray, torch.Tensor]:
+    """(label maps uint8 [N, H, W], class probabilities [N, K, H, W])."""
+    probs = model.logits(images, batch).softmax(1)
+    return probs.argmax(1).to(torch.uint8).numpy(), probs
+
+
+def score(pred: np.ndarray, probs: torch.Tensor, truth: np.ndarray, num_classes: int) -> dict:
+    """All metrics of a prediction; the confidence is the probability of the class finally predicted
+    (after any post-processing)."""
+    conf = probs.gather(1, torch.as_tensor(pred.astype(np.int64))[:, None])[:, 0].numpy()
+    return evaluate(pred, truth, num_classes, conf)
+
+
 def run_benchmark(run_dir, inputs: BenchInputs, models: list[SegmenterConfig], profile: Profile,
                   folds: int | None = None, save_models: bool = False, init_weights: dict | None = None,
                   device: str = "cpu", progress: bool = True, log=print, on_fold=None, should_stop=None,
-                  fold_groups: str | None = None, command: str | None = None) -> dict:
-    """Train and score every (training set, model) pair over k folds; returns the results document.
+                  fold_groups: str | None = None, command: str | None = None, losses: list[str] | None = None,
+                  post: PostProcessing | None = None) -> dict:
+    """Train and score every row (see :func:`plan_experiments`) over k folds; returns the results document.
 
-    ``fold_groups``: a regular expression whose match (first group if it has one) in an image name
-    is its group (e.g. ``patient\\d+``); a group's images then stay in one fold."""
+    ``losses``: loss specs (default: the profile's). ``fold_groups``: a regular expression whose match
+    (first group if it has one) in an image name is its group (e.g. ``patient\\d+``); a group's images
+    then stay in one fold."""
     bench = Path(run_dir) / "bench"
-    bench.mkdir(parents=True, exist_ok=True)
+    bench.mkdir(exist_ok=True)
     results = Results(bench)
     k = profile.folds if folds is None else folds
     nc = len(inputs.classes)
+    losses = list(losses or [profile.train.loss])
+    post = post or PostProcessing()
+    if fold_groups:
+        try:
+            re.compile(fold_groups)
+        except re.error as e:
+            raise ConfigError(f"--fold-groups: not a regular expression: {e}") from None
+    if post.min_component == "auto" and k < 2:
+        raise ConfigError("--min-component auto chooses the area on the held-out fold: it needs --folds 2 or more")
     if command:
         results.set(command=command)
     results.set(profile=profile.to_dict(), classes=[c.__dict__ for c in inputs.classes],
@@ -242,75 +316,133 @@ def run_benchmark(run_dir, inputs: BenchInputs, models: list[SegmenterConfig], p
         save_npy(bench / "samples" / "test_r_images.npy", inputs.test_r.images[idx])
         save_npy(bench / "samples" / "test_r_masks.npy", inputs.test_r.masks[idx])
     results.save()
-    experiments = [Experiment(f"{sk}/{m.name}", sk, s, m) for sk, s in inputs.train_sets.items() for m in models]
-    # fold-major order: an interrupted run has every model for its first folds, not one model for all
-    plans = []
-    for exp in experiments:
-        parts = [exp.train.info, len(exp.train), exp.model.to_dict(), profile.train.__dict__, k,
-                 str((init_weights or {}).get(exp.model.arch))]
+    experiments = plan_experiments(inputs, models, losses, post)
+    splits_of = {}
+    for sk, s in inputs.train_sets.items():
+        splits_of[sk] = (group_kfold(name_groups(s.names, fold_groups), k, seed=profile.train.seed) if fold_groups
+                         else kfold(len(s), k, seed=profile.train.seed))
+
+    def open_entry(exp: Experiment, base_fp: str | None = None) -> dict:
+        cfg = _train_config(profile, exp)
+        parts = [exp.train.info, len(exp.train), exp.model.to_dict() if exp.model else None, cfg.__dict__, k,
+                 str((init_weights or {}).get(exp.model.arch if exp.model else None))]
         if fold_groups:
             parts.append(fold_groups)
+        if exp.post:
+            parts += [base_fp, exp.post, post.min_component if exp.post == "mincomp" else None]
         fp = fingerprint(*parts)
         entry = results.doc["experiments"].get(exp.key)
         if not entry or entry.get("fingerprint") != fp:
-            entry = {"set": exp.set_key, "set_info": exp.train.info, "model": exp.model.to_dict(),
-                     "model_name": exp.model.name, "train": profile.train.__dict__, "folds_k": k,
-                     "n_train": len(exp.train), "fingerprint": fp, "folds": []}
+            entry = {"set": exp.set_key, "set_info": exp.train.info,
+                     "model": exp.model.to_dict() if exp.model else None,
+                     "model_name": exp.model.name if exp.model else "prior",
+                     "method": exp.key.split("/", 1)[1], "loss": exp.loss or None, "swa": exp.swa,
+                     "post": exp.post or None, "train": cfg.__dict__, "folds_k": k, "n_train": len(exp.train),
+                     "fingerprint": fp, "fold_groups": fold_groups, "folds": []}
         results.set_experiment(exp.key, entry)
-        if fold_groups:
-            splits = group_kfold(name_groups(exp.train.names, fold_groups), k, seed=profile.train.seed)
-        else:
-            splits = kfold(len(exp.train), k, seed=profile.train.seed)
-        entry["fold_groups"] = fold_groups
-        plans.append((exp, entry, splits))
+        return entry
+
+    plans = []
+    for exp in experiments:
+        entry = open_entry(exp)
+        plans.append((exp, entry, [(d, open_entry(d, entry["fingerprint"])) for d in exp.derived]))
     # experiments of earlier runs that this run does not repeat are kept in results.json as they were
     results.save()
     for f_i in range(k):
-        for e_i, (exp, entry, splits) in enumerate(plans):
+        gates = {}
+        for e_i, (exp, entry, derived) in enumerate(plans):
             if should_stop is not None and should_stop():
                 return results.doc
-            if any(f["fold"] == f_i for f in entry["folds"]):
+            if all(any(f["fold"] == f_i for f in e["folds"]) for e in [entry] + [d for _, d in derived]):
                 log(f"[{exp.key}] fold {f_i + 1}/{k} already done; skipped")
                 continue
-            train, (tr, va) = exp.train, splits[f_i]
             t0, c0 = time.time(), time.process_time()
+            tr, va = splits_of[exp.set_key][f_i]
+            train = exp.train
+            tests = {"val": (train.images[va], train.masks[va]) if len(va) else None,
+                     "test_r": (inputs.test_r.images, inputs.test_r.masks) if inputs.test_r else None,
+                     "test_g": (inputs.test_g.images, inputs.test_g.masks) if inputs.test_g else None}
+            tests = {s: t for s, t in tests.items() if t is not None}
+            base = {"fold": f_i, "n_train": int(len(tr)), "n_val": int(len(va))}
+            if exp.model is None:
+                prior, freq = prior_map(train.masks[tr], nc)
+                rec = dict(base, **{s: evaluate(np.broadcast_to(prior, m.shape), m, nc, np.broadcast_to(freq, m.shape))
+                                    for s, (_, m) in tests.items()})
+                _store(results, entry, rec, nc)
+                log(_fold_line(exp.key, f_i, k, rec))
+                continue
             torch.manual_seed(profile.train.seed + f_i)
             model = Segmenter(exp.model, inputs.classes).to(device)
             if init_weights and init_weights.get(exp.model.arch):
                 load_init_weights(model, init_weights[exp.model.arch])
-            cfg = profile.train.__class__(**{**profile.train.__dict__, "seed": profile.train.seed + f_i})
+            cfg = replace(_train_config(profile, exp), seed=profile.train.seed + f_i)
             desc = f"fold {f_i + 1}/{k} [{e_i + 1}/{len(plans)}] {exp.key}"
-            losses = train_segmenter(model, train.images[tr], train.masks[tr], cfg, progress, desc)
-            rec = {"fold": f_i, "n_train": int(len(tr)), "n_val": int(len(va)), "losses": losses,
-                   "train_seconds": round(time.time() - t0, 1)}
-            if len(va):
-                rec["val"] = evaluate(model.predict(train.images[va], profile.eval_batch), train.masks[va], nc)
-            for split, test in (("test_r", inputs.test_r), ("test_g", inputs.test_g)):
-                if test is not None:
-                    pred = model.predict(test.images, profile.eval_batch)
-                    rec[split] = evaluate(pred, test.masks, nc)
-                    sample = bench / "samples" / f"pred_{safe_name(exp.key)}.npy"
-                    if split == "test_r" and (not entry["folds"] or not sample.is_file()):
-                        save_npy(sample, pred[sample_indices(test.masks)])
+            is_real = np.array([n.startswith("real:") for n in train.names])[tr]
+            losses_seen = train_segmenter(model, train.images[tr], train.masks[tr], cfg, progress, desc,
+                                          is_real=is_real)
+            preds = {s: predict(model, im, profile.eval_batch) for s, (im, _) in tests.items()}
+            rec = dict(base, losses=losses_seen, train_seconds=round(time.time() - t0, 1),
+                       **{s: score(*preds[s], tests[s][1], nc) for s in tests})
+            if "test_r" in preds:
+                sample = bench / "samples" / f"pred_{safe_name(exp.key)}.npy"
+                if not entry["folds"] or not sample.is_file():
+                    save_npy(sample, preds["test_r"][0][sample_indices(inputs.test_r.masks)])
             rec["seconds"] = round(time.time() - t0, 1)
             rec["cpu_seconds"] = round(time.process_time() - c0, 1)  # wall time depends on the machine's load
             if save_models:
                 path = bench / "models" / f"{safe_name(exp.key)}_fold{f_i}.safetensors"
                 save_segmenter(path, model, {"experiment": exp.key, "fold": f_i})
                 rec["model_path"] = str(path)
-            entry["folds"] = sorted([f for f in entry["folds"] if f["fold"] != f_i] + [rec], key=lambda f: f["fold"])
-            entry["summary"] = summarise(entry["folds"], nc)
-            results.save()
-            log(f"[{exp.key}] fold {f_i + 1}/{k}: " + ", ".join(
-                f"{s} mIoU {rec[s]['miou']:.3f}" for s in SPLITS if rec.get(s) and rec[s].get("miou") is not None)
-                + f" ({rec['seconds']:.0f}s)")
+            _store(results, entry, rec, nc)
+            log(_fold_line(exp.key, f_i, k, rec))
+            for d_exp, d_entry in derived:
+                if d_exp.post == "gate" and exp.set_key not in gates:
+                    gates[exp.set_key] = train_gate(train.images[tr], train.masks[tr], cfg)
+                d_rec = dict(base, **postprocess(d_exp.post, preds, tests, nc, post.min_component,
+                                                 gates.get(exp.set_key)))
+                _store(results, d_entry, d_rec, nc)
+                log(_fold_line(d_exp.key, f_i, k, d_rec))
             if on_fold is not None:
                 on_fold(results.doc)
     return results.doc
 
 
-def train_annotator(run_dir, out_path, train: D.LabelledSet, model_cfg: SegmenterConfig, profile: Profile,
-                    test_r: D.LabelledSet | None, classes, init_weights=None, device="cpu", progress=True,
+def postprocess(kind: str, preds: dict, tests: dict, nc: int, min_component, gate) -> dict:
+    """Scores of every split after small-component removal or gating (see :mod:`.postprocess`)."""
+    out = {}
+    if kind == "mincomp":
+        area = min_component
+        if area == "auto":
+            area = choose_min_area(preds["val"][0], tests["val"][1], nc, area_candidates(tests["val"][1].shape[-1]))
+        out["min_area"] = int(area)
+        for s, (pred, probs) in preds.items():
+            out[s] = score(remove_small_components(pred, area), probs, tests[s][1], nc)
+    else:
+        for s, (pred, probs) in preds.items():
+            keep = gate.predict(tests[s][0])
+            out[s] = score(np.where(keep[:, None, None], pred, 0).astype(np.uint8), probs, tests[s][1], nc)
+            out[s]["gate_accuracy"] = float(np.mean(keep == positive(tests[s][1])))
+    return out
+
+
+def _train_config(profile: Profile, exp: Experiment):
+    return replace(profile.train, loss=exp.loss or profile.train.loss, swa=exp.swa)
+
+
+def _store(results: "Results", entry: dict, rec: dict, nc: int) -> None:
+    entry["folds"] = sorted([f for f in entry["folds"] if f["fold"] != rec["fold"]] + [rec], key=lambda f: f["fold"])
+    entry["summary"] = summarise(entry["folds"], nc)
+    results.save()
+
+
+def _fold_line(key: str, f_i: int, k: int, rec: dict) -> str:
+    return f"[{key}] fold {f_i + 1}/{k}: " + ", ".join(
+        f"{s} mIoU {rec[s]['miou']:.3f}" for s in SPLITS if rec.get(s) and rec[s].get("miou") is not None) + (
+        f" ({rec['seconds']:.0f}s)" if "seconds" in rec else "")
+
+
+def train_annotator(run_dir, out_path, train: datasets.LabelledSet, model_cfg: SegmenterConfig, profile: Profile,
+                    test_r: datasets.LabelledSet | None, classes, init_weights=None, device="cpu", progress=True,
                     log=print) -> dict:
     """Train one segmenter on all real labels, save it to ``out_path`` and score it on test-R: the
     ceiling of a run whose interpreter learns from this model's masks instead of a person's."""

@@ -25,6 +25,7 @@ from torch import nn
 
 from ..checkpoint import CheckpointError, load_tensors, save_tensors
 from ..data import ClassInfo
+from ..errors import ConfigError
 
 ARCHITECTURES = ("deeplabv3", "fcn", "unet")
 BACKBONES = ("resnet101", "resnet50", "mobilenet_v3_large")
@@ -44,16 +45,16 @@ class SegmenterConfig:
 
     def __post_init__(self):
         if self.arch not in ARCHITECTURES:
-            raise ValueError(f"unknown segmenter {self.arch!r}; choose from {', '.join(ARCHITECTURES)}")
+            raise ConfigError(f"unknown segmenter {self.arch!r}; choose from {', '.join(ARCHITECTURES)}")
         if self.arch != "unet" and self.backbone not in BACKBONES:
-            raise ValueError(f"unknown backbone {self.backbone!r}; choose from {', '.join(BACKBONES)}")
+            raise ConfigError(f"unknown backbone {self.backbone!r}; choose from {', '.join(BACKBONES)}")
         if self.output_stride not in (8, 16):
-            raise ValueError(f"output stride must be 8 or 16, got {self.output_stride}")
+            raise ConfigError(f"output stride must be 8 or 16, got {self.output_stride}")
         if self.in_channels < 1 or self.num_classes < 2:
-            raise ValueError("a segmenter needs at least 1 input channel and 2 classes")
+            raise ConfigError("a segmenter needs at least 1 input channel and 2 classes")
         self.unet_channels = tuple(int(c) for c in self.unet_channels)
         if self.arch == "unet" and self.resolution % (2 ** (len(self.unet_channels) - 1)):
-            raise ValueError(f"U-Net with {len(self.unet_channels)} levels needs a resolution divisible "
+            raise ConfigError(f"U-Net with {len(self.unet_channels)} levels needs a resolution divisible "
                              f"by {2 ** (len(self.unet_channels) - 1)}, got {self.resolution}")
 
     @property
@@ -91,7 +92,7 @@ def _mobilenet_model(arch: str, num_classes: int, aux_loss: bool, output_stride:
     from torchvision.models.segmentation.fcn import FCN, FCNHead
 
     if output_stride not in (8, 16):
-        raise ValueError(f"output stride must be 8 or 16, got {output_stride}")
+        raise ConfigError(f"output stride must be 8 or 16, got {output_stride}")
     settings, last_channel = _mobilenet_v3_conf("mobilenet_v3_large", dilated=True)
     if output_stride == 8:
         strided = [i for i, c in enumerate(settings) if c.stride > 1]
@@ -219,7 +220,7 @@ def load_init_weights(model: Segmenter, path) -> list[str]:
     convolution is averaged to the model's channel count. Returns the keys that were loaded."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: weights file not found")
+        raise CheckpointError(f"{path}: weights file not found")
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
         state = load_file(str(path))
@@ -238,6 +239,6 @@ def load_init_weights(model: Segmenter, path) -> list[str]:
         if v.shape == own[k].shape:
             loaded[k] = v
     if not loaded:
-        raise ValueError(f"{path}: no tensor in this file matches the {model.name} network")
+        raise ConfigError(f"{path}: no tensor in this file matches the {model.name} network")
     model.net.load_state_dict(loaded, strict=False)
     return sorted(loaded)

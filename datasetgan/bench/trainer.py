@@ -1,14 +1,20 @@
-"""Training a segmenter on image + mask arrays (cross-entropy or cross-entropy + soft Dice, AdamW or
-SGD, polynomial lr decay)."""
+"""Training a segmenter on image + mask arrays: any loss of :mod:`.losses`, AdamW or SGD, polynomial lr
+decay, or a cosine schedule followed by stochastic weight averaging (``swa``: the last quarter of the
+epochs at a constant lr, the weights averaged at the end of each of those epochs, batch-norm
+statistics recomputed for the average; torch.optim.swa_utils)."""
 from __future__ import annotations
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .profiles import TrainConfig
+from ..errors import ConfigError
+
+from .losses import Loss, parse_loss
+from .profiles import SegmenterTrainConfig
 from .segmenters import Segmenter
+
+SWA_LR_FRACTION = 0.1  # the SWA phase runs at lr / 10, the floor of the cosine before it
 
 
 def batches(n: int, batch_size: int, rng: np.random.Generator) -> list[np.ndarray]:
@@ -27,66 +33,107 @@ def steps_per_epoch(n: int, batch_size: int) -> int:
     return len(batches(n, batch_size, np.random.default_rng(0)))
 
 
-def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """1 - mean soft Dice of the foreground classes over the batch; counters the background prior
-    that plain cross-entropy settles in when structures are small."""
-    k = logits.shape[1]
-    p = logits.float().softmax(1)
-    onehot = F.one_hot(target, k).permute(0, 3, 1, 2).float()
-    inter = (p * onehot).sum((0, 2, 3))
-    denom = p.sum((0, 2, 3)) + onehot.sum((0, 2, 3))
-    dice = (2 * inter + 1.0) / (denom + 1.0)
-    return 1 - dice[1:].mean()
+def mixed_batches(is_real: np.ndarray, batch_size: int, real_weight: float,
+                  rng: np.random.Generator) -> list[np.ndarray]:
+    """One epoch of batches (as many as :func:`batches` makes) in which round(real_weight * size) images
+    of each batch are real and the rest synthetic; each part is drawn from its own reshuffled stream,
+    so the rarer part repeats within an epoch and the other is not exhausted."""
+    is_real = np.asarray(is_real, dtype=bool)
+    real, synth = np.flatnonzero(is_real), np.flatnonzero(~is_real)
+    if not 0 <= real_weight <= 1:
+        raise ConfigError(f"the real share of a batch must be in [0, 1], got {real_weight}")
+    if (real_weight > 0 and not len(real)) or (real_weight < 1 and not len(synth)):
+        raise ConfigError("a real share needs both real and synthetic images in the training set")
+    streams = {True: _stream(real, rng), False: _stream(synth, rng)}
+    out = []
+    for size in map(len, batches(len(is_real), batch_size, rng)):
+        k = int(round(real_weight * size))
+        out.append(np.array([next(streams[True]) for _ in range(k)] +
+                            [next(streams[False]) for _ in range(size - k)], dtype=np.int64))
+    return out
 
 
-def segmentation_loss(logits: torch.Tensor, target: torch.Tensor, kind: str) -> torch.Tensor:
-    loss = F.cross_entropy(logits, target)
-    return loss + soft_dice_loss(logits, target) if kind == "dice_ce" else loss
+def _stream(idx: np.ndarray, rng: np.random.Generator):
+    while len(idx):
+        yield from rng.permutation(idx)
 
 
-def train_segmenter(model: Segmenter, images: np.ndarray, masks: np.ndarray, cfg: TrainConfig,
-                    progress: bool = True, desc: str = "train", should_stop=None) -> list[float]:
-    """Train ``model`` in place on uint8 images [N, C, R, R] and masks [N, R, R]; returns epoch losses."""
+def _optimiser(params, cfg: SegmenterTrainConfig) -> torch.optim.Optimizer:
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def swa_epochs(epochs: int) -> int:
+    """Epochs at the end of an SWA run whose weights are averaged: the last quarter (at least one)."""
+    return max(1, epochs // 4)
+
+
+def train_segmenter(model: Segmenter, images: np.ndarray, masks: np.ndarray, cfg: SegmenterTrainConfig,
+                    progress: bool = True, desc: str = "train", should_stop=None,
+                    is_real: np.ndarray | None = None) -> list[float]:
+    """Train ``model`` in place on uint8 images [N, C, R, R] and masks [N, R, R]; returns epoch losses.
+    ``is_real`` flags the real images of a hybrid set, for ``cfg.hybrid_real_weight``."""
     if len(images) != len(masks):
-        raise ValueError(f"{len(images)} images but {len(masks)} masks")
+        raise ConfigError(f"{len(images)} images but {len(masks)} masks")
     if len(images) < 2:
-        raise ValueError("training needs at least 2 images (batch norm)")
+        raise ConfigError("training needs at least 2 images (batch norm)")
     if images.shape[-1] != model.resolution:
-        raise ValueError(f"images are {images.shape[-1]}px but the segmenter is for {model.resolution}px")
+        raise ConfigError(f"images are {images.shape[-1]}px but the segmenter is for {model.resolution}px")
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     device = next(model.parameters()).device
-    params = [p for p in model.parameters() if p.requires_grad]
-    if cfg.optimizer == "sgd":
-        opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    opt = _optimiser([p for p in model.parameters() if p.requires_grad], cfg)
+    per_epoch = steps_per_epoch(len(images), cfg.batch_size)
+    total = cfg.epochs * per_epoch
+    if cfg.swa:
+        from torch.optim.swa_utils import SWALR, AveragedModel, update_bn
+
+        swa_from = cfg.epochs - swa_epochs(cfg.epochs)
+        swa_lr = cfg.lr * SWA_LR_FRACTION
+        averaged = AveragedModel(model)
+        # cosine from lr down to the SWA lr over the epochs before averaging (at least one step)
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(swa_from * per_epoch, 1), eta_min=swa_lr)
+        swa_sched = SWALR(opt, swa_lr=swa_lr, anneal_epochs=1)
     else:
-        opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    total = cfg.epochs * steps_per_epoch(len(images), cfg.batch_size)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: (1 - min(s, total - 1) / total) ** cfg.poly_power if cfg.poly_power else 1.0)
+        swa_from = cfg.epochs
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda s: (1 - min(s, total - 1) / total) ** cfg.poly_power if cfg.poly_power else 1.0)
+    mixed = cfg.hybrid_real_weight is not None and is_real is not None and np.any(is_real)
+    loss_fn = Loss(parse_loss(cfg.loss))
     model.train()
     losses = []
     bar = tqdm(total=total, desc=desc, disable=not progress, leave=False, dynamic_ncols=True)
-    for _ in range(cfg.epochs):
+    for epoch in range(cfg.epochs):
         running, count = 0.0, 0
-        for idx in batches(len(images), cfg.batch_size, rng):
+        order = (mixed_batches(is_real, cfg.batch_size, cfg.hybrid_real_weight, rng) if mixed
+                 else batches(len(images), cfg.batch_size, rng))
+        for idx in order:
             x = model.normalise(images[idx]).to(device)
             y = torch.as_tensor(masks[idx].astype(np.int64)).to(device)
             out = model(x)
-            loss = segmentation_loss(out["out"], y, cfg.loss)
+            loss = loss_fn(out["out"], y)
             if "aux" in out:
-                loss = loss + cfg.aux_weight * segmentation_loss(out["aux"], y, cfg.loss)
+                loss = loss + cfg.aux_weight * loss_fn(out["aux"], y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            sched.step()
+            if epoch < swa_from:
+                sched.step()
             running += loss.item() * len(idx)
             count += len(idx)
             bar.update(1)
             bar.set_postfix(loss=f"{loss.item():.3f}")
             if should_stop is not None and should_stop():
                 break
+        if epoch >= swa_from:
+            averaged.update_parameters(model)
+            swa_sched.step()
         losses.append(running / max(count, 1))
     bar.close()
+    if cfg.swa:
+        loader = [model.normalise(images[idx]).to(device) for idx in batches(len(images), cfg.batch_size, rng)]
+        update_bn(loader, averaged)
+        model.load_state_dict(averaged.module.state_dict())
     model.eval()
     return losses

@@ -1,4 +1,8 @@
-"""The ``datasetgan`` command. Sub-commands load lazily, so ``--help`` is instant."""
+"""The ``datasetgan`` command. Sub-commands load lazily, so ``--help`` is instant.
+
+Every sub-command is a :class:`Command`: the project's errors (:class:`DatasetganError`) raised
+anywhere below it become a one-line click error here, so no command catches them itself.
+"""
 from __future__ import annotations
 
 import importlib
@@ -6,11 +10,14 @@ import importlib.util
 
 import click
 
+from ..errors import DatasetganError
+
 # name -> module under datasetgan.cli defining a click command called ``command``
 COMMANDS = {
     "train": "train",
     "fid": "fid",
     "annotate": "annotate",
+    "project": "project",
     "interpret": "interpret",
     "generate": "generate",
     "serve": "serve",
@@ -19,7 +26,23 @@ COMMANDS = {
 }
 
 
-class LazyGroup(click.Group):
+class ReportsErrors:
+    """Reports a :class:`DatasetganError` as ``Error: <message>`` (exit 1), without a traceback."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except DatasetganError as e:
+            raise click.ClickException(str(e)) from None
+
+
+class Command(ReportsErrors, click.Command):
+    """The class of every sub-command (``@click.command(cls=Command)``), so it reports errors when
+    invoked alone too (tests invoke sub-commands without the group)."""
+
+
+class LazyGroup(ReportsErrors, click.Group):
+
     def list_commands(self, ctx):
         return sorted(n for n in COMMANDS if importlib.util.find_spec(f"datasetgan.cli.{COMMANDS[n]}"))
 
@@ -38,6 +61,7 @@ def main():
     The pipeline, each stage writing into one run folder:
       datasetgan train DATA --out RUN        StyleGAN2-ADA on a folder of images
       datasetgan annotate RUN --n 30         paint masks on 30 generated images in a browser
+      datasetgan project RUN IMAGES --out D  find the generator input of real images (GAN inversion)
       datasetgan interpret RUN               train the style interpreter on those masks
       datasetgan generate RUN --n 1000       write image + mask pairs by seed
       datasetgan serve --runs RUNS           stream pairs over REST

@@ -1,228 +1,21 @@
-"""``datasetgan annotate``: render seed images into the run's annotation set and serve the page."""
+"""``datasetgan annotate``: render seed images into the run's annotation set and serve the page.
+
+The work is done by :mod:`datasetgan.annotation_sources`; this command parses options and calls it."""
 from __future__ import annotations
 
-import json
-import re
 import socket
 from pathlib import Path
 
 import click
-import numpy as np
 
-from ..annotations import ITEM_ID, AnnotationError, AnnotationSet, item_id, render_items
-from ..data import DataError, ClassInfo, locate, read_labels, read_mask
+from ..annotation_sources import (diverse_seeds, import_masks, import_real, pre_annotate_with_interpreter,
+                                  pre_annotate_with_model, resolve_classes)
+from ..annotations import AnnotationSet, item_id, render_items
+from ..atomic import remove_stale_temps
 from ..runfolder import RunFolder
-
-MAX_SEED = 10 ** 8 - 1          # item ids hold 8 digits
-DATA_KEYS = ("data", "data_dir", "dataset", "training_data", "data_path")
-
-
-def parse_seeds(text: str) -> list[int]:
-    """'1,2,5-9' -> [1, 2, 5, 6, 7, 8, 9] (order kept, repeats dropped)."""
-    seeds: list[int] = []
-    for part in (p.strip() for p in text.split(",")):
-        if re.fullmatch(r"[0-9]+", part):
-            seeds.append(int(part))
-        elif m := re.fullmatch(r"([0-9]+)\s*-\s*([0-9]+)", part):
-            lo, hi = int(m[1]), int(m[2])
-            if hi < lo or hi - lo > 100_000:
-                raise click.BadParameter(f"range {part} must go upwards and hold at most 100001 seeds")
-            seeds.extend(range(lo, hi + 1))
-        elif part:
-            raise click.BadParameter(f"{part!r} is not a seed or a range like 5-9")
-    bad = [s for s in seeds if s > MAX_SEED]
-    if bad:
-        raise click.BadParameter(f"seeds must be in 0..{MAX_SEED}, got {bad[:5]}")
-    if not seeds:
-        raise click.BadParameter("no seeds given")
-    return list(dict.fromkeys(seeds))
-
-
-def random_seeds(n: int, rng_seed: int) -> list[int]:
-    """n distinct seeds from a seeded RNG; the first k of n are the same for every n >= k."""
-    rng = np.random.default_rng(rng_seed)
-    out: dict[int, None] = {}
-    while len(out) < n:
-        out.setdefault(int(rng.integers(0, MAX_SEED + 1)), None)
-    return list(out)
-
-
-def diverse_seeds(G, n: int, rng_seed: int, pool: int | None = None) -> list[int]:
-    """n seeds spread over the latent space: farthest-point sampling on w over a pool of candidates."""
-    import torch
-
-    from ..render import seed_latent
-
-    candidates = random_seeds(pool or max(1000, 20 * n), rng_seed)
-    with torch.no_grad():
-        z = torch.stack([seed_latent(s, G.cfg.z_dim) for s in candidates])
-        device = next(G.parameters()).device
-        w = torch.cat([G.mapping(z[i:i + 256].to(device))[:, 0].cpu() for i in range(0, len(z), 256)])
-    w = w.double()
-    # start from the candidate nearest the mean w (a typical image), then add the farthest each time
-    chosen = [int((w - w.mean(0)).norm(dim=1).argmin())]
-    dist = (w - w[chosen[0]]).norm(dim=1)
-    while len(chosen) < min(n, len(candidates)):
-        k = int(dist.argmax())
-        chosen.append(k)
-        dist = torch.minimum(dist, (w - w[k]).norm(dim=1))
-    return [candidates[k] for k in chosen]
-
-
-def training_labels(run: RunFolder) -> Path | None:
-    """The labels.json of the data the generator was trained on, if the run records that folder."""
-    for meta_file in (run.generator.with_suffix(".json"), run.training / "options.json",
-                      run.training / "config.json", run.training / "training_options.json"):
-        try:
-            meta = json.loads(meta_file.read_text())
-        except (OSError, ValueError):
-            continue
-        for holder in (meta, meta.get("config", {}) if isinstance(meta.get("config"), dict) else {},
-                       meta.get("training", {}) if isinstance(meta.get("training"), dict) else {}):
-            for key in DATA_KEYS:
-                value = holder.get(key)
-                if isinstance(value, str) and value:
-                    try:
-                        labels = locate(value)[2]
-                    except DataError:
-                        continue
-                    if labels is not None:
-                        return labels
-    return None
-
-
-def resolve_classes(run: RunFolder, aset: AnnotationSet, labels: str | None) -> list[ClassInfo] | None:
-    """Classes to store (or None to keep the set's own labels.json)."""
-    try:
-        if labels:
-            new = read_labels(labels)
-            if aset.labels_path.is_file():
-                old = aset.classes()
-                masks = [r.id for r in aset.records() if aset.path(r.id, "mask").is_file()]
-                if old != new and masks:
-                    raise click.ClickException(
-                        f"{aset.labels_path} already defines {len(old)} classes and {len(masks)} masks use them; "
-                        f"{labels} differs. Omit --labels to keep the set's classes.")
-            return new
-        if aset.labels_path.is_file():
-            aset.classes()  # validates
-            return None
-        found = training_labels(run)
-        if found is not None:
-            click.echo(f"classes: {found} (the training data's labels.json)")
-            return read_labels(found)
-    except DataError as e:
-        raise click.ClickException(str(e)) from None
-    raise click.ClickException(
-        "no classes: pass --labels labels.json, e.g. "
-        '{"classes": [{"id": 0, "name": "background", "color": "#000000"}, '
-        '{"id": 1, "name": "organ", "color": "#e6194b"}]}')
-
-
-def import_masks(aset: AnnotationSet, folder: Path) -> int:
-    """Import label maps DIR/<item id or seed>.png; every file is checked before any is saved."""
-    if not folder.is_dir():
-        raise click.ClickException(f"--import {folder}: not a folder")
-    files = sorted(p for p in folder.iterdir() if p.suffix.lower() == ".png" and not p.name.startswith("."))
-    if not files:
-        raise click.ClickException(f"--import {folder}: no PNG label maps found")
-    n_classes = len(aset.classes())
-    known = set(aset.ids())
-    plan, problems = [], []
-    for f in files:
-        stem = f.stem
-        if ITEM_ID.fullmatch(stem) and stem.isascii():
-            item = stem
-        elif stem.isdigit() and stem.isascii() and int(stem) < 10 ** 8:
-            item = item_id(int(stem))
-        else:
-            problems.append(f"{f.name}: name must be an item id (seed_00000042.png) or a seed (42.png)")
-            continue
-        if item not in known:
-            problems.append(f"{f.name}: no item {item} in the set (render it first with --seeds {int(item[5:])})")
-            continue
-        try:
-            mask = read_mask(f)
-        except DataError as e:
-            problems.append(str(e))
-            continue
-        res = aset.record(item).resolution
-        if mask.shape != (res, res):
-            problems.append(f"{f.name}: mask is {mask.shape[1]}x{mask.shape[0]}, expected {res}x{res}")
-        elif mask.size and int(mask.max()) >= n_classes:
-            bad = sorted(int(v) for v in np.unique(mask) if v >= n_classes)
-            problems.append(f"{f.name}: unknown class id(s) {bad}; classes are 0..{n_classes - 1}")
-        else:
-            plan.append((item, mask))
-    if problems:
-        raise click.ClickException("nothing imported:\n  " + "\n  ".join(problems))
-    for item, mask in plan:
-        aset.save_mask(item, mask, state="done", source="import")
-    return len(plan)
-
-
-def unlabelled(aset: AnnotationSet) -> list:
-    return [r for r in aset.records() if r.state == "todo" and not aset.path(r.id, "mask").is_file()]
-
-
-def pre_annotate_with_model(aset: AnnotationSet, model_path: str) -> int:
-    from PIL import Image
-
-    path = Path(model_path)
-    if not path.is_file():
-        raise click.ClickException(f"--pre-annotate {model_path}: no such file (or use the keyword 'interpreter')")
-    try:
-        from ..bench.segmenters import load_segmenter
-    except ImportError:
-        raise click.ClickException("--pre-annotate MODEL needs datasetgan.bench.segmenters (the benchmark stage), "
-                                   "which this installation does not have yet") from None
-    try:
-        seg = load_segmenter(path)
-    except Exception as e:  # a bad model file: report, do not trace back
-        raise click.ClickException(f"--pre-annotate {model_path}: cannot load the segmenter ({e})") from None
-    n_classes = len(aset.classes())
-    if len(seg.classes) != n_classes:
-        raise click.ClickException(f"{model_path} predicts {len(seg.classes)} classes but the set has {n_classes}")
-    todo = unlabelled(aset)
-    for rec in todo:
-        img = aset.image(rec.id)
-        if seg.resolution != rec.resolution:
-            img = np.asarray(Image.fromarray(img).resize((seg.resolution, seg.resolution), Image.BILINEAR))
-        x = (img[..., None] if img.ndim == 2 else img).transpose(2, 0, 1)[None]
-        mask = np.asarray(seg.predict(np.ascontiguousarray(x)))[0].astype(np.uint8)
-        if mask.shape[0] != rec.resolution:
-            mask = np.asarray(Image.fromarray(mask).resize((rec.resolution, rec.resolution), Image.NEAREST))
-        aset.save_mask(rec.id, np.minimum(mask, n_classes - 1), state="pre-annotated", source=f"model:{path.stem}")
-    return len(todo)
-
-
-def pre_annotate_with_interpreter(aset: AnnotationSet, run: RunFolder) -> int:
-    if not run.interpreter.is_file():
-        raise click.ClickException(f"--pre-annotate interpreter: {run.interpreter} does not exist; "
-                                   "train it with `datasetgan interpret RUN` first")
-    try:
-        from ..factory import PairFactory
-    except ImportError:
-        raise click.ClickException("--pre-annotate interpreter needs datasetgan.factory (the interpreter stage), "
-                                   "which this installation does not have yet") from None
-    factory = PairFactory(run.root)
-    if len(factory.classes) != len(aset.classes()):
-        raise click.ClickException(f"the interpreter predicts {len(factory.classes)} classes but the set has "
-                                   f"{len(aset.classes())}")
-    todo = unlabelled(aset)
-    by_truncation: dict[float, list] = {}
-    for rec in todo:
-        by_truncation.setdefault(rec.truncation, []).append(rec)
-    for truncation, recs in by_truncation.items():
-        for rec, pair in zip(recs, factory.pairs([r.seed for r in recs], truncation=truncation)):
-            image = aset.image(rec.id)
-            shown = pair.image[..., 0] if pair.image.ndim == 3 and pair.image.shape[2] == 1 else pair.image
-            if shown.shape != image.shape or not np.array_equal(shown, image):
-                click.echo(f"warning: the interpreter's image for {rec.id} differs from the annotated one "
-                           f"(noise mode {rec.noise_mode}?); skipped", err=True)
-                continue
-            aset.save_mask(rec.id, pair.mask, state="pre-annotated", source="interpreter")
-    return len(todo)
+from ..seeds import parse_seeds, random_seeds
+from . import Command
+from .project import make_config, perceptual_network, projector_options
 
 
 def check_port(host: str, port: int) -> int:
@@ -236,7 +29,15 @@ def check_port(host: str, port: int) -> int:
         raise click.ClickException(f"cannot serve on {host}:{port} ({e.strerror}); choose another --port") from None
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+def run_generator(rf: RunFolder, device: str):
+    if not rf.generator.is_file():
+        raise click.ClickException(f"{rf.generator} does not exist; run `datasetgan train DATA --out {rf.root}` first")
+    from ..checkpoint import load_generator
+
+    return load_generator(rf.generator, device)
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]}, cls=Command)
 @click.argument("run", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--n", "n", type=click.IntRange(1, 10_000), default=None,
               help="Number of seed images to render (default 30 for a new set; a set that already has "
@@ -254,6 +55,11 @@ def check_port(host: str, port: int) -> int:
               help="labels.json with the classes (default: the set's own, else the training data's).")
 @click.option("--import", "import_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Import label maps painted elsewhere: DIR/<item id or seed>.png (class ids).")
+@click.option("--import-real", "import_real_dir", type=click.Path(file_okay=False, exists=True, path_type=Path),
+              default=None, help="Import real labelled images (DIR/images/, DIR/masks/, DIR/labels.json): each is "
+              "projected into the generator and stored with its expert mask as a finished annotation "
+              "(real, projected). The projector options below apply.")
+@projector_options
 @click.option("--pre-annotate", "pre_annotate", default=None, metavar="MODEL|interpreter",
               help="Fill empty masks from a segmentation model file, or from the run's interpreter; "
                    "they are marked pre-annotated until a person edits them.")
@@ -264,8 +70,9 @@ def check_port(host: str, port: int) -> int:
               help="Port to serve the page on (0: any free port).")
 @click.option("--no-serve", is_flag=True, help="Prepare the images (and imports) but do not start the page.")
 @click.option("--device", default="cpu", show_default=True, help="Torch device used to render.")
-def command(run, n, seeds, diverse, random_seed, truncation, noise_mode, labels, import_dir, pre_annotate,
-            auto_model, host, port, no_serve, device):
+def command(run, n, seeds, diverse, random_seed, truncation, noise_mode, labels, import_dir, import_real_dir,
+            steps, perceptual, optimize_noise, batch, seed, fit, pre_annotate, auto_model, host, port, no_serve,
+            device):
     """Render seed images of a trained generator and paint their masks in a browser.
 
     \b
@@ -276,29 +83,29 @@ def command(run, n, seeds, diverse, random_seed, truncation, noise_mode, labels,
       datasetgan annotate runs/acdc64 --n 30 --diverse
       datasetgan annotate runs/acdc64 --seeds 1,2,5-9 --labels data/labels.json --port 8800
       datasetgan annotate runs/acdc64 --import painted/ --no-serve
+      datasetgan annotate runs/acdc64 --import-real labelled/ --steps 300 --no-serve
       datasetgan annotate runs/acdc64 --pre-annotate interpreter
     """
     rf = RunFolder(run)
     if not rf.root.is_dir():
         raise click.ClickException(f"{run}: not a run folder (train one with `datasetgan train DATA --out {run}`)")
     aset = AnnotationSet(rf.annotations)
-    classes = resolve_classes(rf, aset, labels)
-    if classes is not None:
-        aset.set_classes(classes)
+    for folder in (aset.dir, aset.dir / "history"):  # left by killed saves (not by one in progress)
+        remove_stale_temps(folder, min_age_s=600)
+    if import_real_dir is None or labels or aset.labels_path.is_file():  # else the import brings its classes
+        classes = resolve_classes(rf, aset, labels, echo=click.echo)
+        if classes is not None:
+            aset.set_classes(classes)
 
-    explicit = parse_seeds(seeds) if seeds else None
+    try:
+        explicit = parse_seeds(seeds) if seeds else None
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="--seeds") from None
     if explicit is not None and n is not None:
         raise click.UsageError("give either --n or --seeds, not both")
-    wanted = explicit is not None or n is not None or not aset.ids()
+    wanted = explicit is not None or n is not None or (not aset.ids() and import_real_dir is None)
+    G = run_generator(rf, device) if wanted or auto_model or import_real_dir is not None else None
     if wanted or auto_model:
-        if not rf.generator.is_file():
-            raise click.ClickException(f"{rf.generator} does not exist; run `datasetgan train DATA --out {run}` first")
-        from ..checkpoint import CheckpointError, load_generator
-
-        try:
-            G = load_generator(rf.generator, device)
-        except CheckpointError as e:
-            raise click.ClickException(str(e)) from None
         stale = [r.id for r in aset.records() if r.generator_sha256 and r.generator_sha256 != G.sha256]
         if stale:
             click.echo(f"warning: {len(stale)} item(s) (e.g. {stale[0]}) were rendered by a different generator; "
@@ -311,34 +118,31 @@ def command(run, n, seeds, diverse, random_seed, truncation, noise_mode, labels,
         new = [s for s in chosen if not aset.path(item_id(s), "record").is_file()]
         from tqdm import tqdm
 
-        try:
-            for s in tqdm(new, desc="render", unit="img", disable=not new):
-                render_items(aset, G, [s], truncation=truncation, noise_mode=noise_mode)
-        except (AnnotationError, ValueError) as e:
-            raise click.ClickException(str(e)) from None
+        for s in tqdm(new, desc="render", unit="img", disable=not new):
+            render_items(aset, G, [s], truncation=truncation, noise_mode=noise_mode)
         click.echo(f"{len(chosen)} seed image(s) chosen, {len(new)} newly rendered into {aset.dir}")
     else:
         chosen = None
 
-    try:
-        if import_dir is not None:
-            click.echo(f"imported {import_masks(aset, import_dir)} mask(s) from {import_dir}")
-        if pre_annotate:
-            done = (pre_annotate_with_interpreter(aset, rf) if pre_annotate == "interpreter"
-                    else pre_annotate_with_model(aset, pre_annotate))
-            click.echo(f"pre-annotated {done} item(s) with {pre_annotate}")
-        if auto_model:
-            try:
-                from ..bench.autoannotate import auto_annotate
-            except ImportError:
-                raise click.ClickException("--auto needs datasetgan.bench.autoannotate (the benchmark stage), "
-                                           "which this installation does not have yet") from None
-            if not Path(auto_model).is_file():
-                raise click.ClickException(f"--auto {auto_model}: no such file")
-            auto_annotate(rf.root, auto_model, len(chosen), seeds=chosen)
-            click.echo(f"auto-annotated {len(chosen)} item(s) with {auto_model}")
-    except AnnotationError as e:
-        raise click.ClickException(str(e)) from None
+    if import_real_dir is not None:
+        cfg = make_config(steps, perceptual, optimize_noise, batch, seed)
+        new = import_real(aset, G, import_real_dir, cfg, perceptual_network(cfg, run, device), fit, progress=True)
+        for rec in (aset.record(i) for i in new):
+            click.echo(f"{rec.id} <- {rec.real_name}: PSNR {rec.psnr:.2f} dB, SSIM {rec.ssim:.4f}")
+        click.echo(f"imported {len(new)} real image(s) from {import_real_dir} (already there are skipped)")
+    if import_dir is not None:
+        click.echo(f"imported {import_masks(aset, import_dir)} mask(s) from {import_dir}")
+    if pre_annotate:
+        done = (pre_annotate_with_interpreter(aset, rf, warn=lambda m: click.echo(m, err=True))
+                if pre_annotate == "interpreter" else pre_annotate_with_model(aset, pre_annotate))
+        click.echo(f"pre-annotated {done} item(s) with {pre_annotate}")
+    if auto_model:
+        if not Path(auto_model).is_file():
+            raise click.ClickException(f"--auto {auto_model}: no such file")
+        from ..bench.autoannotate import auto_annotate
+
+        auto_annotate(rf.root, auto_model, len(chosen), seeds=chosen)
+        click.echo(f"auto-annotated {len(chosen)} item(s) with {auto_model}")
 
     recs = aset.records()
     done = sum(r.state == "done" for r in recs)

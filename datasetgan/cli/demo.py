@@ -5,8 +5,10 @@ from pathlib import Path
 
 import click
 
+from . import Command
 
-@click.command("demo")
+
+@click.command("demo", cls=Command)
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("demo-output"),
               show_default=True, help="Folder for the pairs (and a working copy of the demo run).")
 @click.option("--run", "run_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
@@ -47,12 +49,10 @@ def command(out, run_dir, port, n, keep_serving, make_data, resolution, seed):
     if n > 256:
         raise click.UsageError("--n: the demo streams at most 256 pairs; for more, use `datasetgan generate` "
                                "or a job (POST /v1/models/{id}/jobs)")
-    from ..demo import DemoError, run_demo
+    from ..demo import run_demo
 
     try:
         run_demo(out=out, run_dir=run_dir, port=port, n=n, keep_serving=keep_serving, echo=click.echo)
-    except DemoError as e:
-        raise click.ClickException(str(e)) from None
     except KeyboardInterrupt:
         click.echo("\nInterrupted; the service has been stopped.", err=True)
         raise SystemExit(130) from None

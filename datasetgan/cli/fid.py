@@ -5,8 +5,10 @@ from pathlib import Path
 
 import click
 
+from . import Command
 
-@click.command("fid")
+
+@click.command("fid", cls=Command)
 @click.argument("source", type=click.Path(exists=True, path_type=Path))
 @click.argument("data", type=click.Path(file_okay=False, path_type=str))
 @click.option("--n", "n_images", type=int, default=5000, show_default=True,
@@ -34,9 +36,9 @@ def command(source, data, n_images, truncation, seed, batch, threads, fast, as_j
 
     import torch
 
-    from ..checkpoint import CheckpointError, load_generator
-    from ..data import DataError, load_image_folder
-    from ..fid import FIDError, FIDEvaluator
+    from ..checkpoint import load_generator
+    from ..data import load_image_folder
+    from ..fid import FIDEvaluator
     from ..runfolder import RunFolder
 
     if threads:
@@ -46,18 +48,12 @@ def command(source, data, n_images, truncation, seed, batch, threads, fast, as_j
     path = RunFolder(source).generator if source.is_dir() else source
     if not path.is_file():
         raise click.ClickException(f"{path} does not exist; run `datasetgan train` first")
-    try:
-        G = load_generator(path)
-        ds = load_image_folder(data, G.cfg.resolution, masks="ignore")
-    except (CheckpointError, DataError) as e:
-        raise click.ClickException(str(e)) from None
+    G = load_generator(path)
+    ds = load_image_folder(data, G.cfg.resolution, masks="ignore")
     if ds.channels != G.cfg.img_channels:
         raise click.ClickException(f"{data} has {ds.channels}-channel images, the generator makes "
                                    f"{G.cfg.img_channels}-channel images")
-    try:
-        score = FIDEvaluator(ds.images, n_images, seed=seed, batch=batch, reference=not fast)(G, truncation=truncation)
-    except FIDError as e:
-        raise click.ClickException(str(e)) from None
+    score = FIDEvaluator(ds.images, n_images, seed=seed, batch=batch, reference=not fast)(G, truncation=truncation)
     if as_json:
         click.echo(json.dumps({"fid": score, "generated": n_images, "real": len(ds), "generator": str(path),
                                "data": data, "resolution": G.cfg.resolution, "truncation": truncation,

@@ -3,11 +3,14 @@ from __future__ import annotations
 
 import click
 
+from . import Command
 
-@click.command(name="generate")
+
+@click.command(name="generate", cls=Command)
 @click.argument("run", type=click.Path(file_okay=False, path_type=str))
-@click.option("--n", "n", required=True, type=click.IntRange(1), help="Number of seeds.")
+@click.option("--n", "n", type=click.IntRange(1), help="Number of seeds (from --seed-start).")
 @click.option("--seed-start", default=0, show_default=True, type=click.IntRange(0), help="First seed.")
+@click.option("--seeds", "seed_list", default=None, help="Explicit seeds instead of --n, e.g. 1,5-9.")
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=str),
               help="Output folder (new or empty).")
 @click.option("--truncation", default=1.0, show_default=True, type=click.FloatRange(0, 2),
@@ -18,33 +21,65 @@ import click
 @click.option("--drop-uncertain", default=0.0, show_default=True, type=click.FloatRange(0, 1),
               help="Drop this fraction of the pairs with the highest uncertainty score.")
 @click.option("--shard-size", default=1000, show_default=True, type=click.IntRange(1), help="Pairs per tar shard.")
+@click.option("--prefix", default="shard", show_default=True, help="Shard file names: PREFIX-000000.tar, ...")
+@click.option("--ray", "ray_address", default=None, is_flag=False, flag_value="auto",
+              help="Make the shards on a Ray cluster (--format wds): `--ray` or `--ray auto` joins the cluster "
+                   "of `ray start`, `--ray local` starts one on this machine, or give its address.")
+@click.option("--workers", default=None, type=click.IntRange(1),
+              help="Ray workers, each holding the models once (default: one per CPU of the cluster, "
+                   "one per GPU with --device cuda).")
 @click.option("--device", default="cpu", show_default=True, help="torch device, e.g. cpu or cuda.")
 @click.option("--threads", default=None, type=click.IntRange(1), help="CPU threads (default: torch's choice).")
-def command(run, n, seed_start, out, truncation, batch_size, fmt, drop_uncertain, shard_size, device, threads):
-    """Generate N image + mask pairs from seeds S..S+N-1 of RUN's generator and interpreter.
+def command(run, n, seed_start, seed_list, out, truncation, batch_size, fmt, drop_uncertain, shard_size, prefix,
+            ray_address, workers, device, threads):
+    """Generate N image + mask pairs from seeds S..S+N-1 (or --seeds) of RUN's generator and interpreter.
 
     Each pair is a pure function of the models, the seed and the truncation: the same command gives
     the same bytes. The folder format is a canonical data folder (images/, masks/, overlays/,
-    uncertainty/, records/, labels.json, manifest.json); --format wds writes tar shards with the
-    files {seed:08d}.image.png, .mask.png, .overlay.png, .uncertainty.png and .json.
+    uncertainty/, records/, labels.json, manifest.json); --format wds writes tar shards
+    PREFIX-000000.tar, ... with the files {seed:08d}.image.png, .mask.png, .overlay.png,
+    .uncertainty.png and .json, and a manifest listing every shard with its seeds and SHA-256.
+    Shards are written atomically; rerunning the same command continues after the finished shards.
+    With --ray the shards are made by a pool of Ray workers (pip install 'datasetgan[ray]'),
+    byte-identical to a local run; OUT must be a path every worker sees.
 
     \b
-    Example:
+    Examples:
       datasetgan generate runs/acdc64 --n 1000 --seed-start 0 --out runs/acdc64/generated/set1 \\
           --drop-uncertain 0.1
+      datasetgan generate runs/acdc64 --seeds 1,5-9 --out runs/acdc64/generated/few
+      datasetgan generate runs/acdc64 --n 1000000 --format wds --shard-size 1000 --ray auto --out /shared/set2
     """
+    from ..seeds import SeedError, parse_seeds
+
+    if (n is None) == (seed_list is None):
+        raise click.UsageError("give either --n (with --seed-start) or --seeds")
+    try:
+        seeds = parse_seeds(seed_list) if seed_list is not None else range(seed_start, seed_start + n)
+    except SeedError as e:
+        raise click.BadParameter(str(e), param_hint="--seeds") from None
+    if ray_address is not None and fmt != "wds":
+        raise click.UsageError("--ray writes tar shards: add --format wds")
+
     import torch
 
-    from ..factory import FactoryError, PairFactory, generate
+    from ..factory import PairFactory, generate
 
     if threads:
         torch.set_num_threads(threads)
+    factory = PairFactory(run, device="cpu" if ray_address else device)
+    pool = None
+    if ray_address is not None:
+        from ..raygen import RayWorkers
+
+        pool = RayWorkers(ray_address, run, device=device, workers=workers, threads=threads,
+                          hashes=(factory.generator_sha256, factory.interpreter_sha256))
     try:
-        factory = PairFactory(run, device=device)
-        manifest = generate(factory, range(seed_start, seed_start + n), out, truncation=truncation,
-                            batch_size=batch_size, fmt=fmt, drop_uncertain=drop_uncertain, shard_size=shard_size,
-                            progress=True)
-    except FactoryError as e:
-        raise click.ClickException(str(e)) from None
+        manifest = generate(factory, seeds, out, truncation=truncation, batch_size=batch_size, fmt=fmt,
+                            drop_uncertain=drop_uncertain, shard_size=shard_size, prefix=prefix, progress=True,
+                            workers=pool)
+    finally:
+        if pool is not None:
+            pool.close()
     click.echo(f"wrote {len(manifest['seeds_kept'])} pairs to {out} "
                f"(dropped {len(manifest['seeds_dropped'])} most uncertain)")

@@ -1,13 +1,14 @@
 """``datasetgan interpret RUN``: train the style interpreter on the run's annotations."""
 from __future__ import annotations
 
-import json
 import time
 
 import click
 
+from . import Command
 
-@click.command(name="interpret")
+
+@click.command(name="interpret", cls=Command)
 @click.argument("run", type=click.Path(file_okay=False, path_type=str))
 @click.option("--members", default=10, show_default=True, type=click.IntRange(1, 100), help="Ensemble size.")
 @click.option("--epochs", default=10, show_default=True, type=click.IntRange(1), help="Epochs per member (upper bound).")
@@ -30,8 +31,9 @@ def command(run, members, epochs, patience, lr, batch_size, pixels_per_epoch, hi
             include_pre_annotated, seed, device, threads):
     """Train the style interpreter (an ensemble of pixel classifiers) on RUN/annotations.
 
-    Uses every annotation in state "done" (and "pre-annotated" with --include-pre-annotated),
-    re-rendering each seed with its own truncation and noise mode. Writes
+    Uses every annotation in state "done" (and "pre-annotated" with --include-pre-annotated):
+    painted seeds, re-rendered with their own truncation and noise mode, and real images imported
+    with `datasetgan annotate RUN --import-real DIR`, rendered from their stored projections. Writes
     RUN/interpreter.safetensors + .json and a log of every epoch in RUN/interpret/log.jsonl.
 
     \b
@@ -40,16 +42,18 @@ def command(run, members, epochs, patience, lr, batch_size, pixels_per_epoch, hi
     """
     import torch
 
-    from ..annotations import AnnotationError, AnnotationSet
-    from ..checkpoint import CheckpointError, load_generator
-    from ..data import DataError
-    from ..features import FeatureError, render_annotated
+    from .. import jsonlog
+    from ..annotations import AnnotationSet
+    from ..atomic import remove_stale_temps
+    from ..checkpoint import load_generator
+    from ..features import render_annotated
     from ..interpreter import InterpreterConfig, InterpreterInfo, save_interpreter, train_interpreter
     from ..runfolder import RunFolder
 
     if threads:
         torch.set_num_threads(threads)
     rf = RunFolder(run)
+    remove_stale_temps(rf.root, "interpreter.*")  # what a killed `interpret` left half-written
     if not rf.generator.is_file():
         raise click.ClickException(f"{rf.generator} does not exist; run `datasetgan train` first")
     if not rf.annotations.is_dir():
@@ -63,29 +67,24 @@ def command(run, members, epochs, patience, lr, batch_size, pixels_per_epoch, hi
         raise click.BadParameter(f"{e}", param_hint="--hidden") from None
     log_path = rf.root / "interpret" / "log.jsonl"
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        G = load_generator(rf.generator, device)
-        aset = AnnotationSet(rf.annotations)
-        classes = aset.classes()
-        feats, masks, records = render_annotated(G, aset, include_pre_annotated, progress=True)
-        modes = sorted({r.noise_mode for r in records})
-        if len(modes) > 1:
-            raise click.ClickException(f"annotations mix noise modes {modes}; the interpreter needs one")
-        info = InterpreterInfo(feats.taps, classes, G.cfg.resolution, G.cfg.img_channels, G.sha256, modes[0],
-                               [r.id for r in records])
-        del G  # training needs only the features; the generator's weights would add to the peak
-        click.echo(f"{len(records)} annotated images, {feats.channels} feature channels from {len(feats.taps)} taps "
-                   f"({feats.nbytes() / 2**20:.0f} MiB at native resolution, float16)")
-        with open(log_path, "a") as logf:
-            def log(line):
-                logf.write(json.dumps({"time": time.time(), **line}) + "\n")
-                logf.flush()
+    G = load_generator(rf.generator, device)
+    aset = AnnotationSet(rf.annotations)
+    classes = aset.classes()
+    feats, masks, records = render_annotated(G, aset, include_pre_annotated, progress=True)
+    # the noise mode the factory renders new seeds with; real images bring their own noise maps
+    modes = sorted({r.noise_mode for r in records if r.kind != "real"}) or ["const"]
+    if len(modes) > 1:
+        raise click.ClickException(f"annotations mix noise modes {modes}; the interpreter needs one")
+    info = InterpreterInfo(feats.taps, classes, G.cfg.resolution, G.cfg.img_channels, G.sha256, modes[0],
+                           [r.id for r in records])
+    del G  # training needs only the features; the generator's weights would add to the peak
+    click.echo(f"{len(records)} annotated images, {feats.channels} feature channels from {len(feats.taps)} taps "
+               f"({feats.nbytes() / 2**20:.0f} MiB at native resolution, float16)")
+    def log(line):
+        jsonlog.append(log_path, {"time": time.time(), **line})
 
-            log({"event": "start", "config": cfg.to_dict(), "annotations": info.annotations})
-            interp = train_interpreter(feats.to(device), masks, info, cfg,
-                                       log=log, progress=True)
-            sha = save_interpreter(rf.interpreter, interp)
-            log({"event": "saved", "path": str(rf.interpreter), "sha256": sha})
-    except (AnnotationError, DataError, FeatureError, CheckpointError) as e:
-        raise click.ClickException(str(e)) from None
+    log({"event": "start", "config": cfg.to_dict(), "annotations": info.annotations})
+    interp = train_interpreter(feats.to(device), masks, info, cfg, log=log, progress=True)
+    sha = save_interpreter(rf.interpreter, interp)
+    log({"event": "saved", "path": str(rf.interpreter), "sha256": sha})
     click.echo(f"wrote {rf.interpreter} (sha256 {sha[:12]}...)")

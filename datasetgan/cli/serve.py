@@ -7,8 +7,10 @@ from pathlib import Path
 
 import click
 
+from . import Command
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]}, cls=Command)
 @click.option("--runs", "runs_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Folder of run folders; each run with a generator and an interpreter is a model.")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")

@@ -1,12 +1,15 @@
 """``datasetgan train``: StyleGAN2-ADA on a folder of images."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
 from ..presets import PRESETS
+from . import Command
 
 
-@click.command("train")
+@click.command("train", cls=Command)
 @click.argument("data", type=click.Path(file_okay=False, path_type=str))
 @click.option("--out", "run_dir", required=True, type=click.Path(file_okay=False, path_type=str),
               help="Run folder; training writes RUN/training/ and RUN/generator.safetensors.")
@@ -19,7 +22,9 @@ from ..presets import PRESETS
 @click.option("--resume", is_flag=True, help="Continue from RUN/training's newest snapshot.")
 @click.option("--aug", type=click.Choice(["ada", "fixed", "none"]), default=None,
               help="Augmentation: adaptive p (default), a fixed --p, or none.")
-@click.option("--p", "aug_p", type=float, default=None, help="Augmentation probability (fixed mode) or start value.")
+@click.option("--p", "--aug-p", "aug_p", type=float, default=None,
+              help="Augmentation probability (fixed mode) or start value (write --aug-p under torchrun, "
+                   "which takes --p for its own --print-completion).")
 @click.option("--target", "ada_target", type=float, default=None, help="ADA's target for r_t (default 0.6).")
 @click.option("--augpipe", type=str, default=None, help="Augmentation groups: letters of 'bgc' (default bgc).")
 @click.option("--batch", type=int, default=None, help="Minibatch size (default from the preset).")
@@ -66,14 +71,35 @@ def command(data, run_dir, preset, kimg, snap_kimg, resume, aug, aug_p, ada_targ
 
     import torch
 
-    from .. import training
-    from ..data import DataError, load_image_folder
-    from ..presets import TrainConfig, make_config
+    from .. import distributed
 
     if threads:
         torch.set_num_threads(threads)
     if kimg <= 0 or snap_kimg <= 0:
         raise click.UsageError("--kimg and --snap must be positive")
+    group = distributed.join(device)  # one rank of a torchrun launch, or the only process
+    try:
+        _train(group, data, run_dir, preset, kimg, snap_kimg, resume, fid_images, log_kimg, grid_seeds,
+               keep_snapshots, limit, progress, overrides=dict(
+                   aug=aug, aug_p=aug_p, ada_target=ada_target, augpipe=augpipe, batch=batch, r1_gamma=r1_gamma,
+                   channel_base=channel_base, channel_max=channel_max, mapping_layers=mapping_layers,
+                   ada_kimg=ada_kimg, resolution=resolution, mirror=mirror, seed=seed))
+    finally:
+        distributed.leave()
+
+
+def _train(group, data, run_dir, preset, kimg, snap_kimg, resume, fid_images, log_kimg, grid_seeds, keep_snapshots,
+           limit, progress, overrides):
+    from .. import training
+    from ..atomic import remove_stale_temps
+    from ..data import load_image_folder
+    from ..presets import TrainConfig, make_config
+
+    def say(text: str) -> None:  # rank 0 speaks for all
+        if group.main:
+            click.echo(text, err=True)
+
+    device = group.device
     run = training.RunFolder(run_dir)
     snapshot = training.latest_snapshot(run.training)
     if resume and snapshot is None:
@@ -81,59 +107,62 @@ def command(data, run_dir, preset, kimg, snap_kimg, resume, aug, aug_p, ada_targ
     if not resume and snapshot is not None:
         raise click.UsageError(f"{run_dir} already holds a training run; pass --resume to continue it "
                                "or choose another --out")
+    # what a killed run left half-written (this run's own files only: other stages may be writing)
+    for folder, names in ((run.training, "*"), (run.root, "generator.*")) if group.main else ():
+        remove_stale_temps(folder, names)
+    if resume:
+        tensors, meta = training.load_snapshot(snapshot)
+        cfg = TrainConfig.from_dict(meta["config"])
+        if click.get_current_context().get_parameter_source("preset").name != "DEFAULT" and preset != cfg.preset:
+            raise click.UsageError(f"--preset {preset}: the run was trained with preset {cfg.preset}, which "
+                                   "resuming keeps; drop --preset, or train a new run with another --out")
+        ignored = [k for k, v in overrides.items() if v is not None and v != getattr(cfg, k)]
+        if ignored:
+            say(f"note: resuming keeps the run's configuration; ignoring --{', --'.join(ignored)}")
+    else:
+        cfg = make_config(preset, **overrides)
 
-    overrides = dict(aug=aug, aug_p=aug_p, ada_target=ada_target, augpipe=augpipe, batch=batch,
-                     r1_gamma=r1_gamma, channel_base=channel_base,
-                     channel_max=channel_max, mapping_layers=mapping_layers, ada_kimg=ada_kimg, resolution=resolution, mirror=mirror, seed=seed)
-    try:
-        if resume:
-            tensors, meta = training.load_snapshot(snapshot)
-            cfg = TrainConfig.from_dict(meta["config"])
-            ignored = [k for k, v in overrides.items() if v is not None and v != getattr(cfg, k)]
-            if ignored:
-                click.echo(f"note: resuming keeps the run's configuration; ignoring --{', --'.join(ignored)}", err=True)
-        else:
-            cfg = make_config(preset, **overrides)
-    except (ValueError, training.TrainingError) as e:
-        raise click.ClickException(str(e)) from None
-
-    try:
-        ds = load_image_folder(data, cfg.resolution, masks="ignore", limit=limit)
-    except DataError as e:
-        raise click.ClickException(str(e)) from None
+    ds = load_image_folder(data, cfg.resolution, masks="ignore", limit=limit)
     if not resume:
         cfg.img_channels = ds.channels
     elif ds.channels != cfg.img_channels:
         raise click.ClickException(f"{data} has {ds.channels}-channel images but the run was trained on "
                                    f"{cfg.img_channels}-channel images")
-    click.echo(f"{len(ds)} images {ds.resolution}x{ds.resolution}x{ds.channels} from {data}; preset {cfg.preset}, "
-               f"batch {cfg.batch}, augmentation {cfg.aug}", err=True)
+    ranks = f" over {group.world_size} ranks ({cfg.batch // group.world_size} each)" if group.active else ""
+    say(f"{len(ds)} images {ds.resolution}x{ds.resolution}x{ds.channels} from {data}; preset {cfg.preset}, "
+        f"batch {cfg.batch}{ranks}, augmentation {cfg.aug}")
 
     try:
-        trainer = training.Trainer(cfg, ds.images, device=device)
+        trainer = training.Trainer(cfg, ds.images, device=device, group=group)
+    except training.TrainingError:
+        raise
     except (RuntimeError, AssertionError) as e:  # no such device, or no driver for it
         raise click.ClickException(f"--device {device}: {e}") from None
     if resume:
         trainer.load_state(tensors, meta)
-        training.truncate_log(run.training / "log.jsonl", trainer.nimg)
-        click.echo(f"resumed from {snapshot.name}: {trainer.nimg} images seen, step {trainer.step_count}, "
-                   f"p {trainer.p:.3f}", err=True)
+        saved = meta["state"].get("shares", 1)
+        if saved != trainer.num_shares:
+            say(f"note: the run was saved by {saved} rank(s) and continues on {trainer.num_shares}: training "
+                "goes on from the snapshot, but no longer bit-exactly as the original run would have")
+        torn = training.truncate_log(run.training / "log.jsonl", trainer.nimg) if group.main else []
+        if torn:
+            say(f"note: dropped {len(torn)} torn line(s) (line {', '.join(map(str, torn))}) of "
+                f"{run.training / 'log.jsonl'}, cut short when the run was stopped")
+        say(f"resumed from {snapshot.name}: {trainer.nimg} images seen, step {trainer.step_count}, p {trainer.p:.3f}")
 
     fid = None
-    if fid_images > 0:
-        from ..fid import FIDError, FIDEvaluator
+    if fid_images > 0 and group.main:  # rank 0 alone scores snapshots
+        from ..fid import FIDEvaluator
 
-        try:
-            fid = FIDEvaluator(ds.images, fid_images, device=device)
-        except FIDError as e:
-            raise click.ClickException(str(e)) from None
+        fid = FIDEvaluator(ds.images, fid_images, device=device)
 
     reals = ds.images[:min(32, len(ds))].transpose(0, 2, 3, 1)
     opts = training.LoopOptions(kimg=kimg, snap_kimg=snap_kimg, log_kimg=log_kimg, grid_seeds=grid_seeds,
-                                keep_snapshots=keep_snapshots, progress=progress, fid=fid)
+                                keep_snapshots=keep_snapshots, progress=progress, fid=fid,
+                                data=str(Path(data).resolve()))
     try:
         training.train(trainer, run_dir, opts, reals_grid=reals)
     except KeyboardInterrupt:
         raise click.ClickException(f"interrupted at {trainer.nimg} images; `--resume` continues from the "
                                    "last snapshot") from None
-    click.echo(f"done: {trainer.nimg} images seen; generator in {run.generator}", err=True)
+    say(f"done: {trainer.nimg} images seen; generator in {run.generator}")
