@@ -5,14 +5,14 @@ import contextlib
 
 import click
 
-from . import Command
+from . import SEEDS, Command
 
 
 @click.command(name="generate", cls=Command)
 @click.argument("run", type=click.Path(file_okay=False, path_type=str))
 @click.option("--n", "n", type=click.IntRange(1), help="Number of seeds (from --seed-start).")
 @click.option("--seed-start", default=0, show_default=True, type=click.IntRange(0), help="First seed.")
-@click.option("--seeds", "seed_list", default=None, help="Explicit seeds instead of --n, e.g. 1,5-9.")
+@click.option("--seeds", "seed_list", type=SEEDS, default=None, help="Explicit seeds instead of --n, e.g. 1,5-9.")
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=str),
               help="Output folder (new or empty).")
 @click.option("--truncation", default=1.0, show_default=True, type=click.FloatRange(0, 2),
@@ -52,14 +52,9 @@ def command(run, n, seed_start, seed_list, out, truncation, batch_size, fmt, dro
       datasetgan generate runs/acdc64 --seeds 1,5-9 --out runs/acdc64/generated/few
       datasetgan generate runs/acdc64 --n 1000000 --format wds --shard-size 1000 --ray auto --out /shared/set2
     """
-    from ..seeds import SeedError, parse_seeds
-
     if (n is None) == (seed_list is None):
         raise click.UsageError("give either --n (with --seed-start) or --seeds")
-    try:
-        seeds = parse_seeds(seed_list) if seed_list is not None else range(seed_start, seed_start + n)
-    except SeedError as e:
-        raise click.BadParameter(str(e), param_hint="--seeds") from None
+    seeds = seed_list if seed_list is not None else range(seed_start, seed_start + n)
     if ray_address is not None and fmt != "wds":
         raise click.UsageError("--ray writes tar shards: add --format wds")
 

@@ -5,8 +5,11 @@ from pathlib import Path
 
 import click
 
-from ..presets import PRESETS
-from . import Command
+from ..presets import PRESETS, TrainConfig
+from ..training import LoopOptions
+from . import Command, defaults
+
+CONFIG, LOOP = defaults(TrainConfig), defaults(LoopOptions)
 
 
 @click.command("train", cls=Command)
@@ -25,33 +28,40 @@ from . import Command
 @click.option("--p", "--aug-p", "aug_p", type=float, default=None,
               help="Augmentation probability (fixed mode) or start value (write --aug-p under torchrun, "
                    "which takes --p for its own --print-completion).")
-@click.option("--target", "ada_target", type=float, default=None, help="ADA's target for r_t (default 0.6).")
-@click.option("--augpipe", type=str, default=None, help="Augmentation groups: letters of 'bgc' (default bgc).")
+@click.option("--target", "ada_target", type=float, default=None,
+              help=f"ADA's target for r_t (default {CONFIG['ada_target']}).")
+@click.option("--augpipe", type=str, default=None,
+              help=f"Augmentation groups: letters of 'bgc' (default {CONFIG['augpipe']}).")
 @click.option("--batch", type=int, default=None, help="Minibatch size (default from the preset).")
 @click.option("--gamma", "r1_gamma", type=float, default=None, help="R1 weight (default from the preset).")
 @click.option("--cbase", "channel_base", type=int, default=None, help="Channel base (default from the preset).")
 @click.option("--cmax", "channel_max", type=int, default=None, help="Channel maximum (default from the preset).")
 @click.option("--map", "mapping_layers", type=int, default=None, help="Mapping network depth (default from the preset).")
 @click.option("--ada-kimg", type=float, default=None,
-              help="ADA speed: thousands of images for p to go from 0 to 1 (preset default: 100 for "
-                   "cpu-tiny and cpu-small, else the paper's 500).")
+              help="ADA speed: thousands of images for p to go from 0 to 1 (default from the preset: "
+                   + ", ".join(f"{name} {PRESETS[name].get('ada_kimg', CONFIG['ada_kimg']):g}" for name in PRESETS)
+                   + ").")
 @click.option("--resolution", type=int, default=None, help="Override the preset's resolution (power of two).")
 @click.option("--mirror/--no-mirror", default=None, help="Also train on x-flipped copies of the images.")
-@click.option("--seed", type=int, default=None, help="Random seed of the run (default 0).")
+@click.option("--seed", type=int, default=None, help=f"Random seed of the run (default {CONFIG['seed']}).")
 @click.option("--fid", "fid_images", type=int, default=1000, show_default=True,
               help="Generated images for the FID at each snapshot (0: no FID). Few images bias FID up; "
                    "1000 takes a few minutes on a CPU, the papers use 50000.")
 @click.option("--log-kimg", type=float, default=None, help="A log.jsonl line every this many kimg (default snap/4).")
-@click.option("--grid", "grid_seeds", type=int, default=32, show_default=True, help="Seeds 0..N-1 in the sample grid.")
-@click.option("--keep", "keep_snapshots", type=int, default=2, show_default=True, help="Snapshots kept on disk (0: all).")
+@click.option("--grid", "grid_seeds", type=int, default=LOOP["grid_seeds"], show_default=True,
+              help="Seeds 0..N-1 in the sample grid.")
+@click.option("--keep", "keep_snapshots", type=int, default=LOOP["keep_snapshots"], show_default=True,
+              help="Snapshots kept on disk (0: all).")
 @click.option("--limit", type=int, default=None, help="Use only the first N images (sorted by name).")
 @click.option("--threads", type=int, default=None, help="CPU threads for PyTorch (default: PyTorch's choice).")
 @click.option("--device", default="cpu", show_default=True,
               help="torch device for G and D, e.g. cuda (the paper256 preset is meant for a GPU).")
 @click.option("--progress/--no-progress", default=True, help="Show a progress bar.")
+@click.option("--dry-run", is_flag=True,
+              help="Print the resolved configuration (preset, overrides, automatic R1 gamma) and stop.")
 def command(data, run_dir, preset, kimg, snap_kimg, resume, aug, aug_p, ada_target, augpipe, batch, r1_gamma,
-            channel_base, channel_max, mapping_layers, ada_kimg, resolution, mirror, seed, fid_images, log_kimg, grid_seeds, keep_snapshots, limit, threads, device,
-            progress):
+            channel_base, channel_max, mapping_layers, ada_kimg, resolution, mirror, seed, fid_images, log_kimg,
+            grid_seeds, keep_snapshots, limit, threads, device, progress, dry_run):
     """Train a StyleGAN2-ADA generator on the images in DATA.
 
     DATA is a folder of PNG/JPEG images (or DATA/images/). Images are cropped to a square and
@@ -65,6 +75,11 @@ def command(data, run_dir, preset, kimg, snap_kimg, resume, aug, aug_p, ada_targ
       datasetgan train ../shared/data/acdc/train --out runs/acdc64 --preset cpu-small --kimg 50 --snap 5
       datasetgan train ../shared/data/acdc/train --out runs/acdc64 --kimg 100 --resume   # later: continue
     """
+    overrides = dict(aug=aug, aug_p=aug_p, ada_target=ada_target, augpipe=augpipe, batch=batch, r1_gamma=r1_gamma,
+                     channel_base=channel_base, channel_max=channel_max, mapping_layers=mapping_layers,
+                     ada_kimg=ada_kimg, resolution=resolution, mirror=mirror, seed=seed)
+    if dry_run:
+        return print_config(run_dir, preset, resume, overrides)
     from stylegan2_ops import tune_allocator
 
     tune_allocator()  # before the first large allocation; nearly halves step time on the CPU
@@ -80,26 +95,18 @@ def command(data, run_dir, preset, kimg, snap_kimg, resume, aug, aug_p, ada_targ
     group = distributed.join(device)  # one rank of a torchrun launch, or the only process
     try:
         _train(group, data, run_dir, preset, kimg, snap_kimg, resume, fid_images, log_kimg, grid_seeds,
-               keep_snapshots, limit, progress, overrides=dict(
-                   aug=aug, aug_p=aug_p, ada_target=ada_target, augpipe=augpipe, batch=batch, r1_gamma=r1_gamma,
-                   channel_base=channel_base, channel_max=channel_max, mapping_layers=mapping_layers,
-                   ada_kimg=ada_kimg, resolution=resolution, mirror=mirror, seed=seed))
+               keep_snapshots, limit, progress, overrides)
     finally:
         distributed.leave()
 
 
-def _train(group, data, run_dir, preset, kimg, snap_kimg, resume, fid_images, log_kimg, grid_seeds, keep_snapshots,
-           limit, progress, overrides):
+def resolve_config(run_dir, preset: str, resume: bool, overrides: dict, say):
+    """The run's configuration: the snapshot's when resuming (with --preset checked and ignored
+    overrides named), else the preset with the overrides; returns (config, snapshot path, its tensors
+    and metadata)."""
     from .. import training
-    from ..atomic import remove_stale_temps
-    from ..data import load_image_folder
-    from ..presets import TrainConfig, make_config
+    from ..presets import make_config
 
-    def say(text: str) -> None:  # rank 0 speaks for all
-        if group.main:
-            click.echo(text, err=True)
-
-    device = group.device
     run = training.RunFolder(run_dir)
     snapshot = training.latest_snapshot(run.training)
     if resume and snapshot is None:
@@ -107,20 +114,58 @@ def _train(group, data, run_dir, preset, kimg, snap_kimg, resume, fid_images, lo
     if not resume and snapshot is not None:
         raise click.UsageError(f"{run_dir} already holds a training run; pass --resume to continue it "
                                "or choose another --out")
+    if not resume:
+        return make_config(preset, **overrides), None, None, None
+    tensors, meta = training.load_snapshot(snapshot)
+    cfg = TrainConfig.from_dict(meta["config"])
+    if click.get_current_context().get_parameter_source("preset").name != "DEFAULT" and preset != cfg.preset:
+        raise click.UsageError(f"--preset {preset}: the run was trained with preset {cfg.preset}, which "
+                               "resuming keeps; drop --preset, or train a new run with another --out")
+    ignored = [k for k, v in overrides.items() if v is not None and v != getattr(cfg, k)]
+    if ignored:
+        say(f"note: resuming keeps the run's configuration; ignoring --{', --'.join(ignored)}")
+    return cfg, snapshot, tensors, meta
+
+
+def print_config(run_dir, preset: str, resume: bool, overrides: dict) -> None:
+    """``--dry-run``: where the values come from (on stderr), then the configuration as JSON on stdout
+    (what train would save as RUN/training/config.json)."""
+    import json
+
+    from ..presets import auto_r1_gamma, gamma_is_automatic
+
+    def note(text):
+        click.echo(text, err=True)
+
+    cfg = resolve_config(run_dir, preset, resume, overrides, say=note)[0]
+    given = {k: v for k, v in overrides.items() if v is not None}
+    if resume:
+        note(f"resuming {run_dir}: the configuration of its newest snapshot")
+    else:
+        note(f"preset {preset}; overrides: {', '.join(f'{k}={v}' for k, v in given.items()) or 'none'}")
+        if gamma_is_automatic(preset, overrides):
+            note(f"r1_gamma is automatic: 0.0002 * resolution^2 / batch = 0.0002 * {cfg.resolution}^2 / {cfg.batch}"
+                 f" = {auto_r1_gamma(cfg.resolution, cfg.batch):g}")
+        note("img_channels is set from the images in DATA when training starts")
+    click.echo(cfg.to_json())
+
+
+def _train(group, data, run_dir, preset, kimg, snap_kimg, resume, fid_images, log_kimg, grid_seeds, keep_snapshots,
+           limit, progress, overrides):
+    from .. import training
+    from ..atomic import remove_stale_temps
+    from ..data import load_image_folder
+
+    def say(text: str) -> None:  # rank 0 speaks for all
+        if group.main:
+            click.echo(text, err=True)
+
+    device = group.device
+    run = training.RunFolder(run_dir)
+    cfg, snapshot, tensors, meta = resolve_config(run_dir, preset, resume, overrides, say)
     # what a killed run left half-written (this run's own files only: other stages may be writing)
     for folder, names in ((run.training, "*"), (run.root, "generator.*")) if group.main else ():
         remove_stale_temps(folder, names)
-    if resume:
-        tensors, meta = training.load_snapshot(snapshot)
-        cfg = TrainConfig.from_dict(meta["config"])
-        if click.get_current_context().get_parameter_source("preset").name != "DEFAULT" and preset != cfg.preset:
-            raise click.UsageError(f"--preset {preset}: the run was trained with preset {cfg.preset}, which "
-                                   "resuming keeps; drop --preset, or train a new run with another --out")
-        ignored = [k for k, v in overrides.items() if v is not None and v != getattr(cfg, k)]
-        if ignored:
-            say(f"note: resuming keeps the run's configuration; ignoring --{', --'.join(ignored)}")
-    else:
-        cfg = make_config(preset, **overrides)
 
     ds = load_image_folder(data, cfg.resolution, masks="ignore", limit=limit)
     if not resume:
