@@ -45,10 +45,15 @@ def local_cluster(cpus: int | None = None, env: dict | None = None, timeout: flo
     """A one-node Ray cluster bound to 127.0.0.1 for the duration of the block; yields its address.
 
     `ray start --head --block` runs in a session of its own, so stopping that process group stops
-    exactly this cluster (never `ray stop`, which stops every cluster of the machine). ``env`` (e.g.
-    an isolated HOME) is the environment of the cluster's processes."""
+    exactly this cluster (never `ray stop`, which stops every cluster of the machine). ``env`` is the
+    environment of the cluster's processes (default: this one with a HOME of the cluster's own)."""
+    from stylegan2_ops.build import CACHE_ENV, cache_root
+
     import_ray()
     root = Path(tempfile.mkdtemp(prefix="dg-ray-"))  # short: Ray's socket paths have a length limit
+    if env is None:  # a HOME of its own: no Ray token or state of the user's goes in or out
+        env = dict(os.environ, HOME=str(root / "home"))
+    env = {CACHE_ENV: str(cache_root()), **env}  # workers reuse the compiled fused operations
     port = _free_port()
     cmd = [shutil.which("ray", path=os.path.dirname(sys.executable)) or "ray", "start", "--head", "--block",
            "--node-ip-address", "127.0.0.1", "--port", str(port), "--include-dashboard", "false",

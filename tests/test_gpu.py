@@ -21,7 +21,7 @@ import torch
 
 import datasetgan
 import stylegan2_ops as ops
-from support import ACDC, free_port
+from support import ACDC, free_port, wait_ready
 
 ROOT = str(Path(datasetgan.__file__).resolve().parents[1])
 CUDA = torch.cuda.is_available()
@@ -169,15 +169,7 @@ def test_serve_on_cuda_answers_a_pair_request(tiny_run, tmp_path):
                                "--port", str(port), "--device", "cuda", "--log-level", "warning"], env=env)
     try:
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=120) as c:
-            deadline = time.monotonic() + 300
-            while True:
-                try:
-                    if c.get("/readyz").status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                assert server.poll() is None and time.monotonic() < deadline
-                time.sleep(0.5)
+            wait_ready(c, server)
             r = c.post("/v1/models/run/pairs", json={"n": 2, "seed_start": 5, "format": "tar"})
             assert r.status_code == 200
         tar = tarfile.open(fileobj=io.BytesIO(r.content))

@@ -18,7 +18,8 @@ import pytest
 pytest.importorskip("ray", reason="the optional extra `ray` is not installed (pip install '.[ray]')")
 
 import datasetgan  # noqa: E402
-from support import free_port  # noqa: E402
+from stylegan2_ops.build import cache_root  # noqa: E402
+from support import free_port, wait_ready  # noqa: E402
 
 ROOT = str(Path(datasetgan.__file__).resolve().parents[1])
 
@@ -26,7 +27,7 @@ ROOT = str(Path(datasetgan.__file__).resolve().parents[1])
 def ray_env(home: Path) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
     env.update(HOME=str(home), PYTHONPATH=os.pathsep.join([ROOT, env.get("PYTHONPATH", "")]),
-               RAY_USAGE_STATS_ENABLED="0", OMP_NUM_THREADS="1")
+               RAY_USAGE_STATS_ENABLED="0", OMP_NUM_THREADS="1", STYLEGAN2_OPS_CACHE=str(cache_root()))
     return env
 
 
@@ -131,15 +132,7 @@ def test_serve_runs_jobs_on_ray(ray_cluster, tiny_run, tmp_path):
                               env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as c:
-            deadline = time.monotonic() + 300
-            while True:
-                try:
-                    if c.get("/readyz").status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                assert server.poll() is None and time.monotonic() < deadline, (tmp_path / "server.log").read_text()
-                time.sleep(0.5)
+            wait_ready(c, server, tmp_path / "server.log")
             parts = ["mask", "image"]
             r = c.post("/v1/models/run/jobs", json={"n": 6, "seed_start": 50, "include": parts})
             assert r.status_code == 202, r.text
@@ -161,8 +154,9 @@ def test_serve_runs_jobs_on_ray(ray_cluster, tiny_run, tmp_path):
             r = c.post("/v1/models/run/jobs", json={"n": 400, "seed_start": 0})
             big = r.json()
             shards = tmp_path / "jobs" / big["id"] / "shards"
+            deadline = time.monotonic() + 300
             while not (shards.is_dir() and any(shards.glob("*.tar"))):
-                assert time.monotonic() < deadline + 300
+                assert time.monotonic() < deadline
                 time.sleep(0.2)
             assert c.delete(big["url"]).json()["result"] == "cancelled"
             time.sleep(3)  # a task still running would write its shard now
