@@ -1,9 +1,10 @@
 """Generation on a Ray cluster: a pool of Ray actors, each loading the run's generator and interpreter
 once, makes the shards of :mod:`datasetgan.shards` (and the scores of a drop-uncertain pass).
 
-Ray is an optional extra (``pip install 'datasetgan[ray]'``). The driver hands shards to idle actors
-(``ray.util.ActorPool``); an actor writes its shard straight into the output folder, which must be a
-path every node sees. A worker process that dies (crash, kill, lost node) is restarted by Ray and the
+Ray is an optional extra (``pip install 'datasetgan[ray]'``). The driver hands each shard to an idle
+actor and takes the records back with ``ray.wait`` as they complete (keeping the task references, so
+that a stopped job can ``ray.cancel`` them; the ordered scoring pass uses ``ray.util.ActorPool``). An
+actor writes its shard straight into the output folder, which must be a path every node sees. A worker process that dies (crash, kill, lost node) is restarted by Ray and the
 shard it held is retried (``max_restarts``, ``max_task_retries``); a shard is written atomically, so
 a retry never meets half a shard, and its bytes do not depend on the worker that made it.
 """
@@ -71,6 +72,9 @@ def local_cluster(cpus: int | None = None, env: dict | None = None, timeout: flo
             time.sleep(0.5)
         yield f"127.0.0.1:{port}"
     finally:
+        ray = import_ray()
+        if ray.is_initialized():  # a driver left connected would end this process when the cluster goes
+            ray.shutdown()
         for sig, wait in ((signal.SIGTERM, 60), (signal.SIGKILL, 30)):
             try:
                 os.killpg(head.pid, sig)
@@ -160,12 +164,14 @@ class RayWorkers:
         self.pool = ActorPool(self.actors)  # for the scoring pass, whose chunks come back in order
 
     def scores(self, chunks, req):
+        req = self.ray.put(req)  # once in the object store, not serialised with every task
         yield from self.pool.map(lambda actor, seeds: actor.scores.remote(seeds, req), chunks)
 
     def write(self, tasks, req, should_stop=None):
         """Shards to idle actors, records back as they complete; ``should_stop()`` cancels the tasks
         still queued or running (a running one stops within a batch and leaves no file)."""
         todo, idle, running = list(tasks), list(self.actors), {}
+        req = self.ray.put(req)  # once in the object store, not serialised with every task
         try:
             while todo or running:
                 while todo and idle:

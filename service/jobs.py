@@ -272,7 +272,15 @@ class JobRunner:
         todo = [k for k in range(math.ceil(total / size)) if k not in finished]
         if self.ray_pools is not None:
             self._generate_on_ray(job_id, info, order, size, todo, req)
-        for k in todo if self.ray_pools is None else ():
+        else:
+            self._generate_here(job_id, factory, order, size, todo, req)
+        store.update(job_id, state="done", phase="done", pairs_done=total, pairs_total=total)
+        log.info("job %s done: %d pairs in %d shards", job_id, total, math.ceil(total / size))
+
+    def _generate_here(self, job_id: str, factory, order, size: int, todo: list[int], req: JobRequest) -> None:
+        """The job's missing shards, one after the other, in this process."""
+        store, should_stop = self.store, self._should_stop(job_id)
+        for k in todo:
             shard_seeds = order[k * size:(k + 1) * size]
             base = store.get(job_id)["pairs_done"]
             with ShardFile(store.shard_path(job_id, k)) as shard:
@@ -286,9 +294,6 @@ class JobRunner:
                 if len(shard.seeds) != len(shard_seeds):
                     raise RuntimeError(f"the factory returned {len(shard.seeds)} of {len(shard_seeds)} pairs")
             self._record(job_id, {"index": k, **shard.record})
-        store.update(job_id, state="done", phase="done", pairs_done=total, pairs_total=total)
-        log.info("job %s done: %d pairs in %d shards", job_id, total, math.ceil(total / size))
-
 
     def _record(self, job_id: str, rec: dict) -> None:
         """A complete shard joins the job's list (kept in index order)."""
@@ -304,7 +309,7 @@ class JobRunner:
 
         workers = self.ray_pools.get(info.path, (info.generator_sha256, info.interpreter_sha256))
         keys = tuple(PART_KEYS[p] for p in req.include) + ("json",)
-        sreq = ShardRequest(list(order), req.truncation, keys, batch_size=self.batch_size)
+        sreq = ShardRequest([], req.truncation, keys, batch_size=self.batch_size)  # the tasks hold the seeds
         tasks = [ShardTask(k, [int(s) for s in order[k * size:(k + 1) * size]], str(self.store.shard_path(job_id, k)))
                  for k in todo]
         for task, rec in workers.write(tasks, sreq, should_stop=self._should_stop(job_id)):
