@@ -130,6 +130,20 @@ def test_render_interpret_generate_match_the_cpu(device, tiny_run, tmp_path):
     assert man["seeds_kept"] == seeds and len(man["shards"]) == 2
 
 
+def small_acdc(dst: Path) -> Path:
+    """12 training and 6 test slices of ACDC with their masks, for a quick benchmark."""
+    import shutil
+
+    for split, k in (("train", 12), ("test", 6)):
+        names = sorted(p.name for p in (ACDC / split / "images").glob("*.png"))[::37][:k]
+        for sub in ("images", "masks"):
+            (dst / split / sub).mkdir(parents=True)
+            for name in names:
+                shutil.copy(ACDC / split / sub / name, dst / split / sub / name)
+        shutil.copy(ACDC / "labels.json", dst / split / "labels.json")
+    return dst
+
+
 @gpu
 @needs_cuda
 def test_bench_on_cuda(tmp_path):
@@ -140,10 +154,11 @@ def test_bench_on_cuda(tmp_path):
 
     if not ACDC.is_dir():
         pytest.skip(f"ACDC data not found at {ACDC}")
-    real = ACDC / "train"
-    r = CliRunner().invoke(main, ["bench", "run", str(tmp_path / "run"), "--real", str(real), "--test-real",
-                                  str(ACDC / "test"), "--models", "unet", "--folds", "2", "--resolution", "64",
-                                  "--epochs", "1", "--device", "cuda", "--no-progress"])
+    data = small_acdc(tmp_path / "data")
+    (tmp_path / "run").mkdir()
+    r = CliRunner().invoke(main, ["bench", "run", str(tmp_path / "run"), "--real", str(data / "train"), "--test-real",
+                                  str(data / "test"), "--models", "unet,fcn", "--folds", "2", "--resolution", "64",
+                                  "--epochs", "2", "--batch-size", "4", "--device", "cuda", "--no-progress"])
     assert r.exit_code == 0, r.output
     doc = json.loads((tmp_path / "run" / "bench" / "results.json").read_text())
     assert doc
