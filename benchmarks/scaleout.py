@@ -29,6 +29,7 @@ import torch
 from results import write_json, write_section  # benchmarks/results.py, next to this script
 
 from datasetgan.encoding import ShardFile
+from stylegan2_ops import tune_allocator
 from datasetgan.factory import PairFactory, generate
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -131,6 +132,7 @@ def main():
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--steps", type=int, default=40)
     args = ap.parse_args()
+    tune_allocator()  # as `datasetgan generate` (and each Ray worker) does
     torch.set_num_threads(1)
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     load_before = os.getloadavg()
@@ -155,7 +157,8 @@ def main():
 `{doc['command']}` ({doc['date']}; {doc['machine']}; load average {load_before[0]:.2f} before,
 {load_after[0]:.2f} after, on a machine shared with other work). Run: `{args.run.name}`
 ({f['resolution']}x{f['resolution']}), {f['pairs']} pairs into shards of {f['shard_size']}, median of
-{f['rounds']} interleaved rounds; every Ray shard was byte-identical to the local one.
+{f['rounds']} interleaved rounds; every Ray shard was byte-identical to the local one. Every
+process tunes glibc's allocator, as `datasetgan generate` and its Ray workers do.
 
 | generation | pairs/s |
 |---|---|

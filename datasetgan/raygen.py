@@ -111,8 +111,11 @@ class ShardMaker:
     def __init__(self, run_dir: str, device: str, threads: int):
         import torch
 
+        from stylegan2_ops import tune_allocator
+
         from .factory import PairFactory
 
+        tune_allocator()  # as in the generate command: freed buffers kept for reuse
         torch.set_num_threads(threads)
         self.factory = PairFactory(run_dir, device=device)
 
