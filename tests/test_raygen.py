@@ -208,3 +208,15 @@ def test_a_killed_worker_is_restarted_and_its_shard_retried(ray_cluster, tiny_ru
     assert len(man["shards"]) == 30
     for name in man["shards"]:
         assert (out / name).read_bytes() == (tmp_path / "local" / name).read_bytes()
+
+
+def test_ray_local_starts_its_own_cluster_on_loopback(tiny_run, tmp_path):
+    env = ray_env(tmp_path / "home")
+    (tmp_path / "home").mkdir()
+    args = ["--n", "4", "--shard-size", "2"]
+    r = generate(tiny_run, tmp_path / "ray", env, *args, "--ray", "local", "--workers", "1")
+    assert r.returncode == 0, r.stderr
+    local = generate(tiny_run, tmp_path / "local", env, *args)
+    assert local.returncode == 0, local.stderr
+    for name in ("shard-000000.tar", "shard-000001.tar"):
+        assert (tmp_path / "ray" / name).read_bytes() == (tmp_path / "local" / name).read_bytes()
