@@ -27,6 +27,7 @@ from .shards import ShardRequest, ShardStopped, ShardTask, pair_scores, write_sh
 
 INSTALL_HINT = "pip install 'datasetgan[ray]'"
 RETRIES = 3  # per shard, after a worker process died
+STOP_WAIT_S = 120  # for cancelled tasks to end (a running one stops after the batch in hand)
 
 
 class RayError(DatasetganError, RuntimeError):
@@ -172,7 +173,8 @@ class RayWorkers:
 
     def write(self, tasks, req, should_stop=None):
         """Shards to idle actors, records back as they complete; ``should_stop()`` cancels the tasks
-        still queued or running (a running one stops within a batch and leaves no file)."""
+        still queued or running (a running one stops after its batch in hand and leaves no file, or
+        completes its shard if that was its last batch)."""
         todo, idle, running = list(tasks), list(self.actors), {}
         req = self.ray.put(req)  # once in the object store, not serialised with every task
         try:
@@ -189,9 +191,10 @@ class RayWorkers:
                     rec = self.ray.get(ref)
                     if rec is not None:
                         yield task, rec
-        finally:
-            for ref in running:  # stopped early, or the consumer went away
+        finally:  # stopped early, or the consumer went away: cancel, and return once they have ended
+            for ref in running:
                 self.ray.cancel(ref)
+            self.ray.wait(list(running), num_returns=len(running), timeout=STOP_WAIT_S)
 
     def close(self) -> None:
         for actor in self.actors:

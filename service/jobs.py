@@ -312,10 +312,14 @@ class JobRunner:
         sreq = ShardRequest([], req.truncation, keys, batch_size=self.batch_size)  # the tasks hold the seeds
         tasks = [ShardTask(k, [int(s) for s in order[k * size:(k + 1) * size]], str(self.store.shard_path(job_id, k)))
                  for k in todo]
-        for task, rec in workers.write(tasks, sreq, should_stop=self._should_stop(job_id)):
-            if self.metrics:
-                self.metrics.add("generated_pairs_total", rec["pairs"])
-            self._record(job_id, {"index": task.index, **{k: rec[k] for k in SHARD_FIELDS}})
+        try:
+            for task, rec in workers.write(tasks, sreq, should_stop=self._should_stop(job_id)):
+                if self.metrics:
+                    self.metrics.add("generated_pairs_total", rec["pairs"])
+                self._record(job_id, {"index": task.index, **{k: rec[k] for k in SHARD_FIELDS}})
+        finally:
+            if self.store.cancel_events[job_id].is_set():  # shards that tasks finished after the cancel
+                shutil.rmtree(self.store.dir(job_id) / "shards", ignore_errors=True)
         self._check(job_id)
 
 
