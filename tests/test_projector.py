@@ -125,6 +125,18 @@ def test_noise_optimisation_and_perceptual_losses_run():
     assert mean_psnr(G, images, with_inception) > 20
 
 
+@pytest.mark.parametrize("resolution,channels", [(64, 3), (256, 1)])
+def test_larger_preset_resolutions_run_with_the_perceptual_loss(resolution, channels):
+    """cpu-small's 64 and paper256's 256 (16 and 32 are above): shapes and the Inception path hold."""
+    G = tiny_generator(resolution, channels)
+    images = seed_images(G, [1, 2])
+    projections = project(G, images, ProjectorConfig(steps=3, batch=2))
+    recon = reconstruct(G, projections[1])
+    assert recon.shape == (resolution, resolution, channels) and recon.dtype == np.uint8
+    assert {k: tuple(v.shape) for k, v in projections[1].noise.items()} == \
+        {k: (layer.resolution, layer.resolution) for k, layer in G.synthesis.noise_layers().items()}
+
+
 def test_noise_regularization_sees_spatial_structure():
     g = torch.Generator().manual_seed(0)
     white = torch.randn(1, 1, 32, 32, generator=g)

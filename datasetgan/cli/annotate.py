@@ -97,18 +97,17 @@ def command(run, n, seeds, diverse, random_seed, truncation, noise_mode, labels,
         if classes is not None:
             aset.set_classes(classes)
 
-    explicit = seeds
-    if explicit is not None and n is not None:
+    if seeds is not None and n is not None:
         raise click.UsageError("give either --n or --seeds, not both")
-    wanted = explicit is not None or n is not None or (not aset.ids() and import_real_dir is None)
+    wanted = seeds is not None or n is not None or (not aset.ids() and import_real_dir is None)
     G = run_generator(rf, device) if wanted or auto_model or import_real_dir is not None else None
     if wanted or auto_model:
         stale = [r.id for r in aset.records() if r.generator_sha256 and r.generator_sha256 != G.sha256]
         if stale:
             click.echo(f"warning: {len(stale)} item(s) (e.g. {stale[0]}) were rendered by a different generator; "
                        "their images are kept as annotated", err=True)
-        if explicit is not None:
-            chosen = explicit
+        if seeds is not None:
+            chosen = seeds
         else:
             count = n or 30
             chosen = diverse_seeds(G, count, random_seed) if diverse else random_seeds(count, random_seed)
