@@ -18,6 +18,12 @@ ADA's state and the step count. Resuming from a snapshot therefore continues exa
 was: the same weights, step count and p as an uninterrupted run (bit-identical on the same machine and
 thread count).
 
+Under torchrun (:mod:`datasetgan.distributed`) the global batch is split into one share per rank.
+Every rank draws the same global minibatch of reals from the run's data stream and keeps its slice;
+the other streams (latents, noise, mixing, augmentation) come from (seed, share) and every rank's are
+saved in the snapshot, so a resume on the same number of ranks continues exactly. One process may
+hold several shares: with two it makes the same draws, and the same weights, as two ranks.
+
 Snapshot layout in RUN/training/:
 
     config.json                          the TrainConfig (also stored in every snapshot)

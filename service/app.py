@@ -53,15 +53,28 @@ async def lifespan(app: FastAPI):
         torch.set_num_threads(settings.torch_threads)
     remove_stale_temps(settings.jobs_dir, recursive=True)  # partial shards of a killed server
     app.state.store = JobStore(settings.jobs_dir)
+    pools = ray_pools(settings)
     app.state.runner = JobRunner(app.state.store, app.state.registry, settings.batch_size, settings.job_workers,
-                                 app.state.metrics)
+                                 app.state.metrics, pools)
     app.state.started = time.time()
     app.state.runner.start()
-    log.info("serving runs from %s; jobs in %s", settings.runs_dir, settings.jobs_dir)
+    log.info("serving runs from %s; jobs in %s%s", settings.runs_dir, settings.jobs_dir,
+             f" (made on the Ray cluster at {settings.ray_address})" if pools else "")
     try:
         yield
     finally:
         await anyio.to_thread.run_sync(app.state.runner.stop)
+        if pools is not None:
+            pools.close()
+
+
+def ray_pools(settings: Settings):
+    """Ray workers for the jobs when the server makes them on a cluster (``serve --ray``), else None."""
+    if not settings.ray_address:
+        return None
+    from datasetgan.raygen import RayPools
+
+    return RayPools(settings.ray_address, settings.device, settings.ray_workers, settings.torch_threads)
 
 
 async def invalid_request(request: Request, exc: RequestValidationError):
