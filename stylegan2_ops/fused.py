@@ -138,8 +138,9 @@ def down_at_low_resolution(w, x, f, down, padding) -> bool:
     """Whether conv2d_resample convolves at the low resolution (:meth:`FusedBackend.conv_down`): for
     square odd kernels with 'same' padding, a filter at least ``down + 2`` taps long (so the border
     ring exists on both sides) and images of at least MIN_DOWN_SIDE pixels, below which the border
-    strips cost more than the low resolution saves (measured on a 2-core CPU: 1.4-1.9x faster
-    forward + backward at 32-64 pixels, slower at 8-16)."""
+    strips cost more than the low resolution saves. Measured on the project's CPU (forward + backward
+    and double backward, batch 8-16): 1.4-1.9x faster with 64-256 channels at 32-64 pixels, about
+    even with 16-64 channels, 0.5-0.9x at 8-16 pixels."""
     kh, kw = w.shape[2:]
     k = f.shape[-1] if f is not None else 0
     return (kh == kw and kh % 2 == 1 and padding == kh // 2 and padding > 0 and k >= down + 2
