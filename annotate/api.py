@@ -17,6 +17,7 @@ server (``datasetgan annotate``) and mounted under a prefix (``/annotate/<run>``
 Item ids are checked against ``seed_`` or ``real_`` + 8 ASCII digits before any file is looked at, so no request
 can name a path outside the annotation set. Bad input is answered 404/413/422 with a message.
 """
+
 from __future__ import annotations
 
 import io
@@ -36,7 +37,7 @@ from datasetgan.errors import DatasetganError
 from datasetgan.runfolder import RunFolder
 
 STATIC = Path(__file__).resolve().parent / "static"
-SAVE_STATES = ("done", "todo")                       # what a person's save may set
+SAVE_STATES = ("done", "todo")  # what a person's save may set
 
 
 class ApiError(DatasetganError):
@@ -93,8 +94,11 @@ def create_app(run_dir) -> FastAPI:
 
     def classes():
         if not aset.labels_path.is_file():
-            raise ApiError(404, "this run has no annotation set yet: create it with "
-                                "`datasetgan annotate RUN --n 30 --labels labels.json`")
+            raise ApiError(
+                404,
+                "this run has no annotation set yet: create it with "
+                "`datasetgan annotate RUN --n 30 --labels labels.json`",
+            )
         try:
             return aset.classes()
         except DataError as e:
@@ -102,10 +106,21 @@ def create_app(run_dir) -> FastAPI:
 
     def item_json(rec) -> dict:
         has_mask = aset.path(rec.id, "mask").is_file()
-        return {"id": rec.id, "seed": rec.seed, "state": item_state(rec, has_mask), "source": rec.source,
-                "has_mask": has_mask, "updated": rec.updated, "truncation": rec.truncation,
-                "noise_mode": rec.noise_mode, "resolution": rec.resolution, "kind": rec.kind,
-                "real_name": rec.real_name, "psnr": rec.psnr, "ssim": rec.ssim}
+        return {
+            "id": rec.id,
+            "seed": rec.seed,
+            "state": item_state(rec, has_mask),
+            "source": rec.source,
+            "has_mask": has_mask,
+            "updated": rec.updated,
+            "truncation": rec.truncation,
+            "noise_mode": rec.noise_mode,
+            "resolution": rec.resolution,
+            "kind": rec.kind,
+            "real_name": rec.real_name,
+            "psnr": rec.psnr,
+            "ssim": rec.ssim,
+        }
 
     def png_response(path: Path, missing: str) -> Response:
         if not path.is_file():
@@ -144,9 +159,14 @@ def create_app(run_dir) -> FastAPI:
                     channels = len(im.getbands())
             except OSError:
                 channels = 0  # a missing image is reported when the page asks for it
-        return {"items": out, "done": sum(o["state"] == "done" for o in out), "total": len(out),
-                "resolution": first.resolution if first else 0, "channels": channels,
-                "run": run.root.resolve().name}
+        return {
+            "items": out,
+            "done": sum(o["state"] == "done" for o in out),
+            "total": len(out),
+            "resolution": first.resolution if first else 0,
+            "channels": channels,
+            "run": run.root.resolve().name,
+        }
 
     @app.get("/api/items/{item}")
     def item_record(item: str):
@@ -172,8 +192,11 @@ def create_app(run_dir) -> FastAPI:
         m = aset.mask(rec.id)
         if m is None:
             raise ApiError(404, f"item {item} has no mask yet")
-        return Response(m.tobytes(), media_type="application/octet-stream",
-                        headers={"Cache-Control": "no-store", "X-Resolution": str(m.shape[0])})
+        return Response(
+            m.tobytes(),
+            media_type="application/octet-stream",
+            headers={"Cache-Control": "no-store", "X-Resolution": str(m.shape[0])},
+        )
 
     @app.put("/api/items/{item}/mask")
     async def put_mask(item: str, request: Request, state: str = "done"):
@@ -213,8 +236,10 @@ def create_app(run_dir) -> FastAPI:
         except AnnotationError as e:
             raise ApiError(422, str(e)) from None
         except OSError as e:
-            raise ApiError(500, f"could not save the mask ({e.strerror or e.__class__.__name__}); "
-                                "the previous version is unchanged") from None
+            raise ApiError(
+                500,
+                f"could not save the mask ({e.strerror or e.__class__.__name__}); the previous version is unchanged",
+            ) from None
         out = item_json(saved)
         return out
 

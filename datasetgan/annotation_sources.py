@@ -15,6 +15,7 @@ A new source is one function here that writes through :class:`AnnotationSet` (``
 ``save_mask``), checks everything before it saves anything, and raises :class:`AnnotationError`
 with a message naming the file or option; the CLI only parses options and calls it.
 """
+
 from __future__ import annotations
 
 import json
@@ -25,8 +26,19 @@ from PIL import Image
 
 from .annotations import ITEM_ID, AnnotationError, AnnotationRecord, AnnotationSet, item_id, render_items
 from .atomic import atomic_write_bytes
-from .data import (ClassInfo, DataError, fit_square, list_images, locate, mask_path_for, read_image, read_labels,
-                   read_mask, resize_image, resize_mask)
+from .data import (
+    ClassInfo,
+    DataError,
+    fit_square,
+    list_images,
+    locate,
+    mask_path_for,
+    read_image,
+    read_labels,
+    read_mask,
+    resize_image,
+    resize_mask,
+)
 from .png import png_bytes
 from .runfolder import RunFolder
 from .seeds import MAX_SEED, random_seeds
@@ -35,6 +47,7 @@ PRE_ANNOTATED = "pre-annotated"
 
 
 # -- classes ----------------------------------------------------------------------------------------
+
 
 def training_labels(run: RunFolder) -> Path | None:
     """The labels.json of the data the generator was trained on (``data`` in generator.json), if any."""
@@ -56,7 +69,8 @@ def resolve_classes(run: RunFolder, aset: AnnotationSet, labels: str | None, ech
             if old != new and masks:
                 raise AnnotationError(
                     f"{aset.labels_path} already defines {len(old)} classes and {len(masks)} masks use them; "
-                    f"{labels} differs. Omit --labels to keep the set's classes.")
+                    f"{labels} differs. Omit --labels to keep the set's classes."
+                )
         return new
     if aset.labels_path.is_file():
         aset.classes()  # validates
@@ -68,10 +82,12 @@ def resolve_classes(run: RunFolder, aset: AnnotationSet, labels: str | None, ech
     raise AnnotationError(
         "no classes: pass --labels labels.json, e.g. "
         '{"classes": [{"id": 0, "name": "background", "color": "#000000"}, '
-        '{"id": 1, "name": "organ", "color": "#e6194b"}]}')
+        '{"id": 1, "name": "organ", "color": "#e6194b"}]}'
+    )
 
 
 # -- seeds ------------------------------------------------------------------------------------------
+
 
 def diverse_seeds(G, n: int, rng_seed: int, pool: int | None = None) -> list[int]:
     """n seeds spread over the latent space: farthest-point sampling on w over a pool of candidates."""
@@ -83,7 +99,7 @@ def diverse_seeds(G, n: int, rng_seed: int, pool: int | None = None) -> list[int
     with torch.no_grad():
         z = torch.stack([seed_latent(s, G.cfg.z_dim) for s in candidates])
         device = next(G.parameters()).device
-        w = torch.cat([G.mapping(z[i:i + 256].to(device))[:, 0].cpu() for i in range(0, len(z), 256)])
+        w = torch.cat([G.mapping(z[i : i + 256].to(device))[:, 0].cpu() for i in range(0, len(z), 256)])
     w = w.double()
     # start from the candidate nearest the mean w (a typical image), then add the farthest each time
     chosen = [int((w - w.mean(0)).norm(dim=1).argmin())]
@@ -108,6 +124,7 @@ def existing_then_smallest(aset: AnnotationSet, n: int) -> list[int]:
 
 
 # -- masks ------------------------------------------------------------------------------------------
+
 
 def import_masks(aset: AnnotationSet, folder: Path) -> int:
     """Import label maps DIR/<item id or seed>.png; every file is checked before any is saved."""
@@ -154,8 +171,9 @@ def import_masks(aset: AnnotationSet, folder: Path) -> int:
 
 def unlabelled(aset: AnnotationSet) -> list[str]:
     """Items nobody has painted yet (no mask, state todo)."""
-    return [r.id for r in aset.records()
-            if r.kind == "seed" and r.state == "todo" and not aset.path(r.id, "mask").is_file()]
+    return [
+        r.id for r in aset.records() if r.kind == "seed" and r.state == "todo" and not aset.path(r.id, "mask").is_file()
+    ]
 
 
 def resize(a: np.ndarray, size: int, resample) -> np.ndarray:
@@ -165,18 +183,20 @@ def resize(a: np.ndarray, size: int, resample) -> np.ndarray:
 def check_model_classes(aset: AnnotationSet, seg, source: str) -> int:
     n_classes = len(aset.classes())
     if len(seg.classes) != n_classes:
-        raise AnnotationError(f"{source}: the model predicts {len(seg.classes)} classes but {aset.labels_path} "
-                              f"has {n_classes}")
+        raise AnnotationError(
+            f"{source}: the model predicts {len(seg.classes)} classes but {aset.labels_path} has {n_classes}"
+        )
     return n_classes
 
 
-def label_with_segmenter(aset: AnnotationSet, seg, ids: list[str], state: str, source: str,
-                         batch_size: int = 16) -> list[str]:
+def label_with_segmenter(
+    aset: AnnotationSet, seg, ids: list[str], state: str, source: str, batch_size: int = 16
+) -> list[str]:
     """Save ``seg``'s label maps of the items ``ids`` (images resized to the segmenter's resolution
     and masks back); ``seg`` has ``classes``, ``resolution`` and ``predict(uint8 [N, C, H, W])``."""
     n_classes = check_model_classes(aset, seg, source)
     for start in range(0, len(ids), batch_size):
-        chunk = ids[start:start + batch_size]
+        chunk = ids[start : start + batch_size]
         images = [resize(aset.image(i), seg.resolution, Image.BILINEAR) for i in chunk]
         x = np.stack([(im[..., None] if im.ndim == 2 else im).transpose(2, 0, 1) for im in images])
         for i, m in zip(chunk, np.asarray(seg.predict(np.ascontiguousarray(x))).astype(np.uint8)):
@@ -199,8 +219,16 @@ def pre_annotate_with_model(aset: AnnotationSet, model_path: str) -> int:
     return len(label_with_segmenter(aset, seg, unlabelled(aset), PRE_ANNOTATED, f"model:{path.stem}"))
 
 
-def auto_annotate(aset: AnnotationSet, G, seg, name: str, seeds, truncation: float = 1.0,
-                  noise_mode: str = "const", overwrite: bool = False) -> list[str]:
+def auto_annotate(
+    aset: AnnotationSet,
+    G,
+    seg,
+    name: str,
+    seeds,
+    truncation: float = 1.0,
+    noise_mode: str = "const",
+    overwrite: bool = False,
+) -> list[str]:
     """Render ``seeds`` (reusing items already there) and save ``seg``'s masks as finished, model-made
     annotations (source ``model:<name>``); a person's finished masks are kept unless ``overwrite``."""
     classes = None
@@ -222,14 +250,17 @@ def pre_annotate_with_interpreter(aset: AnnotationSet, run: RunFolder, warn=prin
     """Fill the unpainted items' masks from the run's interpreter (state pre-annotated); an item whose
     re-rendered image differs from the annotated one is skipped with a warning."""
     if not run.interpreter.is_file():
-        raise AnnotationError(f"--pre-annotate interpreter: {run.interpreter} does not exist; "
-                              "train it with `datasetgan interpret RUN` first")
+        raise AnnotationError(
+            f"--pre-annotate interpreter: {run.interpreter} does not exist; "
+            "train it with `datasetgan interpret RUN` first"
+        )
     from .factory import PairFactory
 
     factory = PairFactory(run.root)
     if len(factory.classes) != len(aset.classes()):
-        raise AnnotationError(f"the interpreter predicts {len(factory.classes)} classes but the set has "
-                              f"{len(aset.classes())}")
+        raise AnnotationError(
+            f"the interpreter predicts {len(factory.classes)} classes but the set has {len(aset.classes())}"
+        )
     todo = [aset.record(i) for i in unlabelled(aset)]
     by_truncation: dict[float, list] = {}
     for rec in todo:
@@ -239,14 +270,17 @@ def pre_annotate_with_interpreter(aset: AnnotationSet, run: RunFolder, warn=prin
             image = aset.image(rec.id)
             shown = pair.image[..., 0] if pair.image.ndim == 3 and pair.image.shape[2] == 1 else pair.image
             if shown.shape != image.shape or not np.array_equal(shown, image):
-                warn(f"warning: the interpreter's image for {rec.id} differs from the annotated one "
-                     f"(noise mode {rec.noise_mode}?); skipped")
+                warn(
+                    f"warning: the interpreter's image for {rec.id} differs from the annotated one "
+                    f"(noise mode {rec.noise_mode}?); skipped"
+                )
                 continue
             aset.save_mask(rec.id, pair.mask, state=PRE_ANNOTATED, source="interpreter")
     return len(todo)
 
 
 # -- real labelled images ---------------------------------------------------------------------------
+
 
 def read_real_folder(folder, classes: list[ClassInfo] | None, channels: int, resolution: int, fit: str = "crop"):
     """A canonical data folder (images/ + masks/ + labels.json) checked whole and prepared at
@@ -275,7 +309,9 @@ def read_real_folder(folder, classes: list[ClassInfo] | None, channels: int, res
                 raise AnnotationError(f"{f}: no mask with the same name in {mask_dir}")
             m = read_mask(mask_file)
             if m.shape != a.shape[:2]:
-                raise AnnotationError(f"{mask_file}: mask is {m.shape[1]}x{m.shape[0]}, its image {a.shape[1]}x{a.shape[0]}")
+                raise AnnotationError(
+                    f"{mask_file}: mask is {m.shape[1]}x{m.shape[0]}, its image {a.shape[1]}x{a.shape[0]}"
+                )
             if m.size and int(m.max()) >= len(classes):
                 bad = sorted(int(v) for v in np.unique(m) if v >= len(classes))
                 raise AnnotationError(f"{mask_file}: class id(s) {bad} are not in labels.json (0..{len(classes) - 1})")
@@ -287,8 +323,9 @@ def read_real_folder(folder, classes: list[ClassInfo] | None, channels: int, res
     return names, np.stack(images), np.stack(masks), classes
 
 
-def import_real(aset: AnnotationSet, G, folder, cfg=None, features=None, fit: str = "crop",
-                progress: bool = False) -> list[str]:
+def import_real(
+    aset: AnnotationSet, G, folder, cfg=None, features=None, fit: str = "crop", progress: bool = False
+) -> list[str]:
     """Project the real images of ``folder`` into G and store each as a finished annotation (kind
     "real": real, projected) whose mask is its expert mask, with its reconstruction PSNR and SSIM.
 
@@ -301,8 +338,9 @@ def import_real(aset: AnnotationSet, G, folder, cfg=None, features=None, fit: st
 
     cfg = cfg or ProjectorConfig()
     existing = aset.labels_path.is_file()
-    names, images, masks, classes = read_real_folder(folder, aset.classes() if existing else None,
-                                                     G.cfg.img_channels, G.cfg.resolution, fit)
+    names, images, masks, classes = read_real_folder(
+        folder, aset.classes() if existing else None, G.cfg.img_channels, G.cfg.resolution, fit
+    )
     done = {r.real_name for r in aset.records() if r.kind == "real" and r.generator_sha256 == G.sha256}
     todo = [i for i, name in enumerate(names) if name not in done]
     if not existing:
@@ -316,10 +354,20 @@ def import_real(aset: AnnotationSet, G, folder, cfg=None, features=None, fit: st
         original = images[i].transpose(1, 2, 0)
         recon = reconstruct(G, p)
         q = quality(original, recon)
-        rec = AnnotationRecord(number + k, 1.0, "projection", G.sha256, G.cfg.resolution, state="done",
-                               source="expert", updated=time.time(), kind="real", real_name=names[i], **q)
-        save_projection(aset.path(rec.id, "projection"), p, G.sha256,
-                        {"name": names[i], **q, "config": cfg.to_dict()})
+        rec = AnnotationRecord(
+            number + k,
+            1.0,
+            "projection",
+            G.sha256,
+            G.cfg.resolution,
+            state="done",
+            source="expert",
+            updated=time.time(),
+            kind="real",
+            real_name=names[i],
+            **q,
+        )
+        save_projection(aset.path(rec.id, "projection"), p, G.sha256, {"name": names[i], **q, "config": cfg.to_dict()})
         atomic_write_bytes(aset.path(rec.id, "original"), png_bytes(original))
         atomic_write_bytes(aset.path(rec.id, "mask"), png_bytes(masks[i]))
         aset.add_item(rec, recon)  # the image, then the record: the item exists from here on

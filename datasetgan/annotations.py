@@ -17,6 +17,7 @@ label maps painted on them.
 An item id is ``seed_`` or ``real_`` + 8 digits and nothing else, so an id can never name a path
 outside the set. Every write is atomic; saving a mask first moves the previous version into ``history/``.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -61,17 +62,17 @@ def check_item_id(value: str) -> str:
 
 @dataclass
 class AnnotationRecord:
-    seed: int                     # the seed; for a real image, its number in the set
+    seed: int  # the seed; for a real image, its number in the set
     truncation: float
-    noise_mode: str               # "projection" for a real image (its noise maps are stored with it)
+    noise_mode: str  # "projection" for a real image (its noise maps are stored with it)
     generator_sha256: str
     resolution: int
-    state: str = "todo"           # todo | pre-annotated | done
-    source: str = ""              # "human", "import", "model:<name>", "expert" ...
+    state: str = "todo"  # todo | pre-annotated | done
+    source: str = ""  # "human", "import", "model:<name>", "expert" ...
     updated: float = 0.0
-    kind: str = "seed"            # seed | real (a real image, projected)
-    real_name: str = ""           # a real image's file name
-    psnr: float | None = None     # a real image's reconstruction quality (dB; SSIM in [0, 1])
+    kind: str = "seed"  # seed | real (a real image, projected)
+    real_name: str = ""  # a real image's file name
+    psnr: float | None = None  # a real image's reconstruction quality (dB; SSIM in [0, 1])
     ssim: float | None = None
 
     @property
@@ -121,9 +122,16 @@ class AnnotationSet:
         """kind: 'record' | 'image' | 'mask' | 'original' | 'projection' (the last two: real images).
         The id is validated, so the path stays inside the set."""
         check_item_id(item)
-        return self.dir / {"record": f"{item}.json", "image": f"{item}.png", "mask": f"{item}.mask.png",
-                           "original": f"{item}.original.png",
-                           "projection": f"{item}.projection.safetensors"}[kind]
+        return (
+            self.dir
+            / {
+                "record": f"{item}.json",
+                "image": f"{item}.png",
+                "mask": f"{item}.mask.png",
+                "original": f"{item}.original.png",
+                "projection": f"{item}.projection.safetensors",
+            }[kind]
+        )
 
     def ids(self) -> list[str]:
         if not self.dir.is_dir():
@@ -189,8 +197,14 @@ class AnnotationSet:
         return [r for r in self.records() if r.state in ok and self.path(r.id, "mask").is_file()]
 
 
-def render_items(aset: AnnotationSet, G, seeds, truncation: float = 1.0, noise_mode: str = "const",
-                 classes: list[ClassInfo] | None = None) -> list[str]:
+def render_items(
+    aset: AnnotationSet,
+    G,
+    seeds,
+    truncation: float = 1.0,
+    noise_mode: str = "const",
+    classes: list[ClassInfo] | None = None,
+) -> list[str]:
     """Render ``seeds`` with ``G`` into the set (skipping seeds already there); returns their ids."""
     from .render import render_one, to_uint8
 

@@ -3,6 +3,7 @@
 A reader therefore sees either the old file or the new one, never a half-written file, even if the
 writer is killed mid-write.
 """
+
 from __future__ import annotations
 
 import contextlib

@@ -26,6 +26,7 @@ Everything is differentiable with respect to the input image to any order (bilin
 with gathers, not ``grid_sample``), which R1 needs: it differentiates D(augment(x)) with respect to x.
 Every random draw comes from the ``torch.Generator`` the caller passes in.
 """
+
 from __future__ import annotations
 
 import math
@@ -39,20 +40,22 @@ import stylegan2_ops as ops
 # Op name -> (group letter, kind). The order is the order of application.
 GEOMETRIC_OPS = ("xflip", "rotate90", "xint", "scale", "rotate_pre", "aniso", "rotate_post", "xfrac")
 COLOUR_OPS = ("brightness", "contrast", "lumaflip", "hue", "saturation")
-GROUPS = {"b": ("xflip", "rotate90", "xint"),
-          "g": ("scale", "rotate_pre", "aniso", "rotate_post", "xfrac"),
-          "c": COLOUR_OPS}
+GROUPS = {
+    "b": ("xflip", "rotate90", "xint"),
+    "g": ("scale", "rotate_pre", "aniso", "rotate_post", "xfrac"),
+    "c": COLOUR_OPS,
+}
 
 # Parameter distributions from the ADA paper (appendix B).
-XINT_MAX = 0.125      # integer translation: uniform in [-1/8, 1/8] of the image size, rounded to pixels
-SCALE_STD = 0.2       # log2 of the isotropic scale ~ N(0, 0.2^2)
-ANISO_STD = 0.2       # log2 of the anisotropic scale ~ N(0, 0.2^2)
-XFRAC_STD = 0.125     # fractional translation ~ N(0, (1/8 of the size)^2)
+XINT_MAX = 0.125  # integer translation: uniform in [-1/8, 1/8] of the image size, rounded to pixels
+SCALE_STD = 0.2  # log2 of the isotropic scale ~ N(0, 0.2^2)
+ANISO_STD = 0.2  # log2 of the anisotropic scale ~ N(0, 0.2^2)
+XFRAC_STD = 0.125  # fractional translation ~ N(0, (1/8 of the size)^2)
 BRIGHTNESS_STD = 0.2  # added brightness ~ N(0, 0.2^2)
-CONTRAST_STD = 0.5    # log2 of the contrast factor ~ N(0, 0.5^2)
+CONTRAST_STD = 0.5  # log2 of the contrast factor ~ N(0, 0.5^2)
 SATURATION_STD = 1.0  # log2 of the saturation factor ~ N(0, 1)
 
-MARGIN = 3            # pixels of mirrored border kept around the image while filtering
+MARGIN = 3  # pixels of mirrored border kept around the image while filtering
 
 
 def lanczos_filter(a: int = 3) -> torch.Tensor:
@@ -126,11 +129,23 @@ class AugmentPipe:
     def identity_params(self, n: int) -> dict[str, torch.Tensor]:
         """Parameters that leave every image unchanged (all ops off); tests edit single entries."""
         zeros, ones = torch.zeros(n), torch.ones(n)
-        return {"xflip": zeros.clone(), "rotate90": zeros.clone(), "xint_x": zeros.clone(),
-                "xint_y": zeros.clone(), "scale": ones.clone(), "rotate_pre": zeros.clone(),
-                "aniso": ones.clone(), "rotate_post": zeros.clone(), "xfrac_x": zeros.clone(),
-                "xfrac_y": zeros.clone(), "brightness": zeros.clone(), "contrast": ones.clone(),
-                "lumaflip": zeros.clone(), "hue": zeros.clone(), "saturation": ones.clone()}
+        return {
+            "xflip": zeros.clone(),
+            "rotate90": zeros.clone(),
+            "xint_x": zeros.clone(),
+            "xint_y": zeros.clone(),
+            "scale": ones.clone(),
+            "rotate_pre": zeros.clone(),
+            "aniso": ones.clone(),
+            "rotate_post": zeros.clone(),
+            "xfrac_x": zeros.clone(),
+            "xfrac_y": zeros.clone(),
+            "brightness": zeros.clone(),
+            "contrast": ones.clone(),
+            "lumaflip": zeros.clone(),
+            "hue": zeros.clone(),
+            "saturation": ones.clone(),
+        }
 
     def sample_params(self, n: int, p: float, generator: torch.Generator) -> dict[str, torch.Tensor]:
         """Draw per-image parameters; an op not drawn (probability 1 - p) gets its identity value.
@@ -150,21 +165,34 @@ class AugmentPipe:
             mask = u(n) < prob
             return mask if name in self.enabled else torch.zeros(n, dtype=torch.bool)
 
-        m = on("xflip"); prm["xflip"] = torch.where(m, torch.randint(0, 2, (n,), generator=generator).float(), prm["xflip"])
-        m = on("rotate90"); prm["rotate90"] = torch.where(m, torch.randint(0, 4, (n,), generator=generator).float(), prm["rotate90"])
-        m = on("xint"); t = (u(n, 2) * 2 - 1) * XINT_MAX
+        m = on("xflip")
+        prm["xflip"] = torch.where(m, torch.randint(0, 2, (n,), generator=generator).float(), prm["xflip"])
+        m = on("rotate90")
+        prm["rotate90"] = torch.where(m, torch.randint(0, 4, (n,), generator=generator).float(), prm["rotate90"])
+        m = on("xint")
+        t = (u(n, 2) * 2 - 1) * XINT_MAX
         prm["xint_x"], prm["xint_y"] = torch.where(m, t[:, 0], 0.0), torch.where(m, t[:, 1], 0.0)
-        m = on("scale"); prm["scale"] = torch.where(m, torch.exp2(g(n) * SCALE_STD), 1.0)
-        m = on("rotate_pre", p_rot); prm["rotate_pre"] = torch.where(m, (u(n) * 2 - 1) * math.pi, 0.0)
-        m = on("aniso"); prm["aniso"] = torch.where(m, torch.exp2(g(n) * ANISO_STD), 1.0)
-        m = on("rotate_post", p_rot); prm["rotate_post"] = torch.where(m, (u(n) * 2 - 1) * math.pi, 0.0)
-        m = on("xfrac"); t = g(n, 2) * XFRAC_STD
+        m = on("scale")
+        prm["scale"] = torch.where(m, torch.exp2(g(n) * SCALE_STD), 1.0)
+        m = on("rotate_pre", p_rot)
+        prm["rotate_pre"] = torch.where(m, (u(n) * 2 - 1) * math.pi, 0.0)
+        m = on("aniso")
+        prm["aniso"] = torch.where(m, torch.exp2(g(n) * ANISO_STD), 1.0)
+        m = on("rotate_post", p_rot)
+        prm["rotate_post"] = torch.where(m, (u(n) * 2 - 1) * math.pi, 0.0)
+        m = on("xfrac")
+        t = g(n, 2) * XFRAC_STD
         prm["xfrac_x"], prm["xfrac_y"] = torch.where(m, t[:, 0], 0.0), torch.where(m, t[:, 1], 0.0)
-        m = on("brightness"); prm["brightness"] = torch.where(m, g(n) * BRIGHTNESS_STD, 0.0)
-        m = on("contrast"); prm["contrast"] = torch.where(m, torch.exp2(g(n) * CONTRAST_STD), 1.0)
-        m = on("lumaflip"); prm["lumaflip"] = torch.where(m, torch.randint(0, 2, (n,), generator=generator).float(), 0.0)
-        m = on("hue"); prm["hue"] = torch.where(m, (u(n) * 2 - 1) * math.pi, 0.0)
-        m = on("saturation"); prm["saturation"] = torch.where(m, torch.exp2(g(n) * SATURATION_STD), 1.0)
+        m = on("brightness")
+        prm["brightness"] = torch.where(m, g(n) * BRIGHTNESS_STD, 0.0)
+        m = on("contrast")
+        prm["contrast"] = torch.where(m, torch.exp2(g(n) * CONTRAST_STD), 1.0)
+        m = on("lumaflip")
+        prm["lumaflip"] = torch.where(m, torch.randint(0, 2, (n,), generator=generator).float(), 0.0)
+        m = on("hue")
+        prm["hue"] = torch.where(m, (u(n) * 2 - 1) * math.pi, 0.0)
+        m = on("saturation")
+        prm["saturation"] = torch.where(m, torch.exp2(g(n) * SATURATION_STD), 1.0)
         return prm
 
     # -- application -------------------------------------------------------------------------------
@@ -207,10 +235,15 @@ class AugmentPipe:
         # Flips, quarter turns and whole-pixel shifts (a signed permutation matrix and an integer
         # shift) map pixel centres onto pixel centres: copy pixels.
         lin_r = lin.round()
-        signed_perm = (lin_r.abs() <= 1).all(dim=(1, 2)) & \
-            ((lin_r @ lin_r.transpose(1, 2)) - eye[:2, :2]).abs().amax(dim=(1, 2)).lt(1e-9)
-        blit = ((lin - lin_r).abs().amax(dim=(1, 2)) < 1e-6) & signed_perm & \
-               ((shift - shift.round()).abs().amax(dim=1) < 1e-6) & ~identity
+        signed_perm = (lin_r.abs() <= 1).all(dim=(1, 2)) & ((lin_r @ lin_r.transpose(1, 2)) - eye[:2, :2]).abs().amax(
+            dim=(1, 2)
+        ).lt(1e-9)
+        blit = (
+            ((lin - lin_r).abs().amax(dim=(1, 2)) < 1e-6)
+            & signed_perm
+            & ((shift - shift.round()).abs().amax(dim=1) < 1e-6)
+            & ~identity
+        )
         general = ~identity & ~blit
         out = x
         if blit.any() or general.any():
@@ -248,13 +281,13 @@ class AugmentPipe:
         # 2x upsampled copy with a mirrored border, so the filter sees no zeros at the edges.
         xp = torch.nn.functional.pad(x, [MARGIN] * 4, mode="reflect")
         up = ops.upfirdn2d(xp, f, up=2, padding=ops.up_padding(f, 2), gain=4)
-        up = up[:, :, 2 * MARGIN: -2 * MARGIN, 2 * MARGIN: -2 * MARGIN]  # [N, C, 2H, 2W], same extent as x
+        up = up[:, :, 2 * MARGIN : -2 * MARGIN, 2 * MARGIN : -2 * MARGIN]  # [N, C, 2H, 2W], same extent as x
         # Sample a 2x grid covering the output plus a margin, then low-pass, downsample and crop.
         count = 2 * (w + 2 * MARGIN)
         px, py = self._output_positions(mat, w, count, 0.5, -MARGIN)
         y = sample_bilinear(up, (px * 2).to(x.dtype), (py * 2).to(x.dtype)).reshape(n, c, count, count)
         y = ops.upfirdn2d(y, f, down=2, padding=ops.down_padding(f, 2))
-        return y[:, :, MARGIN: MARGIN + h, MARGIN: MARGIN + w]
+        return y[:, :, MARGIN : MARGIN + h, MARGIN : MARGIN + w]
 
     @staticmethod
     def apply_colour(x: torch.Tensor, prm: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -300,8 +333,7 @@ class AdaController:
     interval / (speed_kimg * 1000)``, so that p can go from 0 to 1 in ``speed_kimg`` thousand images.
     """
 
-    def __init__(self, batch: int, target: float = 0.6, interval: int = 4, speed_kimg: float = 500,
-                 p: float = 0.0):
+    def __init__(self, batch: int, target: float = 0.6, interval: int = 4, speed_kimg: float = 500, p: float = 0.0):
         self.batch, self.target, self.interval, self.speed_kimg = batch, target, interval, speed_kimg
         self.p = float(p)
         self.sign_sum = 0.0
@@ -326,8 +358,13 @@ class AdaController:
         self.sign_sum, self.count = 0.0, 0
 
     def state(self) -> dict:
-        return {"p": self.p, "sign_sum": self.sign_sum, "count": self.count, "steps": self.steps,
-                "last_rt": self.last_rt}
+        return {
+            "p": self.p,
+            "sign_sum": self.sign_sum,
+            "count": self.count,
+            "steps": self.steps,
+            "last_rt": self.last_rt,
+        }
 
     def load_state(self, s: dict) -> None:
         self.p, self.sign_sum, self.count = float(s["p"]), float(s["sign_sum"]), int(s["count"])

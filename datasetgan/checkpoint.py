@@ -5,6 +5,7 @@ the safetensors file (see :mod:`datasetgan.weightfiles` for how the pair survive
 writes). Loading verifies the hash before parsing, so a truncated or tampered file is refused with a
 clear message, and nothing is ever unpickled.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -17,8 +18,17 @@ from safetensors.torch import save as st_save
 from .networks import Generator, GeneratorConfig
 from .weightfiles import FORMAT, CheckpointError, check_sha, file_sha256, read_meta, sidecar, write_pair
 
-__all__ = ["FORMAT", "CheckpointError", "file_sha256", "sidecar", "save_tensors", "load_meta", "load_tensors",
-           "save_generator", "load_generator"]
+__all__ = [
+    "FORMAT",
+    "CheckpointError",
+    "file_sha256",
+    "sidecar",
+    "save_tensors",
+    "load_meta",
+    "load_tensors",
+    "save_generator",
+    "load_generator",
+]
 
 
 def save_tensors(path, tensors: dict[str, torch.Tensor], meta: dict) -> str:
@@ -59,8 +69,9 @@ def load_generator(path, device="cpu") -> Generator:
     G = Generator(GeneratorConfig(**meta["config"])).to(device)
     missing, unexpected = G.load_state_dict(tensors, strict=False)
     if missing or unexpected:
-        raise CheckpointError(f"{path}: weights do not match the configuration "
-                              f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+        raise CheckpointError(
+            f"{path}: weights do not match the configuration (missing {missing[:3]}, unexpected {unexpected[:3]})"
+        )
     G.eval().requires_grad_(False)
     G.sha256 = meta["sha256"]
     return G

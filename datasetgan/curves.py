@@ -1,4 +1,5 @@
 """curves.png: training curves (losses, ADA's p and r_t, FID) against thousands of images seen."""
+
 from __future__ import annotations
 
 from . import jsonlog

@@ -14,6 +14,7 @@ scaled to 0..255 by their own minimum and maximum. Masks are label maps (one cla
 (Lanczos for images, nearest neighbour for masks). The prepared arrays are cached as ``.npy`` files
 keyed by the file list, sizes, modification times and options, so epochs never decode files again.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -45,8 +46,8 @@ class ClassInfo:
 
 @dataclass
 class ImageDataset:
-    images: np.ndarray                # uint8 [N, C, R, R]
-    masks: np.ndarray | None          # uint8 [N, R, R] class ids, or None
+    images: np.ndarray  # uint8 [N, C, R, R]
+    masks: np.ndarray | None  # uint8 [N, R, R] class ids, or None
     names: list[str]
     classes: list[ClassInfo] = field(default_factory=list)
     root: str = ""
@@ -66,13 +67,29 @@ class ImageDataset:
 # ---------------------------------------------------------------------------------------------
 # labels.json
 
-DEFAULT_COLORS = ["#000000", "#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#46f0f0",
-                  "#f032e6", "#bcf60c", "#fabebe", "#008080", "#e6beff", "#9a6324", "#fffac8"]
+DEFAULT_COLORS = [
+    "#000000",
+    "#e6194b",
+    "#3cb44b",
+    "#4363d8",
+    "#f58231",
+    "#911eb4",
+    "#46f0f0",
+    "#f032e6",
+    "#bcf60c",
+    "#fabebe",
+    "#008080",
+    "#e6beff",
+    "#9a6324",
+    "#fffac8",
+]
 
 
 def default_classes(n: int) -> list[ClassInfo]:
-    return [ClassInfo(i, "background" if i == 0 else f"class_{i}", DEFAULT_COLORS[i % len(DEFAULT_COLORS)])
-            for i in range(n)]
+    return [
+        ClassInfo(i, "background" if i == 0 else f"class_{i}", DEFAULT_COLORS[i % len(DEFAULT_COLORS)])
+        for i in range(n)
+    ]
 
 
 def read_labels(path) -> list[ClassInfo]:
@@ -81,13 +98,17 @@ def read_labels(path) -> list[ClassInfo]:
     try:
         doc = json.loads(path.read_text())
         entries = doc["classes"]
-        classes = [ClassInfo(int(c["id"]), str(c["name"]), str(c.get("color") or DEFAULT_COLORS[int(c["id"]) % 14]))
-                   for c in entries]
+        classes = [
+            ClassInfo(int(c["id"]), str(c["name"]), str(c.get("color") or DEFAULT_COLORS[int(c["id"]) % 14]))
+            for c in entries
+        ]
     except FileNotFoundError:
         raise DataError(f"{path}: file not found") from None
     except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
-        raise DataError(f"{path}: not a valid labels file ({e.__class__.__name__}: {e}); expected "
-                        '{"classes": [{"id": 0, "name": "background", "color": "#000000"}, ...]}') from None
+        raise DataError(
+            f"{path}: not a valid labels file ({e.__class__.__name__}: {e}); expected "
+            '{"classes": [{"id": 0, "name": "background", "color": "#000000"}, ...]}'
+        ) from None
     ids = [c.id for c in classes]
     if not classes or sorted(ids) != list(range(len(ids))):
         raise DataError(f"{path}: class ids must be 0..K-1 without gaps or repeats, got {ids}")
@@ -138,8 +159,9 @@ def read_mask(path: Path) -> np.ndarray:
         if a.max() > 255:
             raise DataError(f"{path}: class ids above 255 are not supported")
         return a.astype(np.uint8)
-    raise DataError(f"{path}: a mask must be a single-channel label map (8-bit grayscale or palette), "
-                    f"got mode {im.mode}")
+    raise DataError(
+        f"{path}: a mask must be a single-channel label map (8-bit grayscale or palette), got mode {im.mode}"
+    )
 
 
 def fit_square(a: np.ndarray, fit: str) -> np.ndarray:
@@ -148,11 +170,11 @@ def fit_square(a: np.ndarray, fit: str) -> np.ndarray:
     if fit == "crop":
         s = min(h, w)
         top, left = (h - s) // 2, (w - s) // 2
-        return a[top: top + s, left: left + s]
+        return a[top : top + s, left : left + s]
     s = max(h, w)
     top, left = (s - h) // 2, (s - w) // 2
     out = np.zeros((s, s) + a.shape[2:], dtype=a.dtype)
-    out[top: top + h, left: left + w] = a
+    out[top : top + h, left : left + w] = a
     return out
 
 
@@ -176,8 +198,11 @@ def resize_mask(a: np.ndarray, res: int) -> np.ndarray:
 
 
 def list_images(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
-                  and not p.name.startswith("."))
+    return sorted(
+        p
+        for p in folder.iterdir()
+        if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")
+    )
 
 
 def locate(root) -> tuple[Path, Path | None, Path | None]:
@@ -210,12 +235,14 @@ def _cache_key(files: list[Path], options: dict) -> str:
 
 def default_cache_dir() -> Path:
     base = os.environ.get("DATASETGAN_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "datasetgan")
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "datasetgan"
+    )
     return Path(base) / "datasets"
 
 
-def load_image_folder(root, resolution: int, fit: str = "crop", masks: str = "auto",
-                      cache_dir=None, limit: int | None = None) -> ImageDataset:
+def load_image_folder(
+    root, resolution: int, fit: str = "crop", masks: str = "auto", cache_dir=None, limit: int | None = None
+) -> ImageDataset:
     """Load, validate and prepare a data folder at ``resolution``.
 
     masks: "auto" (load them if a masks/ folder exists), "require" (every image needs one), "ignore".
@@ -241,15 +268,24 @@ def load_image_folder(root, resolution: int, fit: str = "crop", masks: str = "au
             mask_files.append(m)
     classes = read_labels(labels_path) if labels_path else []
 
-    options = {"root": str(Path(root).resolve()), "res": resolution, "fit": fit, "masks": use_masks,
-               "labels": [c.__dict__ for c in classes]}
+    options = {
+        "root": str(Path(root).resolve()),
+        "res": resolution,
+        "fit": fit,
+        "masks": use_masks,
+        "labels": [c.__dict__ for c in classes],
+    }
     key = _cache_key(files + mask_files + ([labels_path] if labels_path else []), options)
     cache = None if cache_dir is False else Path(cache_dir or default_cache_dir()) / key
     if cache is not None and (cache / "meta.json").is_file():
         meta = json.loads((cache / "meta.json").read_text())
-        return ImageDataset(np.load(cache / "images.npy", allow_pickle=False),
-                            np.load(cache / "masks.npy", allow_pickle=False) if use_masks else None,
-                            meta["names"], classes, str(root))
+        return ImageDataset(
+            np.load(cache / "images.npy", allow_pickle=False),
+            np.load(cache / "masks.npy", allow_pickle=False) if use_masks else None,
+            meta["names"],
+            classes,
+            str(root),
+        )
 
     images, mask_arrays, channels = [], [], None
     for i, f in enumerate(files):
@@ -257,13 +293,17 @@ def load_image_folder(root, resolution: int, fit: str = "crop", masks: str = "au
         if channels is None:
             channels, first = a.shape[2], f
         elif a.shape[2] != channels:
-            raise DataError(f"{f}: has {a.shape[2]} channel(s) but {first.name} has {channels}; "
-                            "all images must be grayscale or all RGB")
+            raise DataError(
+                f"{f}: has {a.shape[2]} channel(s) but {first.name} has {channels}; "
+                "all images must be grayscale or all RGB"
+            )
         if use_masks:
             m = read_mask(mask_files[i])
             if m.shape != a.shape[:2]:
-                raise DataError(f"{mask_files[i]}: mask size {m.shape[1]}x{m.shape[0]} differs from its "
-                                f"image's {a.shape[1]}x{a.shape[0]}")
+                raise DataError(
+                    f"{mask_files[i]}: mask size {m.shape[1]}x{m.shape[0]} differs from its "
+                    f"image's {a.shape[1]}x{a.shape[0]}"
+                )
             if classes and int(m.max()) >= len(classes):
                 bad = sorted(set(np.unique(m).tolist()) - {c.id for c in classes})
                 raise DataError(f"{mask_files[i]}: class id(s) {bad} are not in {labels_path}")

@@ -13,6 +13,7 @@ Steps, all on this machine (the service listens on 127.0.0.1 only, and requests 
 4. print where the files are, the annotation page's URL and curl examples; stop the server, or keep
    it up until Ctrl+C with ``keep_serving``.
 """
+
 from __future__ import annotations
 
 import http.client
@@ -61,8 +62,11 @@ def bundled_run() -> Path:
 def check_run(run_dir: Path) -> None:
     missing = [f for f in RUN_FILES if not (run_dir / f).is_file()]
     if missing:
-        hint = ("rebuild it with demo/rebuild.sh, or use a clone of the repository (pip install -e .)"
-                if run_dir == bundled_run() else "train and interpret it first, or leave --run out")
+        hint = (
+            "rebuild it with demo/rebuild.sh, or use a clone of the repository (pip install -e .)"
+            if run_dir == bundled_run()
+            else "train and interpret it first, or leave --run out"
+        )
         raise DemoError(f"{run_dir} is not a usable run folder: missing {', '.join(missing)}; {hint}")
 
 
@@ -70,8 +74,10 @@ def prepare_run(src: Path, runs_dir: Path, run_id: str = DEMO_ID) -> Path:
     """A working copy of the run under ``runs_dir``; an existing copy of the same weights is kept
     as it is (with any annotations made in it), a copy of other weights is replaced."""
     dst = runs_dir / run_id
-    same = dst.is_dir() and all((dst / f).is_file() and (dst / f).read_bytes() == (src / f).read_bytes()
-                                for f in ("generator.json", "interpreter.json"))
+    same = dst.is_dir() and all(
+        (dst / f).is_file() and (dst / f).read_bytes() == (src / f).read_bytes()
+        for f in ("generator.json", "interpreter.json")
+    )
     if not same:
         tmp = runs_dir / f".{run_id}.copying"
         shutil.rmtree(tmp, ignore_errors=True)
@@ -100,13 +106,34 @@ class Server:
         # them (minutes on a small machine); the pure PyTorch reference starts at once. An explicit
         # STYLEGAN2_OPS_BACKEND still wins.
         env.setdefault("STYLEGAN2_OPS_BACKEND", "ref")
-        cmd = [sys.executable, "-m", "datasetgan", "serve", "--runs", str(runs_dir), "--host", "127.0.0.1",
-               "--port", str(port), "--api-key-env", "DATASETGAN_DEMO_NO_KEY", "--log-level", "info"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "datasetgan",
+            "serve",
+            "--runs",
+            str(runs_dir),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--api-key-env",
+            "DATASETGAN_DEMO_NO_KEY",
+            "--log-level",
+            "info",
+        ]
         self.cmd = cmd
         log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log = open(log_path, "w", encoding="utf-8")
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True,
-                                     bufsize=1, stdin=subprocess.DEVNULL)
+        self.proc = subprocess.Popen(
+            cmd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            env=env,
+            text=True,
+            bufsize=1,
+            stdin=subprocess.DEVNULL,
+        )
         self.url: str | None = None
         self._found = threading.Event()
         self._reader = threading.Thread(target=self._read, daemon=True)
@@ -143,8 +170,9 @@ class Server:
             if self.proc.poll() is not None:
                 break
         self.stop()
-        raise DemoError(f"the service did not start ({' '.join(self.cmd)}); its log ({self.log_path}) ends:\n"
-                        + self.log_tail())
+        raise DemoError(
+            f"the service did not start ({' '.join(self.cmd)}); its log ({self.log_path}) ends:\n" + self.log_tail()
+        )
 
     def stop(self, timeout: float = 15.0) -> None:
         if self.proc.poll() is None:
@@ -174,8 +202,9 @@ def http_json(url: str, body: dict | None = None, timeout: float = 30.0):
 def fetch_pairs(url: str, model_id: str, seeds: list[int], include=("image", "mask", "overlay")) -> dict[int, dict]:
     """{seed: {"image.png": bytes, "mask.png": bytes, ..., "json": bytes}} from a streamed tar."""
     body = json.dumps({"seeds": seeds, "include": list(include), "format": "tar"}).encode()
-    req = urllib.request.Request(f"{url}/v1/models/{model_id}/pairs", data=body,
-                                 headers={"Content-Type": "application/json"})
+    req = urllib.request.Request(
+        f"{url}/v1/models/{model_id}/pairs", data=body, headers={"Content-Type": "application/json"}
+    )
     pairs: dict[int, dict] = {}
     try:
         with _opener.open(req, timeout=REQUEST_TIMEOUT_S) as r, tarfile.open(fileobj=r, mode="r|") as tar:
@@ -186,7 +215,9 @@ def fetch_pairs(url: str, model_id: str, seeds: list[int], include=("image", "ma
                     continue
                 pairs.setdefault(int(seed), {})[key] = f.read()
     except urllib.error.HTTPError as e:
-        raise DemoError(f"POST /v1/models/{model_id}/pairs failed: {e.code} {e.read().decode(errors='replace')}")
+        raise DemoError(
+            f"POST /v1/models/{model_id}/pairs failed: {e.code} {e.read().decode(errors='replace')}"
+        ) from None
     except (OSError, tarfile.TarError, http.client.HTTPException) as e:
         raise DemoError(f"POST /v1/models/{model_id}/pairs broke off ({e.__class__.__name__}: {e})") from None
     return pairs
@@ -217,7 +248,7 @@ def write_pairs(out: Path, pairs: dict[int, dict], classes: list[dict]) -> list[
 def contact_sheet(pairs: dict[int, dict], columns: int = 8, scale: int = 2) -> bytes:
     """A PNG with each seed's image above its overlay, ``columns`` seeds a row."""
     tiles = []
-    for seed, parts in sorted(pairs.items()):
+    for _, parts in sorted(pairs.items()):
         img = np.asarray(Image.open(io.BytesIO(parts["image.png"])).convert("RGB"))
         ovl = np.asarray(Image.open(io.BytesIO(parts["overlay.png"])).convert("RGB"))
         tiles.append(np.concatenate([img, ovl], axis=0))
@@ -229,7 +260,7 @@ def instructions(url: str, model_id: str, out: Path, n: int, info: dict) -> str:
     classes = ", ".join(f"{c['id']} {c['name']}" for c in info["classes"])
     pairs = f"{url}/v1/models/{model_id}/pairs"
     return f"""
-Demo model {model_id}: {info['resolution']}x{info['resolution']}, {info['channels']} channel(s), classes {classes}
+Demo model {model_id}: {info["resolution"]}x{info["resolution"]}, {info["channels"]} channel(s), classes {classes}
 Wrote {n} image + mask pairs (seeds 0..{n - 1}) to {out}/
   images/     generated images                      e.g. {out}/images/00000000.png
   masks/      label maps (pixel value = class id)   e.g. {out}/masks/00000000.png
@@ -267,11 +298,18 @@ def interruptible() -> Callable[[], None]:
     def restore() -> None:
         for s, h in previous.items():
             signal.signal(s, h)
+
     return restore
 
 
-def run_demo(out: Path, run_dir: Path | None = None, port: int = 0, n: int = 8, keep_serving: bool = False,
-             echo: Callable[[str], None] = print) -> dict[int, dict]:
+def run_demo(
+    out: Path,
+    run_dir: Path | None = None,
+    port: int = 0,
+    n: int = 8,
+    keep_serving: bool = False,
+    echo: Callable[[str], None] = print,
+) -> dict[int, dict]:
     out = Path(out)
     src = Path(run_dir) if run_dir is not None else bundled_run()
     check_run(src)
@@ -286,7 +324,9 @@ def run_demo(out: Path, run_dir: Path | None = None, port: int = 0, n: int = 8, 
         try:
             info = http_json(f"{url}/v1/models/{DEMO_ID}")
         except urllib.error.HTTPError as e:
-            raise DemoError(f"the service does not list the demo run: {e.code} {e.read().decode(errors='replace')}")
+            raise DemoError(
+                f"the service does not list the demo run: {e.code} {e.read().decode(errors='replace')}"
+            ) from None
         echo(f"Service up at {url}; requesting {n} pairs ...")
         t0 = time.monotonic()
         try:
@@ -313,6 +353,8 @@ def run_demo(out: Path, run_dir: Path | None = None, port: int = 0, n: int = 8, 
     finally:
         server.stop()
     if not keep_serving:
-        echo("The service has been stopped; run `datasetgan demo --keep-serving` to keep it up and try the "
-             "curl commands and the annotation page.")
+        echo(
+            "The service has been stopped; run `datasetgan demo --keep-serving` to keep it up and try the "
+            "curl commands and the annotation page."
+        )
     return pairs

@@ -13,6 +13,7 @@ synchronises only inside ``forward`` + one ``backward``. ADA's r_t statistic, th
 G's running w average and every logged loss are all-reduced too, so all ranks hold the same p and the
 same weights at every step.
 """
+
 from __future__ import annotations
 
 import os

@@ -13,6 +13,7 @@ leave a streamed response the moment the pair is made. These are exactly the byt
 (``tests/test_encoding.py`` checks it); that writer is not used directly because it buffers 10 KiB
 records (a stream could not send a pair as soon as it is made) and importing ``webdataset`` loads torch.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -49,7 +50,7 @@ def hex_rgb(color: str, fallback: str) -> tuple[int, int, int]:
         c = (c or "").lstrip("#")
         if len(c) == 6:
             try:
-                return tuple(int(c[i: i + 2], 16) for i in (0, 2, 4))
+                return tuple(int(c[i : i + 2], 16) for i in (0, 2, 4))
             except ValueError:
                 pass
     return (255, 0, 0)
@@ -58,8 +59,11 @@ def hex_rgb(color: str, fallback: str) -> tuple[int, int, int]:
 def overlay(image: np.ndarray, mask: np.ndarray, classes: list[ClassInfo]) -> np.ndarray:
     """RGB image with every pixel of class >= 1 blended with its class colour (class 0 left as is)."""
     rgb = np.repeat(image, 3, axis=2) if image.shape[2] == 1 else image
-    palette = np.array([hex_rgb(c.color, DEFAULT_COLORS[c.id % len(DEFAULT_COLORS)]) for c in classes]
-                       + [(255, 0, 0)] * (256 - len(classes)), dtype=np.float32)
+    palette = np.array(
+        [hex_rgb(c.color, DEFAULT_COLORS[c.id % len(DEFAULT_COLORS)]) for c in classes]
+        + [(255, 0, 0)] * (256 - len(classes)),
+        dtype=np.float32,
+    )
     tint = palette[mask]
     out = rgb.astype(np.float32)
     sel = mask > 0
@@ -83,10 +87,13 @@ def encode_pair(pair, classes: list[ClassInfo], include=KEYS) -> dict[str, bytes
         raise EncodingError(f"unknown part(s) {sorted(bad)}; choose from {list(KEYS)}")
     img = pair.image[..., 0] if pair.image.shape[2] == 1 else pair.image
     scale = float(pair.record.get("uncertainty_scale_nats") or js_scale(10, len(classes)))
-    make = {"image.png": lambda: png_bytes(img), "mask.png": lambda: png_bytes(pair.mask),
-            "overlay.png": lambda: png_bytes(overlay(pair.image, pair.mask, classes)),
-            "uncertainty.png": lambda: png_bytes(uncertainty_png(pair.uncertainty, scale)),
-            "json": lambda: json.dumps(pair.record, sort_keys=True, indent=1).encode()}
+    make = {
+        "image.png": lambda: png_bytes(img),
+        "mask.png": lambda: png_bytes(pair.mask),
+        "overlay.png": lambda: png_bytes(overlay(pair.image, pair.mask, classes)),
+        "uncertainty.png": lambda: png_bytes(uncertainty_png(pair.uncertainty, scale)),
+        "json": lambda: json.dumps(pair.record, sort_keys=True, indent=1).encode(),
+    }
     return {k: make[k]() for k in KEYS if k in include}
 
 
@@ -176,7 +183,11 @@ class ShardFile:
         finally:
             suppress = self._atomic.__exit__(exc_type, exc, tb)
         if exc_type is None:
-            self.record = {"pairs": len(self.seeds), "bytes": self.written, "sha256": self.hash.hexdigest(),
-                           "first_seed": self.seeds[0] if self.seeds else None,
-                           "last_seed": self.seeds[-1] if self.seeds else None}
+            self.record = {
+                "pairs": len(self.seeds),
+                "bytes": self.written,
+                "sha256": self.hash.hexdigest(),
+                "first_seed": self.seeds[0] if self.seeds else None,
+                "last_seed": self.seeds[-1] if self.seeds else None,
+            }
         return suppress

@@ -4,6 +4,7 @@ Each stage keeps its own class (``DataError``, ``CheckpointError``, ...), and ea
 :class:`DatasetganError`, so the command line turns all of them into a one-line message in one place
 (:mod:`datasetgan.cli`) instead of catching each class in each command.
 """
+
 from __future__ import annotations
 
 

@@ -11,6 +11,7 @@ bytes alone or in any batch. Generated sets are canonical data folders (or WebDa
     DIR/records/{seed:08d}.json      seed, truncation, noise mode, model hashes, uncertainty score
     DIR/labels.json, DIR/manifest.json
 """
+
 from __future__ import annotations
 
 import shutil
@@ -30,8 +31,13 @@ from .render import render_one, to_uint8
 from .runfolder import RunFolder
 from .shards import ShardRequest, generate_shards, write_manifest
 
-FOLDERS = {"image.png": "images", "mask.png": "masks", "overlay.png": "overlays",
-           "uncertainty.png": "uncertainty", "json": "records"}
+FOLDERS = {
+    "image.png": "images",
+    "mask.png": "masks",
+    "overlay.png": "overlays",
+    "uncertainty.png": "uncertainty",
+    "json": "records",
+}
 WORK_BYTES = 1 << 28  # the interpreter handles as many images at once as fit in ~256 MB of hidden units
 
 
@@ -42,10 +48,10 @@ class FactoryError(DatasetganError, ValueError):
 @dataclass
 class Pair:
     seed: int
-    image: np.ndarray        # uint8 [H, W, C]
-    mask: np.ndarray         # uint8 [H, W] class ids
+    image: np.ndarray  # uint8 [H, W, C]
+    mask: np.ndarray  # uint8 [H, W] class ids
     uncertainty: np.ndarray  # float32 [H, W] JS divergence (nats)
-    score: float             # mean JS of the top 10 % pixels
+    score: float  # mean JS of the top 10 % pixels
     record: dict
 
 
@@ -64,8 +70,10 @@ class PairFactory:
             raise FactoryError(str(e)) from None
         info = self.interpreter.info
         if info.generator_sha256 != self.G.sha256:
-            raise FactoryError(f"{run.interpreter} was trained on generator {info.generator_sha256[:12]}..., "
-                               f"but {run.generator} is {self.G.sha256[:12]}...; rerun `datasetgan interpret`")
+            raise FactoryError(
+                f"{run.interpreter} was trained on generator {info.generator_sha256[:12]}..., "
+                f"but {run.generator} is {self.G.sha256[:12]}...; rerun `datasetgan interpret`"
+            )
         if list(info.taps) != list(self.G.feature_taps()):
             raise FactoryError(f"{run.interpreter}: its feature taps do not match the generator's")
         self.run = run
@@ -78,13 +86,19 @@ class PairFactory:
         self.noise_mode: str = info.noise_mode
         self.uncertainty_scale = js_scale(len(self.interpreter.members), len(self.classes))
         hidden = self.interpreter.cfg.hidden[0] * len(self.interpreter.members)
-        self.images_per_pass = max(1, WORK_BYTES // (4 * hidden * self.resolution ** 2))
+        self.images_per_pass = max(1, WORK_BYTES // (4 * hidden * self.resolution**2))
 
     def record(self, seed: int, truncation: float, score: float) -> dict:
-        return {"seed": int(seed), "truncation": float(truncation), "noise_mode": self.noise_mode,
-                "resolution": self.resolution, "generator_sha256": self.generator_sha256,
-                "interpreter_sha256": self.interpreter_sha256, "uncertainty_score": float(score),
-                "uncertainty_scale_nats": self.uncertainty_scale}
+        return {
+            "seed": int(seed),
+            "truncation": float(truncation),
+            "noise_mode": self.noise_mode,
+            "resolution": self.resolution,
+            "generator_sha256": self.generator_sha256,
+            "interpreter_sha256": self.interpreter_sha256,
+            "uncertainty_score": float(score),
+            "uncertainty_scale_nats": self.uncertainty_scale,
+        }
 
     @torch.no_grad()
     def _batch(self, seeds: list[int], truncation: float) -> list[Pair]:
@@ -95,14 +109,22 @@ class PairFactory:
             taps.append(t)
         pairs = []
         for s in range(0, len(seeds), self.images_per_pass):
-            chunk = taps[s: s + self.images_per_pass]
+            chunk = taps[s : s + self.images_per_pass]
             stacked = {k: torch.cat([t[k] for t in chunk]) for k in chunk[0]}
             pred = predict_from_logits(self.interpreter.fast_logits(stacked))
             for j in range(len(chunk)):
                 i = s + j
                 score = float(pred.score[j])
-                pairs.append(Pair(int(seeds[i]), images[i], pred.mask[j].cpu().numpy(),
-                                  pred.js[j].cpu().numpy(), score, self.record(seeds[i], truncation, score)))
+                pairs.append(
+                    Pair(
+                        int(seeds[i]),
+                        images[i],
+                        pred.mask[j].cpu().numpy(),
+                        pred.js[j].cpu().numpy(),
+                        score,
+                        self.record(seeds[i], truncation, score),
+                    )
+                )
         return pairs
 
     def pairs(self, seeds, truncation: float = 1.0, batch_size: int = 8, should_stop=None):
@@ -113,7 +135,7 @@ class PairFactory:
         for s in range(0, len(seeds), batch_size):
             if should_stop is not None and should_stop():
                 return
-            yield from self._batch(seeds[s: s + batch_size], truncation)
+            yield from self._batch(seeds[s : s + batch_size], truncation)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -156,9 +178,20 @@ class StagingSink:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-def generate(factory: PairFactory, seeds, out, truncation: float = 1.0, batch_size: int = 8,
-             fmt: str = "folder", drop_uncertain: float = 0.0, shard_size: int = 1000, include=KEYS,
-             progress: bool = False, prefix: str = "shard", workers=None) -> dict:
+def generate(
+    factory: PairFactory,
+    seeds,
+    out,
+    truncation: float = 1.0,
+    batch_size: int = 8,
+    fmt: str = "folder",
+    drop_uncertain: float = 0.0,
+    shard_size: int = 1000,
+    include=KEYS,
+    progress: bool = False,
+    prefix: str = "shard",
+    workers=None,
+) -> dict:
     """Write the pairs of ``seeds`` into ``out``; returns the manifest (also written as manifest.json).
 
     ``fmt="wds"`` writes tar shards (see :mod:`datasetgan.shards`; ``workers`` may be a Ray pool)."""
@@ -170,7 +203,9 @@ def generate(factory: PairFactory, seeds, out, truncation: float = 1.0, batch_si
     if not 0 <= drop_uncertain <= 1:
         raise FactoryError(f"--drop-uncertain must be in [0, 1], got {drop_uncertain}")
     if fmt == "wds":
-        req = ShardRequest(seeds, truncation, tuple(k for k in KEYS if k in include), drop_uncertain, shard_size, prefix, batch_size)
+        req = ShardRequest(
+            seeds, truncation, tuple(k for k in KEYS if k in include), drop_uncertain, shard_size, prefix, batch_size
+        )
         return generate_shards(factory, req, out, workers, progress)
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
@@ -182,6 +217,7 @@ def generate(factory: PairFactory, seeds, out, truncation: float = 1.0, batch_si
     bar = None
     if progress:
         from tqdm import tqdm
+
         bar = tqdm(total=len(seeds), desc="generating pairs", unit="pair")
     try:
         for pair in factory.pairs(seeds, truncation, batch_size):

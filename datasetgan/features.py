@@ -7,6 +7,7 @@ image (1.3 GB at 256x256 with 4992 channels), so instead every tap is stored at 
 bilinear interpolation at a position reads the same four neighbours with the same weights as
 ``F.interpolate(mode="bilinear", align_corners=False)`` followed by indexing, so the two agree.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -56,8 +57,9 @@ def source_index(out_size: int, in_size: int, device=None):
     return i0, i1, 1 - lam1, lam1
 
 
-def gather_bilinear(tap: torch.Tensor, img: torch.Tensor, y: torch.Tensor, x: torch.Tensor, out_res: int,
-                    dtype=torch.float32) -> torch.Tensor:
+def gather_bilinear(
+    tap: torch.Tensor, img: torch.Tensor, y: torch.Tensor, x: torch.Tensor, out_res: int, dtype=torch.float32
+) -> torch.Tensor:
     """Feature vectors [P, c] of a channels-last tap [N, r, r, c] at full-resolution positions (img, y, x).
 
     Equals ``F.interpolate(tap_nchw.to(dtype), size=out_res, mode="bilinear")[img, :, y, x]``.
@@ -68,8 +70,10 @@ def gather_bilinear(tap: torch.Tensor, img: torch.Tensor, y: torch.Tensor, x: to
     ly0, ly1, lx0, lx1 = (t.to(dtype)[:, None] for t in (ly0, ly1, lx0, lx1))
     flat = tap.reshape(-1, tap.shape[3])  # index_select on rows is much faster than 3-index gathers
     base = img * (r * r)
-    a, b, c, d = (flat.index_select(0, base + iy * r + ix).to(dtype)
-                  for iy, ix in ((iy0, ix0), (iy0, ix1), (iy1, ix0), (iy1, ix1)))
+    a, b, c, d = (
+        flat.index_select(0, base + iy * r + ix).to(dtype)
+        for iy, ix in ((iy0, ix0), (iy0, ix1), (iy1, ix0), (iy1, ix1))
+    )
     return ly0 * (lx0 * a + lx1 * b) + ly1 * (lx0 * c + lx1 * d)
 
 
@@ -111,8 +115,9 @@ class TapFeatures:
         return sum(m.numel() * m.element_size() for m in self.maps.values())
 
     @classmethod
-    def from_tap_dicts(cls, taps: list[FeatureTap], tap_dicts: list[dict], resolution: int,
-                       dtype=torch.float16) -> "TapFeatures":
+    def from_tap_dicts(
+        cls, taps: list[FeatureTap], tap_dicts: list[dict], resolution: int, dtype=torch.float16
+    ) -> "TapFeatures":
         """Stack per-image tap dicts {name: [1, c, r, r]} into channels-last tensors."""
         maps = {}
         for t in taps:
@@ -122,13 +127,18 @@ class TapFeatures:
     def gather(self, img, y, x, dtype=torch.float32) -> torch.Tensor:
         """Concatenated feature vectors [P, C] (taps in order) at full-resolution pixel positions."""
         img, y, x = (v.to(self.device) for v in (img, y, x))
-        return torch.cat([gather_bilinear(self.maps[t.name], img, y, x, self.resolution, dtype)
-                          for t in self.taps], dim=1)
+        return torch.cat(
+            [gather_bilinear(self.maps[t.name], img, y, x, self.resolution, dtype) for t in self.taps], dim=1
+        )
 
     def full_volume(self, i: int, dtype=torch.float32) -> torch.Tensor:
         """The reference: image i's taps upsampled to full size and concatenated, [C, R, R]."""
-        return torch.cat([upsample(self.maps[t.name][i: i + 1].permute(0, 3, 1, 2).to(dtype), self.resolution)[0]
-                          for t in self.taps])
+        return torch.cat(
+            [
+                upsample(self.maps[t.name][i : i + 1].permute(0, 3, 1, 2).to(dtype), self.resolution)[0]
+                for t in self.taps
+            ]
+        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -151,8 +161,14 @@ def unflatten(flat: torch.Tensor, resolution: int) -> tuple[torch.Tensor, torch.
     return flat // rr, (flat % rr) // resolution, flat % resolution
 
 
-def epoch_order(pixels: torch.Tensor, labels: torch.Tensor, count: int | None, generator: torch.Generator,
-                balanced: bool = False, num_classes: int | None = None) -> torch.Tensor:
+def epoch_order(
+    pixels: torch.Tensor,
+    labels: torch.Tensor,
+    count: int | None,
+    generator: torch.Generator,
+    balanced: bool = False,
+    num_classes: int | None = None,
+) -> torch.Tensor:
     """The pixel indices of one epoch, in a fresh random order.
 
     Plain: a permutation of ``pixels`` (its first ``count`` entries if given). Class-balanced: ``count``
@@ -204,15 +220,18 @@ def render_annotated(G, aset, include_pre_annotated: bool = False, progress: boo
     bad = [r for r in records if r.generator_sha256 != sha]
     if bad:
         ids = ", ".join(r.id for r in bad[:3]) + (" ..." if len(bad) > 3 else "")
-        raise FeatureError(f"{len(bad)} annotation(s) ({ids}) were made with generator "
-                           f"{bad[0].generator_sha256[:12] or '(unknown)'}..., not this run's generator "
-                           f"{sha[:12] or '(unknown)'}...; annotate seeds rendered by this generator")
+        raise FeatureError(
+            f"{len(bad)} annotation(s) ({ids}) were made with generator "
+            f"{bad[0].generator_sha256[:12] or '(unknown)'}..., not this run's generator "
+            f"{sha[:12] or '(unknown)'}...; annotate seeds rendered by this generator"
+        )
     wrong_res = [r.id for r in records if r.resolution != res]
     if wrong_res:
         raise FeatureError(f"annotation(s) {wrong_res[:3]} are not {res}x{res}")
     items = records
     if progress:
         from tqdm import tqdm
+
         items = tqdm(records, desc="rendering annotated images", unit="img")
     maps, masks = {}, []
     for i, rec in enumerate(items):
@@ -221,12 +240,15 @@ def render_annotated(G, aset, include_pre_annotated: bool = False, progress: boo
         got = to_uint8(img)[0]
         got = got[..., 0] if stored.ndim == 2 else got
         if got.shape != stored.shape or np.abs(got.astype(np.int16) - stored.astype(np.int16)).mean() > 1.0:
-            raise FeatureError(f"{rec.id}: re-rendering it does not give the annotated image; "
-                               "the generator or the renderer changed since it was annotated")
+            raise FeatureError(
+                f"{rec.id}: re-rendering it does not give the annotated image; "
+                "the generator or the renderer changed since it was annotated"
+            )
         for tap in taps:  # filled in place: the peak stays at the float16 maps plus one image's taps
             if i == 0:
-                maps[tap.name] = torch.empty(len(records), tap.resolution, tap.resolution, tap.channels,
-                                             dtype=torch.float16)
+                maps[tap.name] = torch.empty(
+                    len(records), tap.resolution, tap.resolution, tap.channels, dtype=torch.float16
+                )
             maps[tap.name][i] = t[tap.name][0].permute(1, 2, 0)
         del t
         masks.append(aset.mask(rec.id))

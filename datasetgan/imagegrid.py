@@ -1,4 +1,5 @@
 """Image grids: many small images tiled into one PNG a person can look at."""
+
 from __future__ import annotations
 
 import math
@@ -23,7 +24,7 @@ def make_grid(images: np.ndarray, cols: int | None = None, pad: int = 1, pad_val
     grid = np.full((rows * (h + pad) - pad, cols * (w + pad) - pad, c), pad_value, dtype=np.uint8)
     for i in range(n):
         r, k = divmod(i, cols)
-        grid[r * (h + pad): r * (h + pad) + h, k * (w + pad): k * (w + pad) + w] = images[i]
+        grid[r * (h + pad) : r * (h + pad) + h, k * (w + pad) : k * (w + pad) + w] = images[i]
     return grid
 
 

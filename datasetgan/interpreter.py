@@ -19,6 +19,7 @@ Prediction: majority vote of the members' argmaxes, ties broken by the mean soft
 the Jensen-Shannon divergence of the members' softmaxes, JS = H(mean p) - mean H(p) (nats); an
 image's score is the mean of its top 10 % JS pixels.
 """
+
 from __future__ import annotations
 
 import copy
@@ -34,8 +35,17 @@ from torch import nn
 
 from .checkpoint import CheckpointError, load_tensors, save_tensors
 from .data import ClassInfo
-from .features import FeatureError, TapFeatures, epoch_order, source_index, split_pixels, taps_from_json, \
-    taps_to_json, unflatten, upsample
+from .features import (
+    FeatureError,
+    TapFeatures,
+    epoch_order,
+    source_index,
+    split_pixels,
+    taps_from_json,
+    taps_to_json,
+    unflatten,
+    upsample,
+)
 from .networks import FeatureTap
 
 TOP_FRACTION = 0.10  # an image's uncertainty score is the mean JS of its most uncertain 10 % pixels
@@ -48,11 +58,11 @@ class InterpreterConfig:
     lr: float = 1e-4
     batch_size: int = 1024
     epochs: int = 10
-    pixels_per_epoch: int | None = None   # None: every training pixel once per epoch
-    patience: int = 2                     # epochs without held-out improvement before stopping
-    holdout: float = 0.1                  # share of annotated pixels held out for early stopping
-    val_pixels: int = 50_000              # at most this many held-out pixels are evaluated
-    balanced: bool = False                # class-balanced pixel sampling
+    pixels_per_epoch: int | None = None  # None: every training pixel once per epoch
+    patience: int = 2  # epochs without held-out improvement before stopping
+    holdout: float = 0.1  # share of annotated pixels held out for early stopping
+    val_pixels: int = 50_000  # at most this many held-out pixels are evaluated
+    balanced: bool = False  # class-balanced pixel sampling
     seed: int = 0
 
     def __post_init__(self):
@@ -96,9 +106,9 @@ def member_seed(seed: int, m: int) -> int:
 def majority_vote(logits: torch.Tensor) -> torch.Tensor:
     """logits [N, M, K, ...] -> labels [N, ...]: the class most members pick; ties go to the highest mean softmax."""
     num_classes = logits.shape[2]
-    votes = logits.argmax(2)                                        # [N, M, ...]
-    counts = F.one_hot(votes, num_classes).sum(1).movedim(-1, 1)    # [N, K, ...]
-    mean_p = logits.softmax(2).mean(1)                              # [N, K, ...]
+    votes = logits.argmax(2)  # [N, M, ...]
+    counts = F.one_hot(votes, num_classes).sum(1).movedim(-1, 1)  # [N, K, ...]
+    mean_p = logits.softmax(2).mean(1)  # [N, K, ...]
     tied = counts == counts.max(1, keepdim=True).values
     return torch.where(tied, mean_p, torch.full_like(mean_p, -1.0)).argmax(1)
 
@@ -120,9 +130,9 @@ def image_score(js: torch.Tensor, top: float = TOP_FRACTION) -> torch.Tensor:
 
 @dataclass
 class Prediction:
-    mask: torch.Tensor     # uint8 [N, R, R]
-    js: torch.Tensor       # float32 [N, R, R]
-    score: torch.Tensor    # float32 [N]
+    mask: torch.Tensor  # uint8 [N, R, R]
+    js: torch.Tensor  # float32 [N, R, R]
+    score: torch.Tensor  # float32 [N]
 
 
 def predict_from_logits(logits: torch.Tensor) -> Prediction:
@@ -149,12 +159,13 @@ class InterpreterInfo:
 
 class FoldedWeights(NamedTuple):
     """What the fast path precomputes once (see :meth:`Interpreter.folded`)."""
-    first: dict            # tap resolution -> (tap names, first-layer weights [M*h1, c] of those taps)
-    first_bias: torch.Tensor           # [M*h1]
-    x_offsets: dict        # lower resolution -> its first column in the x-upsampled layout
-    y_upsample: torch.Tensor | None    # sparse CSR [R, sum of lower resolutions]: upsampling along y
-    upsampled_width: int   # sum of the lower resolutions
-    later_layers: list     # per later layer: (W [M, out, in], b [M, out, 1]) with BatchNorm folded in
+
+    first: dict  # tap resolution -> (tap names, first-layer weights [M*h1, c] of those taps)
+    first_bias: torch.Tensor  # [M*h1]
+    x_offsets: dict  # lower resolution -> its first column in the x-upsampled layout
+    y_upsample: torch.Tensor | None  # sparse CSR [R, sum of lower resolutions]: upsampling along y
+    upsampled_width: int  # sum of the lower resolutions
+    later_layers: list  # per later layer: (W [M, out, in], b [M, out, 1]) with BatchNorm folded in
 
 
 class Interpreter(nn.Module):
@@ -162,8 +173,9 @@ class Interpreter(nn.Module):
         super().__init__()
         self.info, self.cfg = info, cfg
         self.in_channels = sum(t.channels for t in info.taps)
-        self.members = nn.ModuleList(make_member(self.in_channels, cfg.hidden, len(info.classes))
-                                     for _ in range(cfg.members))
+        self.members = nn.ModuleList(
+            make_member(self.in_channels, cfg.hidden, len(info.classes)) for _ in range(cfg.members)
+        )
         self.sha256 = ""
         self._folded = None
 
@@ -183,10 +195,11 @@ class Interpreter(nn.Module):
         self.eval()
         R, out, dtype = self.info.resolution, [], next(self.parameters()).dtype
         for i in range(next(iter(taps.values())).shape[0]):
-            vol = torch.cat([upsample(taps[t.name][i: i + 1].to(dtype), R) for t in self.info.taps], 1)[0]
+            vol = torch.cat([upsample(taps[t.name][i : i + 1].to(dtype), R) for t in self.info.taps], 1)[0]
             rows = vol.reshape(self.in_channels, R * R).t()
-            logits = torch.stack([torch.cat([m(rows[s: s + chunk]) for s in range(0, R * R, chunk)])
-                                  for m in self.members])            # [M, R*R, K]
+            logits = torch.stack(
+                [torch.cat([m(rows[s : s + chunk]) for s in range(0, R * R, chunk)]) for m in self.members]
+            )  # [M, R*R, K]
             out.append(logits.permute(0, 2, 1).reshape(len(self.members), self.num_classes, R, R))
         return torch.stack(out)
 
@@ -201,8 +214,8 @@ class Interpreter(nn.Module):
         R = self.info.resolution
         lins = [[m for m in member if isinstance(m, nn.Linear)] for member in self.members]
         bns = [[m for m in member if isinstance(m, nn.BatchNorm1d)] for member in self.members]
-        w1 = torch.cat([ls[0].weight for ls in lins])                 # [M*h1, C]
-        b1 = torch.cat([ls[0].bias for ls in lins])                   # [M*h1]
+        w1 = torch.cat([ls[0].weight for ls in lins])  # [M*h1, C]
+        b1 = torch.cat([ls[0].bias for ls in lins])  # [M*h1]
         dtype, device = w1.dtype, w1.device
         offsets, start = {}, 0
         for t in self.info.taps:
@@ -211,8 +224,10 @@ class Interpreter(nn.Module):
         by_res = {}
         for t in self.info.taps:
             by_res.setdefault(t.resolution, []).append(t.name)
-        first = {r: (names, torch.cat([w1[:, slice(*offsets[n])] for n in names], 1).contiguous())
-                 for r, names in sorted(by_res.items(), reverse=True)}
+        first = {
+            r: (names, torch.cat([w1[:, slice(*offsets[n])] for n in names], 1).contiguous())
+            for r, names in sorted(by_res.items(), reverse=True)
+        }
         # Upsampling of every lower resolution at once: along x with each resolution's two taps per
         # output column, then along y with one sparse [R, sum of r] matrix whose row Y holds the two
         # weights of every resolution, so the full-size sum is written in a single pass.
@@ -230,14 +245,22 @@ class Interpreter(nn.Module):
         if xs:
             with warnings.catch_warnings():  # CSR support is marked beta; this use is covered by tests
                 warnings.simplefilter("ignore", UserWarning)
-                ymat = torch.sparse_coo_tensor(torch.stack([torch.cat(rows), torch.cat(cols)]), torch.cat(vals),
-                                               (R, off), check_invariants=True).coalesce().to_sparse_csr()
+                ymat = (
+                    torch.sparse_coo_tensor(
+                        torch.stack([torch.cat(rows), torch.cat(cols)]),
+                        torch.cat(vals),
+                        (R, off),
+                        check_invariants=True,
+                    )
+                    .coalesce()
+                    .to_sparse_csr()
+                )
         rest = []  # per later layer: W [M, out, in], b [M, out, 1]
         for j in range(1, len(self.cfg.hidden) + 1):
             ws, bs = [], []
             for ls, bn in zip(lins, bns):
                 bnj = bn[j - 1]
-                a = bnj.weight / torch.sqrt(bnj.running_var + bnj.eps)    # BN(x) = a * x + c
+                a = bnj.weight / torch.sqrt(bnj.running_var + bnj.eps)  # BN(x) = a * x + c
                 c = bnj.bias - a * bnj.running_mean
                 ws.append(ls[j].weight * a[None, :])
                 bs.append(ls[j].bias + ls[j].weight @ c)
@@ -259,10 +282,10 @@ class Interpreter(nn.Module):
         for i in range(next(iter(taps.values())).shape[0]):
             proj, hidden = {}, None
             for r, (names, w) in first.items():
-                x = torch.cat([taps[name][i] for name in names], 0).to(w.dtype)   # [c, r, r]
+                x = torch.cat([taps[name][i] for name in names], 0).to(w.dtype)  # [c, r, r]
                 if r == R:  # [y, M*h1, x]: R matmuls of [M*h1, c] x [c, R]
                     hidden = torch.matmul(w, x.permute(1, 0, 2))
-                else:       # [M*h1, y, x]: one matmul
+                else:  # [M*h1, y, x]: one matmul
                     proj[r] = torch.matmul(w, x.reshape(x.shape[0], r * r)).reshape(-1, r, r)
             if hidden is None:
                 hidden = torch.zeros(R, width, R, dtype=b1.dtype, device=b1.device)
@@ -270,15 +293,19 @@ class Interpreter(nn.Module):
                 c1 = min(width, c0 + chunk)
                 # along x: 1D linear interpolation has PyTorch's bilinear weights and a fast kernel;
                 # the cat puts the rows of all resolutions together, y first, in one pass
-                q = torch.cat([F.interpolate(proj[r][c0:c1], size=R, mode="linear", align_corners=False)
-                               .permute(1, 0, 2) for r in xs])                   # [sum r, chunk, R]
+                q = torch.cat(
+                    [
+                        F.interpolate(proj[r][c0:c1], size=R, mode="linear", align_corners=False).permute(1, 0, 2)
+                        for r in xs
+                    ]
+                )  # [sum r, chunk, R]
                 hidden[:, c0:c1].reshape(R, -1).addmm_(ymat, q.reshape(rows, -1))
-            h = hidden.add_(b1[None, :, None]).relu_().reshape(R, M, -1, R)     # [y, M, h1, x]
+            h = hidden.add_(b1[None, :, None]).relu_().reshape(R, M, -1, R)  # [y, M, h1, x]
             for j, (w, b) in enumerate(rest):
-                h = torch.matmul(w, h).add_(b)                                   # [y, M, out, x]
+                h = torch.matmul(w, h).add_(b)  # [y, M, out, x]
                 if j < len(rest) - 1:
                     h.relu_()
-            out.append(h.permute(1, 2, 0, 3))                                     # [M, K, y, x]
+            out.append(h.permute(1, 2, 0, 3))  # [M, K, y, x]
         return torch.stack(out)
 
     def predict(self, taps: dict[str, torch.Tensor], fast: bool = True) -> Prediction:
@@ -287,10 +314,17 @@ class Interpreter(nn.Module):
     # -- persistence -------------------------------------------------------------------------
     def meta(self) -> dict:
         i = self.info
-        return {"kind": "interpreter", "config": self.cfg.to_dict(), "taps": taps_to_json(i.taps),
-                "classes": [c.__dict__ for c in i.classes], "resolution": i.resolution,
-                "img_channels": i.img_channels, "generator_sha256": i.generator_sha256,
-                "noise_mode": i.noise_mode, "annotations": list(i.annotations)}
+        return {
+            "kind": "interpreter",
+            "config": self.cfg.to_dict(),
+            "taps": taps_to_json(i.taps),
+            "classes": [c.__dict__ for c in i.classes],
+            "resolution": i.resolution,
+            "img_channels": i.img_channels,
+            "generator_sha256": i.generator_sha256,
+            "noise_mode": i.noise_mode,
+            "annotations": list(i.annotations),
+        }
 
 
 def save_interpreter(path, interp: Interpreter, extra: dict | None = None) -> str:
@@ -304,13 +338,18 @@ def load_interpreter(path, device="cpu") -> Interpreter:
     if meta.get("kind") != "interpreter":
         raise CheckpointError(f"{path}: holds a {meta.get('kind')!r}, not an interpreter")
     try:
-        info = InterpreterInfo(taps_from_json(meta["taps"]), [ClassInfo(**c) for c in meta["classes"]],
-                               int(meta["resolution"]), int(meta.get("img_channels", 1)),
-                               meta.get("generator_sha256", ""), meta.get("noise_mode", "const"),
-                               list(meta.get("annotations", [])))
+        info = InterpreterInfo(
+            taps_from_json(meta["taps"]),
+            [ClassInfo(**c) for c in meta["classes"]],
+            int(meta["resolution"]),
+            int(meta.get("img_channels", 1)),
+            meta.get("generator_sha256", ""),
+            meta.get("noise_mode", "const"),
+            list(meta.get("annotations", [])),
+        )
         interp = Interpreter(info, InterpreterConfig(**meta["config"])).to(device)
         for i, m in enumerate(interp.members):
-            m.load_state_dict({k[len(f"m{i}."):]: v for k, v in tensors.items() if k.startswith(f"m{i}.")})
+            m.load_state_dict({k[len(f"m{i}.") :]: v for k, v in tensors.items() if k.startswith(f"m{i}.")})
     except (KeyError, TypeError, ValueError, RuntimeError) as e:
         raise CheckpointError(f"{path}: not a valid interpreter ({e.__class__.__name__}: {e})") from None
     interp.eval().requires_grad_(False)
@@ -323,13 +362,14 @@ def load_interpreter(path, device="cpu") -> Interpreter:
 
 
 @torch.no_grad()
-def evaluate(member: nn.Module, feats: TapFeatures, pixels: torch.Tensor, labels: torch.Tensor,
-             chunk: int = 2048) -> tuple[float, float]:
+def evaluate(
+    member: nn.Module, feats: TapFeatures, pixels: torch.Tensor, labels: torch.Tensor, chunk: int = 2048
+) -> tuple[float, float]:
     """Mean cross-entropy and accuracy of one member on the given flat pixel indices (eval mode)."""
     member.eval()
     loss, correct = 0.0, 0
     for s in range(0, len(pixels), chunk):
-        p = pixels[s: s + chunk]
+        p = pixels[s : s + chunk]
         logits = member(feats.gather(*unflatten(p, feats.resolution)))
         target = labels[p.to(labels.device)]
         loss += F.cross_entropy(logits, target, reduction="sum").item()
@@ -337,8 +377,9 @@ def evaluate(member: nn.Module, feats: TapFeatures, pixels: torch.Tensor, labels
     return loss / max(1, len(pixels)), correct / max(1, len(pixels))
 
 
-def train_interpreter(feats: TapFeatures, masks, info: InterpreterInfo, cfg: InterpreterConfig,
-                      log=None, progress: bool = False) -> Interpreter:
+def train_interpreter(
+    feats: TapFeatures, masks, info: InterpreterInfo, cfg: InterpreterConfig, log=None, progress: bool = False
+) -> Interpreter:
     """Train the ensemble on ``feats`` (N images' taps) and ``masks`` (uint8 [N, R, R] class ids).
 
     ``log(dict)`` receives one line per member and epoch (losses, accuracy, time).
@@ -359,6 +400,7 @@ def train_interpreter(feats: TapFeatures, masks, info: InterpreterInfo, cfg: Int
     bar = None
     if progress:
         from tqdm import tqdm
+
         bar = tqdm(total=cfg.members * cfg.epochs * steps, desc="training interpreter", unit="step")
     try:
         for m, member in enumerate(interp.members):
@@ -371,7 +413,7 @@ def train_interpreter(feats: TapFeatures, masks, info: InterpreterInfo, cfg: Int
                 order = epoch_order(train_px, labels, cfg.pixels_per_epoch, g, cfg.balanced, K)
                 total, count = 0.0, 0
                 for s in range(0, len(order), cfg.batch_size):
-                    batch = order[s: s + cfg.batch_size]
+                    batch = order[s : s + cfg.batch_size]
                     if len(batch) < 2:  # BatchNorm cannot normalise a single sample
                         continue
                     target = labels[batch.to(labels.device)]
@@ -383,8 +425,13 @@ def train_interpreter(feats: TapFeatures, masks, info: InterpreterInfo, cfg: Int
                     if bar is not None:
                         bar.update()
                         bar.set_postfix(member=m, epoch=epoch, loss=f"{loss.item():.4f}")
-                line = {"event": "epoch", "member": m, "epoch": epoch, "train_loss": total / max(1, count),
-                        "pixels": count}
+                line = {
+                    "event": "epoch",
+                    "member": m,
+                    "epoch": epoch,
+                    "train_loss": total / max(1, count),
+                    "pixels": count,
+                }
                 if len(val_px):
                     line["val_loss"], line["val_acc"] = evaluate(member, feats, val_px, labels)
                 line["seconds"] = time.time() - t0

@@ -4,6 +4,7 @@ Each line is appended with one ``write`` of the whole line (after a newline if t
 was cut short), so a crash can at most cut the line being written and never glue two lines together;
 readers drop a line that is not JSON and say which.
 """
+
 from __future__ import annotations
 
 import json
@@ -19,7 +20,7 @@ def append(path, row: dict) -> None:
         if size and os.pread(fd, 1, size - 1) != b"\n":
             data = b"\n" + data  # the last line was torn by a crash: start on a line of our own
         while data:
-            data = data[os.write(fd, data):]
+            data = data[os.write(fd, data) :]
     finally:
         os.close(fd)
 

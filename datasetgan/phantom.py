@@ -18,6 +18,7 @@ Heart size, position, rotation and wall thickness vary per slice; a smooth multi
 rendered on a supersampled grid and box-averaged (anti-aliasing); masks evaluate the same geometry
 at the output pixel centres, so they line up with the images exactly.
 """
+
 from __future__ import annotations
 
 import json
@@ -27,9 +28,9 @@ from pathlib import Path
 import numpy as np
 from scipy.ndimage import gaussian_filter
 
-from .png import png_bytes
 from .atomic import atomic_write_bytes, atomic_write_text
 from .data import ClassInfo, labels_to_json
+from .png import png_bytes
 
 # Same ids, names and colours as ACDC's labels.json, so the demo looks like the real use case.
 CLASSES = [
@@ -44,7 +45,7 @@ RV, MYO, LV = 1, 2, 3
 @dataclass(frozen=True)
 class PhantomOptions:
     resolution: int = 64
-    supersample: int = 3          # image rendered at resolution*supersample, then box-averaged
+    supersample: int = 3  # image rendered at resolution*supersample, then box-averaged
     rv_probability: float = 0.92  # apical slices may show no right ventricle
 
 
@@ -76,39 +77,65 @@ def _draw_params(rng: np.random.Generator, opts: PhantomOptions) -> dict:
     """All random choices of one slice (drawn in a fixed order so the stream is reproducible)."""
     u = rng.uniform
     p = {}
-    p["rot"] = u(-0.45, 0.45)                                  # whole-anatomy rotation
-    p["body"] = dict(cx=u(-0.08, 0.08), cy=u(-0.02, 0.12), a=u(0.88, 1.2), b=u(0.68, 0.95),
-                     harm=[(k, u(0.0, 0.045), u(0, 2 * np.pi)) for k in (2, 3, 4, 5)])
-    p["fat"] = u(0.035, 0.075)                                 # subcutaneous fat rim thickness
+    p["rot"] = u(-0.45, 0.45)  # whole-anatomy rotation
+    p["body"] = dict(
+        cx=u(-0.08, 0.08),
+        cy=u(-0.02, 0.12),
+        a=u(0.88, 1.2),
+        b=u(0.68, 0.95),
+        harm=[(k, u(0.0, 0.045), u(0, 2 * np.pi)) for k in (2, 3, 4, 5)],
+    )
+    p["fat"] = u(0.035, 0.075)  # subcutaneous fat rim thickness
     # heart centre in the body's frame (a little left of centre and up, like ACDC crops)
     p["heart"] = dict(cx=u(-0.22, 0.22), cy=u(-0.22, 0.12))
     r_lv = u(0.09, 0.23)
-    p["lv"] = dict(r=r_lv, ecc=u(0.82, 1.18), angle=u(0, np.pi),
-                   harm=[(k, u(0.0, 0.04), u(0, 2 * np.pi)) for k in (2, 3)])
+    p["lv"] = dict(
+        r=r_lv, ecc=u(0.82, 1.18), angle=u(0, np.pi), harm=[(k, u(0.0, 0.04), u(0, 2 * np.pi)) for k in (2, 3)]
+    )
     # wall at least 1.5 output pixels thick, so the ring stays closed in the mask at any resolution
     p["myo_t"] = max(0.05, 3.0 / opts.resolution, r_lv * u(0.35, 0.75))
-    p["rv"] = dict(present=bool(u() < opts.rv_probability), theta=np.pi + u(-0.15, 0.65),
-                   d=u(0.45, 0.85), a=u(0.7, 1.1), b=u(1.1, 1.55), wall=u(0.02, 0.035))
+    p["rv"] = dict(
+        present=bool(u() < opts.rv_probability),
+        theta=np.pi + u(-0.15, 0.65),
+        d=u(0.45, 0.85),
+        a=u(0.7, 1.1),
+        b=u(1.1, 1.55),
+        wall=u(0.02, 0.035),
+    )
     p["papillary"] = [dict(t=u(0, 2 * np.pi), r=u(0.08, 0.16)) for _ in range(int(rng.integers(0, 3)))]
     # epicardial fat: a bright band around part of the heart
     p["epi"] = dict(w=u(0.02, 0.05), t0=u(0, 2 * np.pi), span=u(1.0, 4.5))
     # clutter: bowel, vessels and muscle bundles, as small ellipses of random brightness
-    p["clutter"] = [dict(x=u(-1, 1), y=u(-1, 1), a=u(0.03, 0.14), b=u(0.03, 0.1), ang=u(0, np.pi),
-                         i=u(0.1, 0.8)) for _ in range(int(rng.integers(6, 16)))]
-    p["lungs"] = [dict(dx=u(0.28, 0.42), dy=u(-0.25, 0.05), a=u(0.18, 0.3), b=u(0.3, 0.45), ang=u(-0.5, 0.5)),
-                  dict(dx=-u(0.35, 0.5), dy=u(-0.3, -0.05), a=u(0.16, 0.26), b=u(0.25, 0.4), ang=u(-0.5, 0.5))]
+    p["clutter"] = [
+        dict(x=u(-1, 1), y=u(-1, 1), a=u(0.03, 0.14), b=u(0.03, 0.1), ang=u(0, np.pi), i=u(0.1, 0.8))
+        for _ in range(int(rng.integers(6, 16)))
+    ]
+    p["lungs"] = [
+        dict(dx=u(0.28, 0.42), dy=u(-0.25, 0.05), a=u(0.18, 0.3), b=u(0.3, 0.45), ang=u(-0.5, 0.5)),
+        dict(dx=-u(0.35, 0.5), dy=u(-0.3, -0.05), a=u(0.16, 0.26), b=u(0.25, 0.4), ang=u(-0.5, 0.5)),
+    ]
     p["liver"] = dict(dx=u(-0.55, -0.25), dy=u(0.35, 0.55), a=u(0.35, 0.55), b=u(0.2, 0.32), ang=u(-0.6, 0.2))
     p["aorta"] = dict(dx=u(0.15, 0.35), dy=u(0.3, 0.45), r=u(0.045, 0.07))
     p["spine"] = dict(dx=u(-0.05, 0.1), dy=u(0.5, 0.62), r=u(0.08, 0.11))
     # intensities (relative; the image is rescaled per slice afterwards, like ACDC's per-volume scaling)
-    p["I"] = dict(air=u(0.0, 0.03), tissue=u(0.22, 0.36), fat=u(0.65, 0.95), lung=u(0.04, 0.12),
-                  liver=u(0.3, 0.45), blood=u(0.7, 0.95), rv_blood=u(0.62, 0.9), myo=u(0.14, 0.26),
-                  aorta=u(0.6, 0.9), spine=u(0.35, 0.5), papillary=u(0.2, 0.35))
-    p["bias"] = u(0.1, 0.3)          # amplitude of the coil-sensitivity bias field
-    p["texture"] = u(0.05, 0.12)     # amplitude of the soft-tissue texture
-    p["noise"] = u(0.015, 0.045)     # Rician noise sigma
-    p["blur"] = u(0.3, 0.7)          # point-spread sigma in output pixels
-    p["top"] = u(0.85, 1.0)          # brightest blood maps to this fraction of 255
+    p["I"] = dict(
+        air=u(0.0, 0.03),
+        tissue=u(0.22, 0.36),
+        fat=u(0.65, 0.95),
+        lung=u(0.04, 0.12),
+        liver=u(0.3, 0.45),
+        blood=u(0.7, 0.95),
+        rv_blood=u(0.62, 0.9),
+        myo=u(0.14, 0.26),
+        aorta=u(0.6, 0.9),
+        spine=u(0.35, 0.5),
+        papillary=u(0.2, 0.35),
+    )
+    p["bias"] = u(0.1, 0.3)  # amplitude of the coil-sensitivity bias field
+    p["texture"] = u(0.05, 0.12)  # amplitude of the soft-tissue texture
+    p["noise"] = u(0.015, 0.045)  # Rician noise sigma
+    p["blur"] = u(0.3, 0.7)  # point-spread sigma in output pixels
+    p["top"] = u(0.85, 1.0)  # brightest blood maps to this fraction of 255
     return p
 
 
@@ -203,10 +230,10 @@ def render_slice(rng: np.random.Generator, opts: PhantomOptions = PhantomOptions
     p = _draw_params(rng, opts)
     n = res * ss
     fine = _regions(p, *_grid(n))
-    I = p["I"]
+    I = p["I"]  # noqa: E741 (the intensity table, named as in the docstring)
 
-    tex = _smooth_field(rng, n, 0.02 * n)            # fine soft-tissue texture
-    tex2 = _smooth_field(rng, n, 0.006 * n + 0.5)    # grain inside organs
+    tex = _smooth_field(rng, n, 0.02 * n)  # fine soft-tissue texture
+    tex2 = _smooth_field(rng, n, 0.006 * n + 0.5)  # grain inside organs
     img = np.full((n, n), I["air"]) + 0.01 * np.abs(tex2)
     tissue = I["tissue"] * (1 + p["texture"] * 2 * tex)
     img = np.where(fine["body"], I["fat"] * (1 + 0.08 * tex2), img)
@@ -224,9 +251,9 @@ def render_slice(rng: np.random.Generator, opts: PhantomOptions = PhantomOptions
     img = np.where(fine["lv"], I["blood"] * (1 + 0.04 * tex), img)
     img = np.where(fine["papillary"], I["papillary"], img)
 
-    img = img * (1 + p["bias"] * _smooth_field(rng, n, 0.35 * n))   # coil sensitivity
+    img = img * (1 + p["bias"] * _smooth_field(rng, n, 0.35 * n))  # coil sensitivity
     img = gaussian_filter(img, p["blur"] * ss)
-    img = img.reshape(res, ss, res, ss).mean(axis=(1, 3))             # box-average to output size
+    img = img.reshape(res, ss, res, ss).mean(axis=(1, 3))  # box-average to output size
     sigma = p["noise"]
     img = np.hypot(img + sigma * rng.standard_normal(img.shape), sigma * rng.standard_normal(img.shape))
     # per-slice scaling, as ACDC's per-volume min-max: brightest blood near the top of the range
@@ -263,7 +290,16 @@ def write_phantom_folder(out_dir, n: int, resolution: int = 64, seed: int = 0) -
         atomic_write_bytes(out / "images" / f"{slice_name(i)}.png", png_bytes(image))
         atomic_write_bytes(out / "masks" / f"{slice_name(i)}.png", png_bytes(mask))
     atomic_write_text(out / "labels.json", labels_to_json(CLASSES))
-    atomic_write_text(out / "phantom.json", json.dumps(
-        {"generator": "datasetgan.phantom", "seed": seed, "n": n,
-         "options": asdict(PhantomOptions(resolution=resolution))}, indent=1))
+    atomic_write_text(
+        out / "phantom.json",
+        json.dumps(
+            {
+                "generator": "datasetgan.phantom",
+                "seed": seed,
+                "n": n,
+                "options": asdict(PhantomOptions(resolution=resolution)),
+            },
+            indent=1,
+        ),
+    )
     return out

@@ -2,6 +2,7 @@
 
 Pillow writes the same bytes for the same array, which the byte-identical pairs rely on.
 """
+
 from __future__ import annotations
 
 import io

@@ -23,6 +23,7 @@ ADA's speed: the paper lets p go from 0 to 1 in 500k images, which suits runs of
 A CPU run sees 20k-100k images, in which p could rise by at most 0.1, so the CPU presets use 100k
 (``ada_kimg=100``); ``--ada-kimg 500`` restores the paper's speed.
 """
+
 from __future__ import annotations
 
 import json
@@ -82,14 +83,24 @@ class TrainConfig:
             raise ConfigError(f"batch must be positive, got {self.batch}")
 
     def generator_config(self) -> GeneratorConfig:
-        return GeneratorConfig(resolution=self.resolution, img_channels=self.img_channels, z_dim=self.z_dim,
-                               w_dim=self.w_dim, mapping_layers=self.mapping_layers,
-                               channel_base=self.channel_base, channel_max=self.channel_max)
+        return GeneratorConfig(
+            resolution=self.resolution,
+            img_channels=self.img_channels,
+            z_dim=self.z_dim,
+            w_dim=self.w_dim,
+            mapping_layers=self.mapping_layers,
+            channel_base=self.channel_base,
+            channel_max=self.channel_max,
+        )
 
     def discriminator_config(self) -> DiscriminatorConfig:
-        return DiscriminatorConfig(resolution=self.resolution, img_channels=self.img_channels,
-                                   channel_base=self.channel_base, channel_max=self.channel_max,
-                                   mbstd_group=self.mbstd_group)
+        return DiscriminatorConfig(
+            resolution=self.resolution,
+            img_channels=self.img_channels,
+            channel_base=self.channel_base,
+            channel_max=self.channel_max,
+            mbstd_group=self.mbstd_group,
+        )
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -107,19 +118,59 @@ class TrainConfig:
 
 def auto_r1_gamma(resolution: int, batch: int) -> float:
     """The ADA paper's heuristic for R1 gamma: 0.0002 * resolution^2 / batch."""
-    return 0.0002 * resolution ** 2 / batch
+    return 0.0002 * resolution**2 / batch
 
 
 PRESETS: dict[str, dict] = {
-    "cpu-tiny": dict(resolution=32, z_dim=128, w_dim=128, mapping_layers=2, channel_base=1024, channel_max=128,
-                     batch=16, pl_interval=8, ema_kimg=16 * 10 / 32, ada_kimg=100),
-    "cpu-small": dict(resolution=64, z_dim=128, w_dim=128, mapping_layers=2, channel_base=1024, channel_max=128,
-                      batch=16, pl_interval=8, ema_kimg=16 * 10 / 32, ada_kimg=100),
+    "cpu-tiny": dict(
+        resolution=32,
+        z_dim=128,
+        w_dim=128,
+        mapping_layers=2,
+        channel_base=1024,
+        channel_max=128,
+        batch=16,
+        pl_interval=8,
+        ema_kimg=16 * 10 / 32,
+        ada_kimg=100,
+    ),
+    "cpu-small": dict(
+        resolution=64,
+        z_dim=128,
+        w_dim=128,
+        mapping_layers=2,
+        channel_base=1024,
+        channel_max=128,
+        batch=16,
+        pl_interval=8,
+        ema_kimg=16 * 10 / 32,
+        ada_kimg=100,
+    ),
     # the bundled demo run (demo/rebuild.sh): 32x32, 8..64 channels, no path-length regularisation
-    "cpu-demo": dict(resolution=32, z_dim=64, w_dim=64, mapping_layers=2, channel_base=512, channel_max=64,
-                     batch=16, pl_weight=0.0, ema_kimg=16 * 10 / 32),
-    "paper256": dict(resolution=256, z_dim=512, w_dim=512, mapping_layers=8, channel_base=16384, channel_max=512,
-                     batch=64, mbstd_group=8, r1_gamma=1.0, ema_kimg=20.0, ema_rampup=None),
+    "cpu-demo": dict(
+        resolution=32,
+        z_dim=64,
+        w_dim=64,
+        mapping_layers=2,
+        channel_base=512,
+        channel_max=64,
+        batch=16,
+        pl_weight=0.0,
+        ema_kimg=16 * 10 / 32,
+    ),
+    "paper256": dict(
+        resolution=256,
+        z_dim=512,
+        w_dim=512,
+        mapping_layers=8,
+        channel_base=16384,
+        channel_max=512,
+        batch=64,
+        mbstd_group=8,
+        r1_gamma=1.0,
+        ema_kimg=20.0,
+        ema_rampup=None,
+    ),
 }
 
 

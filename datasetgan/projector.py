@@ -19,6 +19,7 @@ A projection is stored as ``NAME.safetensors`` (tensors ``ws`` [num_ws, w_dim] a
 [r, r]) with a ``NAME.json`` sidecar holding the generator's SHA-256, the options and the
 reconstruction quality; :func:`datasetgan.render.render_projection` renders it exactly, like a seed.
 """
+
 from __future__ import annotations
 
 import math
@@ -34,7 +35,7 @@ from .errors import DatasetganError
 from .render import render_projection, to_uint8
 
 PERCEPTUAL = ("inception", "discriminator", "none")
-INCEPTION_LAYERS = ("conv_2", "conv_4", "mixed_2")   # 64, 192 and 288 channels, strides 2, 4 and 8
+INCEPTION_LAYERS = ("conv_2", "conv_4", "mixed_2")  # 64, 192 and 288 channels, strides 2, 4 and 8
 
 
 class ProjectionError(DatasetganError, ValueError):
@@ -50,7 +51,7 @@ class ProjectorConfig:
     perceptual_weight: float = 1.0
     pixel_weight: float = 1.0
     noise_reg_weight: float = 10.0
-    w_noise: float = 0.05          # initial std of the noise added to w, as a share of w's spread
+    w_noise: float = 0.05  # initial std of the noise added to w, as a share of w's spread
     batch: int = 8
     seed: int = 0
 
@@ -158,8 +159,11 @@ def noise_regularization(maps: list[torch.Tensor]) -> torch.Tensor:
     total = 0
     for n in maps:
         while True:
-            total = total + (n * n.roll(1, dims=3)).mean(dim=(1, 2, 3)).square() \
+            total = (
+                total
+                + (n * n.roll(1, dims=3)).mean(dim=(1, 2, 3)).square()
                 + (n * n.roll(1, dims=2)).mean(dim=(1, 2, 3)).square()
+            )
             if n.shape[-1] <= 8:
                 break
             n = F.avg_pool2d(n, 2)
@@ -192,13 +196,15 @@ def as_float_images(images, channels: int, resolution: int) -> torch.Tensor:
     if images.dtype != torch.uint8 or images.ndim != 4:
         raise ProjectionError(f"expected uint8 images [N, C, R, R], got {images.dtype} {tuple(images.shape)}")
     if images.shape[1] != channels or images.shape[-1] != resolution or images.shape[-2] != resolution:
-        raise ProjectionError(f"images are {tuple(images.shape[1:])}, the generator makes "
-                              f"({channels}, {resolution}, {resolution})")
+        raise ProjectionError(
+            f"images are {tuple(images.shape[1:])}, the generator makes ({channels}, {resolution}, {resolution})"
+        )
     return images.float() / 127.5 - 1
 
 
-def project(G, images, cfg: ProjectorConfig | None = None, features=None, progress: bool = False,
-            log=None) -> list[Projection]:
+def project(
+    G, images, cfg: ProjectorConfig | None = None, features=None, progress: bool = False, log=None
+) -> list[Projection]:
     """Project uint8 images [N, C, R, R] into G, ``cfg.batch`` images at a time.
 
     ``features``: the perceptual network (made from ``cfg.perceptual`` if None; the discriminator
@@ -215,10 +221,11 @@ def project(G, images, cfg: ProjectorConfig | None = None, features=None, progre
     chunks = range(0, len(target), cfg.batch)
     if progress:
         from tqdm import tqdm
+
         chunks = tqdm(chunks, desc="project", unit="batch")
     out = []
     for i in chunks:
-        out += _project_batch(G, target[i: i + cfg.batch], cfg, features, w_mean, w_std, gen, log)
+        out += _project_batch(G, target[i : i + cfg.batch], cfg, features, w_mean, w_std, gen, log)
     return out
 
 
@@ -228,8 +235,10 @@ def _project_batch(G, target, cfg, features, w_mean, w_std, gen, log) -> list[Pr
     n = len(target)
     layers = G.synthesis.noise_layers()
     ws = w_mean.detach()[None, None].repeat(n, G.num_ws, 1).clone().requires_grad_(True)
-    noise = {name: layer.noise_const.detach()[None, None].repeat(n, 1, 1, 1).clone()
-             .requires_grad_(cfg.optimize_noise) for name, layer in layers.items()}
+    noise = {
+        name: layer.noise_const.detach()[None, None].repeat(n, 1, 1, 1).clone().requires_grad_(cfg.optimize_noise)
+        for name, layer in layers.items()
+    }
     params = [ws] + (list(noise.values()) if cfg.optimize_noise else [])
     opt = torch.optim.Adam(params, lr=cfg.lr, betas=(0.9, 0.999))
     use_perceptual = features is not None and cfg.perceptual != "none" and cfg.perceptual_weight > 0
@@ -257,8 +266,14 @@ def _project_batch(G, target, cfg, features, w_mean, w_std, gen, log) -> list[Pr
                     m -= m.mean(dim=(2, 3), keepdim=True)
                     m /= m.square().mean(dim=(2, 3), keepdim=True).sqrt() + 1e-8
         if log is not None and (step % 50 == 0 or step == cfg.steps - 1):
-            log(step, {"pixel": float(pixel.detach().mean()), "perceptual": float(percept.detach().mean()),
-                       "noise_reg": float(reg.detach().mean())})
+            log(
+                step,
+                {
+                    "pixel": float(pixel.detach().mean()),
+                    "perceptual": float(percept.detach().mean()),
+                    "noise_reg": float(reg.detach().mean()),
+                },
+            )
     ws, noise = ws.detach().cpu(), {k: v.detach().cpu() for k, v in noise.items()}
     return [Projection(ws[j].clone(), {k: v[j, 0].clone() for k, v in noise.items()}) for j in range(n)]
 
@@ -272,8 +287,9 @@ def quality(original: np.ndarray, reconstruction: np.ndarray) -> dict:
     images [H, W, C] on the 0..255 scale."""
     from monai.metrics import PSNRMetric, SSIMMetric
 
-    a, b = (torch.as_tensor(np.asarray(x), dtype=torch.float64).permute(2, 0, 1)[None]
-            for x in (original, reconstruction))
+    a, b = (
+        torch.as_tensor(np.asarray(x), dtype=torch.float64).permute(2, 0, 1)[None] for x in (original, reconstruction)
+    )
     psnr = float(PSNRMetric(max_val=255.0)(b, a).item())
     win = min(11, a.shape[-1] - (1 - a.shape[-1] % 2))
     ssim = float(SSIMMetric(spatial_dims=2, data_range=255.0, win_size=win)(b, a).item())
@@ -294,8 +310,9 @@ def projection_tensors(p: Projection) -> dict[str, torch.Tensor]:
 
 def save_projection(path, p: Projection, generator_sha256: str, meta: dict) -> str:
     """Write NAME.safetensors + NAME.json (atomically); returns the file's SHA-256."""
-    return save_tensors(path, projection_tensors(p),
-                        {"kind": "projection", "generator_sha256": generator_sha256, **meta})
+    return save_tensors(
+        path, projection_tensors(p), {"kind": "projection", "generator_sha256": generator_sha256, **meta}
+    )
 
 
 def load_projection(path, G=None) -> tuple[Projection, dict]:
@@ -308,9 +325,11 @@ def load_projection(path, G=None) -> tuple[Projection, dict]:
         raise ProjectionError(f"{path}: not a projection (kind {meta.get('kind')!r})")
     sha = getattr(G, "sha256", None)
     if G is not None and meta.get("generator_sha256") != sha:
-        raise ProjectionError(f"{path}: projected with generator {str(meta.get('generator_sha256'))[:12]}..., "
-                              f"not this one ({str(sha)[:12]}...)")
-    noise = {k[len("noise."):]: v for k, v in tensors.items() if k.startswith("noise.")}
+        raise ProjectionError(
+            f"{path}: projected with generator {str(meta.get('generator_sha256'))[:12]}..., "
+            f"not this one ({str(sha)[:12]}...)"
+        )
+    noise = {k[len("noise.") :]: v for k, v in tensors.items() if k.startswith("noise.")}
     return Projection(tensors["ws"], noise), meta
 
 
@@ -354,8 +373,9 @@ def read_images(paths, channels: int, resolution: int, fit: str = "crop") -> tup
     return list(seen), np.stack(out)
 
 
-def write_projections(G, names: list[str], images: np.ndarray, projections: list[Projection], out_dir,
-                      cfg: ProjectorConfig) -> list[dict]:
+def write_projections(
+    G, names: list[str], images: np.ndarray, projections: list[Projection], out_dir, cfg: ProjectorConfig
+) -> list[dict]:
     """Store each projection as OUT/NAME.safetensors + .json, its exact rendering OUT/NAME.png and
     OUT/NAME.compare.png (original | reconstruction | difference); OUT/projections.json lists them all."""
     import json
@@ -374,6 +394,8 @@ def write_projections(G, names: list[str], images: np.ndarray, projections: list
         atomic_write_bytes(out_dir / f"{name}.png", png_bytes(recon))
         atomic_write_bytes(out_dir / f"{name}.compare.png", png_bytes(comparison(original, recon)))
         summary.append({"name": name, **q})
-    atomic_write_text(out_dir / "projections.json", json.dumps(
-        {"generator_sha256": G.sha256, "config": cfg.to_dict(), "images": summary}, indent=1))
+    atomic_write_text(
+        out_dir / "projections.json",
+        json.dumps({"generator_sha256": G.sha256, "config": cfg.to_dict(), "images": summary}, indent=1),
+    )
     return summary

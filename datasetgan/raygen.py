@@ -4,10 +4,12 @@ once, makes the shards of :mod:`datasetgan.shards` (and the scores of a drop-unc
 Ray is an optional extra (``pip install 'datasetgan[ray]'``). The driver hands each shard to an idle
 actor and takes the records back with ``ray.wait`` as they complete (keeping the task references, so
 that a stopped job can ``ray.cancel`` them; the ordered scoring pass uses ``ray.util.ActorPool``). An
-actor writes its shard straight into the output folder, which must be a path every node sees. A worker process that dies (crash, kill, lost node) is restarted by Ray and the
-shard it held is retried (``max_restarts``, ``max_task_retries``); a shard is written atomically, so
-a retry never meets half a shard, and its bytes do not depend on the worker that made it.
+actor writes its shard straight into the output folder, which must be a path every node sees. A
+worker process that dies (crash, kill, lost node) is restarted by Ray and the shard it held is
+retried (``max_restarts``, ``max_task_retries``); a shard is written atomically, so a retry never
+meets half a shard, and its bytes do not depend on the worker that made it.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -57,9 +59,23 @@ def local_cluster(cpus: int | None = None, env: dict | None = None, timeout: flo
         env = dict(os.environ, HOME=str(root / "home"))
     env = {CACHE_ENV: str(cache_root()), **env}  # workers reuse the compiled fused operations
     port = _free_port()
-    cmd = [shutil.which("ray", path=os.path.dirname(sys.executable)) or "ray", "start", "--head", "--block",
-           "--node-ip-address", "127.0.0.1", "--port", str(port), "--include-dashboard", "false",
-           "--disable-usage-stats", "--temp-dir", str(root / "t"), "--object-store-memory", str(200 * 2 ** 20)]
+    cmd = [
+        shutil.which("ray", path=os.path.dirname(sys.executable)) or "ray",
+        "start",
+        "--head",
+        "--block",
+        "--node-ip-address",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--include-dashboard",
+        "false",
+        "--disable-usage-stats",
+        "--temp-dir",
+        str(root / "t"),
+        "--object-store-memory",
+        str(200 * 2**20),
+    ]
     if cpus:
         cmd += ["--num-cpus", str(cpus)]
     log = root / "head.log"
@@ -141,8 +157,15 @@ class RayWorkers:
     """The :class:`datasetgan.shards.Workers` of a Ray cluster: ``workers`` actors (default: one per
     CPU of the cluster, or one per GPU on cuda), each with ``threads`` CPUs."""
 
-    def __init__(self, address: str, run_dir, device: str = "cpu", workers: int | None = None,
-                 threads: int | None = None, hashes: tuple[str, str] | None = None):
+    def __init__(
+        self,
+        address: str,
+        run_dir,
+        device: str = "cpu",
+        workers: int | None = None,
+        threads: int | None = None,
+        hashes: tuple[str, str] | None = None,
+    ):
         ray = self.ray = connect(address)
         from ray.util import ActorPool
 
@@ -153,8 +176,7 @@ class RayWorkers:
             workers = int(total.get("GPU", 0)) if gpus else int(total.get("CPU", 1) // threads)
         if workers < 1:
             raise RayError(f"the Ray cluster at {address} has no {'GPU' if gpus else 'CPU'} for a worker")
-        remote = ray.remote(num_cpus=threads, num_gpus=gpus, max_restarts=-1,
-                            max_task_retries=RETRIES)(ShardMaker)
+        remote = ray.remote(num_cpus=threads, num_gpus=gpus, max_restarts=-1, max_task_retries=RETRIES)(ShardMaker)
         run_dir = str(Path(run_dir).resolve())
         self.actors = [remote.remote(run_dir, device, threads) for _ in range(workers)]
         try:

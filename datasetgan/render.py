@@ -8,12 +8,13 @@ stored w+ and noise maps (:func:`render_projection`). Each image is evaluated in
 because batched kernels (BLAS, grouped convolutions) may sum in a different order and change the
 last bits.
 """
+
 from __future__ import annotations
 
 import numpy as np
 import torch
 
-NOISE_SEED_OFFSET = 2 ** 32  # keeps the noise stream of a seed distinct from its latent stream
+NOISE_SEED_OFFSET = 2**32  # keeps the noise stream of a seed distinct from its latent stream
 
 
 def seed_latent(seed: int, z_dim: int) -> torch.Tensor:
@@ -29,8 +30,10 @@ def render_one(G, seed: int, truncation: float = 1.0, noise_mode: str = "const",
     z = seed_latent(seed, G.cfg.z_dim)[None].to(device)
     kwargs = {"noise_mode": "const" if noise_mode == "const" else noise_mode}
     if noise_mode == "seed":
-        kwargs = {"noise_mode": "random",
-                  "noise_generator": torch.Generator(device).manual_seed(int(seed) + NOISE_SEED_OFFSET)}
+        kwargs = {
+            "noise_mode": "random",
+            "noise_generator": torch.Generator(device).manual_seed(int(seed) + NOISE_SEED_OFFSET),
+        }
     elif noise_mode not in ("const", "none"):
         raise ValueError(f"noise_mode must be const, seed or none, got {noise_mode!r}")
     taps = {} if with_taps else None
@@ -46,8 +49,10 @@ def render_projection(G, ws: torch.Tensor, noise: dict[str, torch.Tensor], with_
     maps = {name: n[None, None].to(device) for name, n in noise.items()}
     missing = sorted(set(G.synthesis.noise_layers()) - set(maps))
     if missing or ws.shape != (G.num_ws, G.cfg.w_dim):
-        raise ValueError(f"a projection for this generator needs w+ [{G.num_ws}, {G.cfg.w_dim}] and noise maps "
-                         f"for every layer; got w+ {list(ws.shape)}, missing noise {missing[:3]}")
+        raise ValueError(
+            f"a projection for this generator needs w+ [{G.num_ws}, {G.cfg.w_dim}] and noise maps "
+            f"for every layer; got w+ {list(ws.shape)}, missing noise {missing[:3]}"
+        )
     taps = {} if with_taps else None
     img = G.synthesis(ws[None].to(device), taps=taps, noise=maps)
     return (img, taps) if with_taps else img

@@ -1,13 +1,14 @@
 """The layout of a run folder: every stage reads and writes its files through these paths.
 
-    RUN/
-      generator.safetensors, generator.json     the generator used downstream (EMA weights)
-      training/                                 snapshots, log.jsonl, sample grids, curves.png
-      annotations/                              the annotation set (see datasetgan.annotations)
-      interpreter.safetensors, interpreter.json the style interpreter ensemble
-      generated/                                generated data sets
-      bench/                                    segmenter benchmark results
+RUN/
+  generator.safetensors, generator.json     the generator used downstream (EMA weights)
+  training/                                 snapshots, log.jsonl, sample grids, curves.png
+  annotations/                              the annotation set (see datasetgan.annotations)
+  interpreter.safetensors, interpreter.json the style interpreter ensemble
+  generated/                                generated data sets
+  bench/                                    segmenter benchmark results
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass

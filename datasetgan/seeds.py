@@ -3,6 +3,7 @@
 A seed names files with 8 digits (pairs ``{seed:08d}.png``, annotation items ``seed_{seed:08d}``),
 so every stage accepts seeds 0..MAX_SEED and no more.
 """
+
 from __future__ import annotations
 
 import re
@@ -11,7 +12,7 @@ import numpy as np
 
 from .errors import DatasetganError
 
-MAX_SEED = 10 ** 8 - 1
+MAX_SEED = 10**8 - 1
 MAX_RANGE = 100_001  # seeds in one a-b range of parse_seeds
 
 

@@ -11,6 +11,7 @@ A shard is written to a temporary file and renamed when complete, so a shard fil
 finished and a rerun skips it. A shard's bytes depend only on the models, its seeds, the truncation
 and the parts; where and in which order shards are made never shows in them.
 """
+
 from __future__ import annotations
 
 import json
@@ -49,7 +50,7 @@ class ShardRequest:
     batch_size: int = 8  # seeds rendered per batch; does not change the bytes
 
     def chunks(self, seeds: list[int]) -> list[list[int]]:
-        return [seeds[i: i + self.shard_size] for i in range(0, len(seeds), self.shard_size)]
+        return [seeds[i : i + self.shard_size] for i in range(0, len(seeds), self.shard_size)]
 
     def name(self, k: int) -> str:
         return f"{self.prefix}-{k:06d}.tar"
@@ -106,9 +107,16 @@ def read_shard(path: Path, index: int) -> dict:
                 rec = json.loads(tar.extractfile(member).read())
                 seeds.append(int(rec["seed"]))
                 scores.append(float(rec["uncertainty_score"]))
-    return {"index": index, "name": path.name, "pairs": len(seeds), "bytes": path.stat().st_size,
-            "sha256": file_sha256(path), "first_seed": seeds[0] if seeds else None,
-            "last_seed": seeds[-1] if seeds else None, "scores": scores}
+    return {
+        "index": index,
+        "name": path.name,
+        "pairs": len(seeds),
+        "bytes": path.stat().st_size,
+        "sha256": file_sha256(path),
+        "first_seed": seeds[0] if seeds else None,
+        "last_seed": seeds[-1] if seeds else None,
+        "scores": scores,
+    }
 
 
 class LocalWorkers:
@@ -137,8 +145,10 @@ def open_folder(out: Path, plan: dict) -> None:
         except (OSError, ValueError):
             same = False
         if not same:
-            raise ShardError(f"{out} exists and is not an empty folder, nor an unfinished generation of the "
-                             "same request; choose a new output folder")
+            raise ShardError(
+                f"{out} exists and is not an empty folder, nor an unfinished generation of the "
+                "same request; choose a new output folder"
+            )
         return
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / PLAN, json.dumps(plan, indent=1))
@@ -173,28 +183,62 @@ def generate_shards(factory, req: ShardRequest, out, workers: Workers | None = N
     finally:
         bar.close()
 
-    by_seed = dict(zip(req.seeds, all_scores)) if all_scores is not None else \
-        {s: v for t in tasks for s, v in zip(t.seeds, records[t.index]["scores"])}
+    by_seed = (
+        dict(zip(req.seeds, all_scores))
+        if all_scores is not None
+        else {s: v for t in tasks for s, v in zip(t.seeds, records[t.index]["scores"])}
+    )
     shard_info = [{k: v for k, v in records[t.index].items() if k != "scores"} for t in tasks]
-    return write_manifest(out, factory, "wds", req.truncation, req.drop_uncertain, req.seeds, kept, by_seed,
-                          req.include, shard_size=req.shard_size, shards=[r["name"] for r in shard_info],
-                          shard_info=shard_info)
+    return write_manifest(
+        out,
+        factory,
+        "wds",
+        req.truncation,
+        req.drop_uncertain,
+        req.seeds,
+        kept,
+        by_seed,
+        req.include,
+        shard_size=req.shard_size,
+        shards=[r["name"] for r in shard_info],
+        shard_info=shard_info,
+    )
 
 
-def write_manifest(out: Path, factory, fmt: str, truncation: float, drop_uncertain: float, seeds: list[int],
-                   kept: list[int], scores: dict[int, float], include, **extra) -> dict:
+def write_manifest(
+    out: Path,
+    factory,
+    fmt: str,
+    truncation: float,
+    drop_uncertain: float,
+    seeds: list[int],
+    kept: list[int],
+    scores: dict[int, float],
+    include,
+    **extra,
+) -> dict:
     """manifest.json (and labels.json) of a generated set: the options, the seeds kept and dropped,
     every score, the model hashes; returns the manifest."""
     from .data import labels_to_json
 
-    manifest = {"format": fmt, "truncation": float(truncation), "noise_mode": factory.noise_mode,
-                "resolution": factory.resolution, "img_channels": factory.img_channels,
-                "generator_sha256": factory.generator_sha256, "interpreter_sha256": factory.interpreter_sha256,
-                "drop_uncertain": float(drop_uncertain), "requested": len(seeds), "complete": True,
-                "seeds_kept": kept, "seeds_dropped": sorted(set(seeds) - set(kept)),
-                "scores": {f"{s:08d}": scores[s] for s in seeds},
-                "uncertainty_scale_nats": factory.uncertainty_scale, "parts": [k for k in KEYS if k in include],
-                **extra}
+    manifest = {
+        "format": fmt,
+        "truncation": float(truncation),
+        "noise_mode": factory.noise_mode,
+        "resolution": factory.resolution,
+        "img_channels": factory.img_channels,
+        "generator_sha256": factory.generator_sha256,
+        "interpreter_sha256": factory.interpreter_sha256,
+        "drop_uncertain": float(drop_uncertain),
+        "requested": len(seeds),
+        "complete": True,
+        "seeds_kept": kept,
+        "seeds_dropped": sorted(set(seeds) - set(kept)),
+        "scores": {f"{s:08d}": scores[s] for s in seeds},
+        "uncertainty_scale_nats": factory.uncertainty_scale,
+        "parts": [k for k in KEYS if k in include],
+        **extra,
+    }
     atomic_write_text(out / "labels.json", labels_to_json(factory.classes))
     atomic_write_text(out / "manifest.json", json.dumps(manifest, indent=1))
     return manifest
@@ -220,6 +264,7 @@ class _Bar:
         self.bar = None
         if enabled:
             from tqdm import tqdm
+
             self.bar = tqdm(total=pairs, desc="shards 0/%d" % shards, unit="pair", dynamic_ncols=True)
 
     def advance(self, shards: int, pairs: int) -> None:

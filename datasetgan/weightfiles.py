@@ -7,6 +7,7 @@ weights do not match the sidecar takes the intent record when the weights match 
 between its writes leaves a usable pair (the old one or the new one), never a "hash mismatch".
 Readers never write, so they cannot race a save; the next save tidies up.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -85,8 +86,9 @@ def read_meta(path, sha: str | None = None) -> dict:
 
 def check_sha(path, meta: dict, sha: str) -> None:
     if sha != meta["sha256"]:
-        raise CheckpointError(f"{path}: SHA-256 does not match "
-                           f"{sidecar(path).name}; the file is truncated, corrupted or was modified")
+        raise CheckpointError(
+            f"{path}: SHA-256 does not match {sidecar(path).name}; the file is truncated, corrupted or was modified"
+        )
 
 
 def verify(path) -> dict:

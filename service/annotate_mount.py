@@ -4,6 +4,7 @@ Runs can appear while the server runs, so instead of one static mount per run th
 looks up the run at request time and builds (once) its annotation app. The annotate package is
 optional: without it the route answers 404 with a message.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -46,11 +47,14 @@ class AnnotateMount:
         if scope["type"] not in ("http", "websocket"):
             return
         if self.create_app is None:
-            return await send_json(send, 404, {"detail": "annotation pages are not available on this server "
-                                                         "(annotate.api is not installed)"})
+            return await send_json(
+                send,
+                404,
+                {"detail": "annotation pages are not available on this server (annotate.api is not installed)"},
+            )
         root = scope.get("root_path", "")
         path = scope["path"]
-        rest = path[len(root):] if path.startswith(root) else path
+        rest = path[len(root) :] if path.startswith(root) else path
         run_id, slash, _ = rest.lstrip("/").partition("/")
         try:
             app = self._app_for(run_id)
@@ -58,8 +62,13 @@ class AnnotateMount:
             return await send_json(send, 404, {"detail": str(e)})
         if not slash:  # /annotate/id -> /annotate/id/ so the page's relative URLs resolve inside it
             location = (root + "/" + run_id + "/").encode()
-            await send({"type": "http.response.start", "status": 307,
-                        "headers": [(b"location", location), (b"content-length", b"0")]})
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 307,
+                    "headers": [(b"location", location), (b"content-length", b"0")],
+                }
+            )
             await send({"type": "http.response.body", "body": b""})
             return
         await app({**scope, "root_path": root + "/" + run_id}, receive, send)

@@ -13,6 +13,7 @@
 JSON, the guards, and the service's state on ``app.state`` (read by the routes through the typed
 dependencies of :mod:`service.deps`).
 """
+
 from __future__ import annotations
 
 import importlib
@@ -50,16 +51,22 @@ async def lifespan(app: FastAPI):
     settings: Settings = app.state.settings
     if settings.torch_threads:
         import torch
+
         torch.set_num_threads(settings.torch_threads)
     remove_stale_temps(settings.jobs_dir, recursive=True)  # partial shards of a killed server
     app.state.store = JobStore(settings.jobs_dir)
     pools = ray_pools(settings)
-    app.state.runner = JobRunner(app.state.store, app.state.registry, settings.batch_size, settings.job_workers,
-                                 app.state.metrics, pools)
+    app.state.runner = JobRunner(
+        app.state.store, app.state.registry, settings.batch_size, settings.job_workers, app.state.metrics, pools
+    )
     app.state.started = time.time()
     app.state.runner.start()
-    log.info("serving runs from %s; jobs in %s%s", settings.runs_dir, settings.jobs_dir,
-             f" (made on the Ray cluster at {settings.ray_address})" if pools else "")
+    log.info(
+        "serving runs from %s; jobs in %s%s",
+        settings.runs_dir,
+        settings.jobs_dir,
+        f" (made on the Ray cluster at {settings.ray_address})" if pools else "",
+    )
     try:
         yield
     finally:
@@ -79,8 +86,10 @@ def ray_pools(settings: Settings):
 
 async def invalid_request(request: Request, exc: RequestValidationError):
     # where and why, not the raw input: it may be NaN or Infinity, which JSON cannot carry
-    errors = [{"loc": list(e.get("loc", ())), "msg": str(e.get("msg", "")), "type": str(e.get("type", ""))}
-              for e in exc.errors()]
+    errors = [
+        {"loc": list(e.get("loc", ())), "msg": str(e.get("msg", "")), "type": str(e.get("type", ""))}
+        for e in exc.errors()
+    ]
     summary = "; ".join(f"{'.'.join(str(x) for x in e['loc'])}: {e['msg']}" for e in errors)
     return JSONResponse({"detail": errors, "message": f"invalid request: {summary}"}, status_code=422)
 
@@ -96,10 +105,13 @@ async def broken_model(request: Request, exc: BrokenModel):
 
 def create_app(settings: Settings) -> FastAPI:
     """The service app."""
-    app = FastAPI(title="DatasetGAN data factory", version="1.0",
-                  description="Synthetic image + mask pairs from DatasetGAN runs, streamed or as jobs. "
-                              "Send the API key (when the server has one) as `X-API-Key` or `Authorization: Bearer`.",
-                  lifespan=lifespan)
+    app = FastAPI(
+        title="DatasetGAN data factory",
+        version="1.0",
+        description="Synthetic image + mask pairs from DatasetGAN runs, streamed or as jobs. "
+        "Send the API key (when the server has one) as `X-API-Key` or `Authorization: Bearer`.",
+        lifespan=lifespan,
+    )
     app.state.settings = settings
     app.state.registry = ModelRegistry(settings.runs_dir, lambda run_dir: make_factory(run_dir, settings.device))
     app.state.metrics = Metrics()

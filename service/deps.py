@@ -1,5 +1,6 @@
 """Typed dependencies of the routes: the parts of the service that ``create_app`` keeps on ``app.state``
 (settings, model registry, counters, stream slots; the job store and runner while the app runs)."""
+
 from __future__ import annotations
 
 from typing import Annotated

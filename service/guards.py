@@ -1,5 +1,6 @@
 """Request guards as plain ASGI middleware, so they also cover mounted apps (the annotation pages):
 an optional API key, a request body size limit, and the slots that bound concurrent generation."""
+
 from __future__ import annotations
 
 import base64
@@ -16,9 +17,13 @@ BODY_METHODS = ("POST", "PUT", "PATCH")
 
 async def send_json(send: Send, status: int, doc: dict, headers: list[tuple[bytes, bytes]] = ()) -> None:
     body = json.dumps(doc).encode()
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                            *headers]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), *headers],
+        }
+    )
     await send({"type": "http.response.body", "body": body})
 
 
@@ -52,9 +57,12 @@ class ApiKeyMiddleware:
         if scope["type"] == "websocket":
             await send({"type": "websocket.close", "code": 1008})
             return
-        await send_json(send, 401, {"detail": "missing or wrong API key: send it as 'X-API-Key: KEY' "
-                                              "or 'Authorization: Bearer KEY'"},
-                        [(b"www-authenticate", b'Bearer, Basic realm="datasetgan"')])
+        await send_json(
+            send,
+            401,
+            {"detail": "missing or wrong API key: send it as 'X-API-Key: KEY' or 'Authorization: Bearer KEY'"},
+            [(b"www-authenticate", b'Bearer, Basic realm="datasetgan"')],
+        )
 
 
 class BodyLimitMiddleware:
@@ -73,8 +81,9 @@ class BodyLimitMiddleware:
             if not length.isdigit():
                 return await send_json(send, 400, {"detail": "invalid Content-Length header"})
             if int(length) > self.max:
-                return await send_json(send, 413, {"detail": f"request body of {int(length)} bytes is over "
-                                                             f"the limit of {self.max} bytes"})
+                return await send_json(
+                    send, 413, {"detail": f"request body of {int(length)} bytes is over the limit of {self.max} bytes"}
+                )
         chunks, total = [], 0
         while True:
             message = await receive()

@@ -12,6 +12,7 @@ A shard appears only when complete and is recorded in job.json right after. A se
 queued again and continues from its last complete shard. A job whose model was replaced since it
 began is reported as failed rather than mixing pairs of two models.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -93,8 +94,9 @@ class JobStore:
             job = self.jobs.get(job_id)
             return json.loads(json.dumps(job)) if job else None
 
-    def create(self, model: str, req: JobRequest, hashes: tuple[str, str], shard_size: int,
-               idempotency_key: str | None) -> tuple[dict, bool]:
+    def create(
+        self, model: str, req: JobRequest, hashes: tuple[str, str], shard_size: int, idempotency_key: str | None
+    ) -> tuple[dict, bool]:
         """A new queued job, or (with a known Idempotency-Key) the job made for it; (job, created)."""
         digest = request_digest(model, req)
         with self.lock:
@@ -109,11 +111,26 @@ class JobStore:
                         return self.get(rec["job"]), False
             job_id = secrets.token_hex(8)
             now = time.time()
-            job = {"id": job_id, "model": model, "state": "queued", "phase": "queued", "n": req.n,
-                   "pairs_total": None if req.drop_uncertain > 0 else req.n, "pairs_done": 0, "scored": 0,
-                   "dropped": 0, "shard_size": shard_size, "shards": [], "error": None, "created": now,
-                   "updated": now, "request": req.model_dump(mode="json"), "request_sha256": digest,
-                   "generator_sha256": hashes[0], "interpreter_sha256": hashes[1]}
+            job = {
+                "id": job_id,
+                "model": model,
+                "state": "queued",
+                "phase": "queued",
+                "n": req.n,
+                "pairs_total": None if req.drop_uncertain > 0 else req.n,
+                "pairs_done": 0,
+                "scored": 0,
+                "dropped": 0,
+                "shard_size": shard_size,
+                "shards": [],
+                "error": None,
+                "created": now,
+                "updated": now,
+                "request": req.model_dump(mode="json"),
+                "request_sha256": digest,
+                "generator_sha256": hashes[0],
+                "interpreter_sha256": hashes[1],
+            }
             self.jobs[job_id] = job
             self.cancel_events[job_id] = threading.Event()
             self.save(job)
@@ -155,14 +172,22 @@ class JobStore:
 class JobRunner:
     """Worker threads that take queued jobs in order and write their shards."""
 
-    def __init__(self, store: JobStore, registry, batch_size: int, workers: int = 1,
-                 metrics: Metrics | None = None, ray_pools=None):
+    def __init__(
+        self,
+        store: JobStore,
+        registry,
+        batch_size: int,
+        workers: int = 1,
+        metrics: Metrics | None = None,
+        ray_pools=None,
+    ):
         self.store, self.registry, self.ray_pools = store, registry, ray_pools  # ray_pools: raygen.RayPools
         self.batch_size, self.metrics = batch_size, metrics
         self.queue: queue.Queue[str | None] = queue.Queue()
         self.stopping = threading.Event()
-        self.threads = [threading.Thread(target=self._work, name=f"job-worker-{i}", daemon=True)
-                        for i in range(workers)]
+        self.threads = [
+            threading.Thread(target=self._work, name=f"job-worker-{i}", daemon=True) for i in range(workers)
+        ]
 
     def start(self) -> None:
         for job_id in self.store.unfinished():  # jobs left by an earlier server: continue them
@@ -223,8 +248,9 @@ class JobRunner:
         req = JobRequest.model_validate(job["request"])
         info = self.registry.info(job["model"])
         if (info.generator_sha256, info.interpreter_sha256) != (job["generator_sha256"], job["interpreter_sha256"]):
-            raise RuntimeError("the model's generator or interpreter changed since the job was created; "
-                               "submit the job again")
+            raise RuntimeError(
+                "the model's generator or interpreter changed since the job was created; submit the job again"
+            )
         factory = self.registry.factory(job["model"], (info.generator_sha256, info.interpreter_sha256))
         should_stop = self._should_stop(job_id)
         seeds = req.seeds if req.seeds is not None else range(req.seed_start, req.seed_start + req.n)
@@ -239,13 +265,14 @@ class JobRunner:
                 scores = []
                 for c in range(math.ceil(req.n / size)):
                     chunk_file = jdir / "scores" / f"{c:05d}.npy"
-                    chunk = seeds[c * size:(c + 1) * size]
+                    chunk = seeds[c * size : (c + 1) * size]
                     if chunk_file.exists():
                         part = np.load(chunk_file, allow_pickle=False)
                     else:
                         part = []
-                        for pair in factory.pairs(chunk, truncation=req.truncation, batch_size=self.batch_size,
-                                                  should_stop=should_stop):
+                        for pair in factory.pairs(
+                            chunk, truncation=req.truncation, batch_size=self.batch_size, should_stop=should_stop
+                        ):
                             part.append(float(pair.score))
                             if self.metrics:
                                 self.metrics.add("generated_pairs_total")
@@ -265,8 +292,11 @@ class JobRunner:
         total = len(order)
 
         # continue with the shards not complete on disk
-        done = [rec for rec in store.get(job_id)["shards"]
-                if (p := store.shard_path(job_id, rec["index"])).exists() and p.stat().st_size == rec["bytes"]]
+        done = [
+            rec
+            for rec in store.get(job_id)["shards"]
+            if (p := store.shard_path(job_id, rec["index"])).exists() and p.stat().st_size == rec["bytes"]
+        ]
         store.update(job_id, shards=done, pairs_done=sum(r["pairs"] for r in done), phase="generating")
         finished = {r["index"] for r in done}
         todo = [k for k in range(math.ceil(total / size)) if k not in finished]
@@ -281,11 +311,12 @@ class JobRunner:
         """The job's missing shards, one after the other, in this process."""
         store, should_stop = self.store, self._should_stop(job_id)
         for k in todo:
-            shard_seeds = order[k * size:(k + 1) * size]
+            shard_seeds = order[k * size : (k + 1) * size]
             base = store.get(job_id)["pairs_done"]
             with ShardFile(store.shard_path(job_id, k)) as shard:
-                for pair in factory.pairs(shard_seeds, truncation=req.truncation, batch_size=self.batch_size,
-                                          should_stop=should_stop):
+                for pair in factory.pairs(
+                    shard_seeds, truncation=req.truncation, batch_size=self.batch_size, should_stop=should_stop
+                ):
                     if self.metrics:
                         self.metrics.add("generated_pairs_total")
                     shard.add(pair.seed, encode_parts(pair, factory.classes, req.include))
@@ -310,8 +341,10 @@ class JobRunner:
         workers = self.ray_pools.get(info.path, (info.generator_sha256, info.interpreter_sha256))
         keys = tuple(PART_KEYS[p] for p in req.include) + ("json",)
         sreq = ShardRequest([], req.truncation, keys, batch_size=self.batch_size)  # the tasks hold the seeds
-        tasks = [ShardTask(k, [int(s) for s in order[k * size:(k + 1) * size]], str(self.store.shard_path(job_id, k)))
-                 for k in todo]
+        tasks = [
+            ShardTask(k, [int(s) for s in order[k * size : (k + 1) * size]], str(self.store.shard_path(job_id, k)))
+            for k in todo
+        ]
         try:
             for task, rec in workers.write(tasks, sreq, should_stop=self._should_stop(job_id)):
                 if self.metrics:

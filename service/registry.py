@@ -5,6 +5,7 @@ per file version, keyed by size, mtime and inode), so every request sees runs ad
 and a run with damaged weights is listed as unavailable, with the reason; the pair factory of a run is
 loaded on first use and kept while its weight hashes stay the same. Messages never show server paths.
 """
+
 from __future__ import annotations
 
 import logging
@@ -48,10 +49,17 @@ class RunInfo:
     unavailable: str | None = None  # why the run cannot serve (damaged weights), None when it can
 
     def public(self) -> dict[str, Any]:
-        return {"id": self.id, "resolution": self.resolution, "channels": self.channels,
-                "classes": [dict(c) for c in self.classes],
-                "generator_sha256": self.generator_sha256, "interpreter_sha256": self.interpreter_sha256,
-                "created": self.created, "available": self.unavailable is None, "reason": self.unavailable}
+        return {
+            "id": self.id,
+            "resolution": self.resolution,
+            "channels": self.channels,
+            "classes": [dict(c) for c in self.classes],
+            "generator_sha256": self.generator_sha256,
+            "interpreter_sha256": self.interpreter_sha256,
+            "created": self.created,
+            "available": self.unavailable is None,
+            "reason": self.unavailable,
+        }
 
 
 def _classes_from(meta: dict, run: RunFolder) -> list[dict] | None:
@@ -94,7 +102,7 @@ class ModelRegistry:
         self.runs_dir = Path(runs_dir)
         self._loader = loader
         self._max_loaded = max_loaded
-        self._lock = threading.Lock()          # guards the cache
+        self._lock = threading.Lock()  # guards the cache
         self._load_locks: dict[str, threading.Lock] = {}
         self._factories: OrderedDict[str, tuple[tuple[str, str], Any]] = OrderedDict()
         self._hashes: dict[Path, tuple[tuple[int, int, int], str]] = {}  # path -> (file version, sha256)
@@ -130,8 +138,9 @@ class ModelRegistry:
     def run_dir(self, run_id: str) -> Path:
         """The folder of a run id (which must name an existing direct child of RUNS)."""
         if not isinstance(run_id, str) or not RUN_ID.fullmatch(run_id):
-            raise UnknownModel(f"unknown model {run_id!r}: a model id is a run folder name "
-                               "(letters, digits, '.', '_', '-')")
+            raise UnknownModel(
+                f"unknown model {run_id!r}: a model id is a run folder name (letters, digits, '.', '_', '-')"
+            )
         path = self.runs_dir / run_id
         if not path.is_dir():
             raise UnknownModel(f"unknown model {run_id!r}; GET /v1/models lists the models")
@@ -141,8 +150,10 @@ class ModelRegistry:
         path = self.run_dir(run_id)
         run = RunFolder(path)
         if not run.generator.exists() or not run.interpreter.exists():
-            raise UnknownModel(f"model {run_id!r} is not ready: its run folder needs "
-                               f"{run.generator.name} and {run.interpreter.name} (train and interpret first)")
+            raise UnknownModel(
+                f"model {run_id!r} is not ready: its run folder needs "
+                f"{run.generator.name} and {run.interpreter.name} (train and interpret first)"
+            )
         try:
             gmeta, gbad = self._meta(run.generator)
             imeta, ibad = self._meta(run.interpreter)
@@ -150,14 +161,24 @@ class ModelRegistry:
             resolution, channels = int(cfg["resolution"]), int(cfg["img_channels"])
             gsha, isha = str(gmeta["sha256"]), str(imeta["sha256"])
         except (OSError, ValueError, KeyError, TypeError, CheckpointError) as e:
-            raise BrokenModel(self.public(f"model {run_id!r}: unreadable metadata ({e.__class__.__name__}: {e})")) \
-                from None
+            raise BrokenModel(
+                self.public(f"model {run_id!r}: unreadable metadata ({e.__class__.__name__}: {e})")
+            ) from None
         classes = _classes_from(imeta, run)
         if classes is None and not (gbad or ibad):  # only the loaded interpreter knows its classes
             classes = classes_of(self.factory(run_id, (gsha, isha)))
         created = datetime.fromtimestamp(run.interpreter.stat().st_mtime, timezone.utc)
-        return RunInfo(run_id, path, resolution, channels, tuple(classes or ()), gsha, isha,
-                       created.isoformat(timespec="seconds").replace("+00:00", "Z"), gbad or ibad)
+        return RunInfo(
+            run_id,
+            path,
+            resolution,
+            channels,
+            tuple(classes or ()),
+            gsha,
+            isha,
+            created.isoformat(timespec="seconds").replace("+00:00", "Z"),
+            gbad or ibad,
+        )
 
     def ready(self, run_id: str) -> RunInfo:
         """The info of a run that can serve; BrokenModel (503) with the reason if it cannot."""
@@ -202,8 +223,10 @@ class ModelRegistry:
                 factory = self._loader(self.runs_dir / run_id)
             except Exception as e:
                 raise BrokenModel(self.public(f"model {run_id!r} cannot be loaded: {e}")) from e
-            got = (str(getattr(factory, "generator_sha256", hashes[0])),
-                   str(getattr(factory, "interpreter_sha256", hashes[1])))
+            got = (
+                str(getattr(factory, "generator_sha256", hashes[0])),
+                str(getattr(factory, "interpreter_sha256", hashes[1])),
+            )
             if got != hashes:  # the files changed between listing and loading
                 hashes = got
             with self._lock:

@@ -1,5 +1,6 @@
 """Request and response bodies of the service API. Requests are strict: unknown fields, wrong types
 (a string for n, true for a number) and out-of-range values are refused with a 422 naming the field."""
+
 from __future__ import annotations
 
 from typing import Annotated, Literal
@@ -7,26 +8,37 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from datasetgan.seeds import MAX_SEED
+
 Part = Literal["image", "mask", "overlay", "uncertainty"]
 Seed = Annotated[int, Field(ge=0, le=MAX_SEED)]
 
 
 class GenerationRequest(BaseModel):
     """Which pairs to make: ``n`` seeds from ``seed_start`` (default 0), or the listed ``seeds``."""
+
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    n: int | None = Field(None, ge=1, le=MAX_SEED + 1,
-                          description="number of seeds to render (before drop_uncertain); "
-                                      "may be left out when seeds are listed")
-    seed_start: Seed | None = Field(None, description="first seed of the range seed_start .. seed_start+n-1 "
-                                                      "(default 0); not together with seeds")
+    n: int | None = Field(
+        None,
+        ge=1,
+        le=MAX_SEED + 1,
+        description="number of seeds to render (before drop_uncertain); may be left out when seeds are listed",
+    )
+    seed_start: Seed | None = Field(
+        None, description="first seed of the range seed_start .. seed_start+n-1 (default 0); not together with seeds"
+    )
     seeds: list[Seed] | None = Field(None, min_length=1, description="explicit distinct seeds, in output order")
     truncation: float = Field(1.0, ge=0.0, le=2.0, allow_inf_nan=False, description="truncation psi")
-    include: list[Part] = Field(default_factory=lambda: ["image", "mask"], max_length=4,
-                                description="files per pair besides the JSON record")
-    drop_uncertain: float = Field(0.0, ge=0.0, lt=1.0, allow_inf_nan=False,
-                                  description="fraction of the most uncertain pairs to drop "
-                                              "(a scoring pass runs before any pair is sent)")
+    include: list[Part] = Field(
+        default_factory=lambda: ["image", "mask"], max_length=4, description="files per pair besides the JSON record"
+    )
+    drop_uncertain: float = Field(
+        0.0,
+        ge=0.0,
+        lt=1.0,
+        allow_inf_nan=False,
+        description="fraction of the most uncertain pairs to drop (a scoring pass runs before any pair is sent)",
+    )
 
     @model_validator(mode="after")
     def _consistent(self):

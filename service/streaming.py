@@ -1,8 +1,8 @@
 """Pairs as bytes, produced lazily: tar members in WebDataset layout or NDJSON lines.
 
 Pairs are encoded and framed by :mod:`datasetgan.encoding` (deterministic tar headers), so the same
-request gives the same bytes, equal to a job's shards and to ``datasetgan generate --format wds``. A pair is encoded the moment the factory yields it, and only one pair's bytes
-are held at a time.
+request gives the same bytes, equal to a job's shards and to ``datasetgan generate --format wds``.
+A pair is encoded the moment the factory yields it, and only one pair's bytes are held at a time.
 
 ``drop_uncertain`` needs every score before the first pair can be kept or dropped. Rather than hold
 the pairs, a scoring pass renders the requested seeds and keeps only their scores (8 bytes each);
@@ -10,6 +10,7 @@ the kept seeds are then rendered again and streamed. Rendering is a pure functio
 the second pass reproduces exactly the pairs that were scored. It costs twice the compute for such
 requests, but memory stays flat and nothing touches the disk.
 """
+
 from __future__ import annotations
 
 import base64
@@ -47,8 +48,14 @@ def ndjson_pair(seed: int, parts: list[tuple[str, bytes]]) -> bytes:
     return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode() + b"\n"
 
 
-def scores_of(factory, seeds: Sequence[int], truncation: float, batch_size: int,
-              should_stop: Callable[[], bool], metrics: Metrics | None = None) -> Iterator[float]:
+def scores_of(
+    factory,
+    seeds: Sequence[int],
+    truncation: float,
+    batch_size: int,
+    should_stop: Callable[[], bool],
+    metrics: Metrics | None = None,
+) -> Iterator[float]:
     """Scores of the seeds, in order (the pairs themselves are dropped as soon as scored)."""
     for pair in factory.pairs(seeds, truncation=truncation, batch_size=batch_size, should_stop=should_stop):
         if metrics:
@@ -56,8 +63,9 @@ def scores_of(factory, seeds: Sequence[int], truncation: float, batch_size: int,
         yield float(pair.score)
 
 
-def first_alone(factory, seeds: Sequence[int], truncation: float, batch_size: int,
-                should_stop: Callable[[], bool]) -> Iterator:
+def first_alone(
+    factory, seeds: Sequence[int], truncation: float, batch_size: int, should_stop: Callable[[], bool]
+) -> Iterator:
     """The pairs of the seeds, the first one in a batch of its own so that the first byte leaves
     after one pair's work rather than a whole batch's (a pair does not depend on its batch)."""
     for part in (seeds[:1], seeds[1:]):
@@ -65,9 +73,18 @@ def first_alone(factory, seeds: Sequence[int], truncation: float, batch_size: in
             yield from factory.pairs(part, truncation=truncation, batch_size=batch_size, should_stop=should_stop)
 
 
-def pair_chunks(factory, seeds: Sequence[int], *, truncation: float, include: Sequence[str], fmt: str,
-                drop_uncertain: float, batch_size: int, should_stop: Callable[[], bool],
-                metrics: Metrics | None = None) -> Iterator[bytes]:
+def pair_chunks(
+    factory,
+    seeds: Sequence[int],
+    *,
+    truncation: float,
+    include: Sequence[str],
+    fmt: str,
+    drop_uncertain: float,
+    batch_size: int,
+    should_stop: Callable[[], bool],
+    metrics: Metrics | None = None,
+) -> Iterator[bytes]:
     """The response body, one pair per chunk (TICK while scoring), ending a tar with its end blocks."""
     if drop_uncertain > 0:
         scores = []
@@ -90,4 +107,3 @@ def pair_chunks(factory, seeds: Sequence[int], *, truncation: float, include: Se
         yield chunk
     if fmt == "tar" and not should_stop():
         yield tar_end(written)
-

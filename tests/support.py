@@ -1,4 +1,5 @@
 """Helpers shared by several test modules (pytest puts this folder on the import path)."""
+
 from __future__ import annotations
 
 import socket

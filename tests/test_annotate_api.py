@@ -1,4 +1,5 @@
 """The annotation API: listing, image/mask round trips, validation, path safety, crash safety; and the CLI."""
+
 from __future__ import annotations
 
 import http.client
@@ -24,15 +25,15 @@ from fastapi.testclient import TestClient
 from PIL import Image, PngImagePlugin
 
 from datasetgan.annotate.api import create_app
+from datasetgan.annotation_sources import diverse_seeds
 from datasetgan.annotations import AnnotationSet, render_items
-from datasetgan.png import png_bytes
 from datasetgan.checkpoint import save_generator
 from datasetgan.cli.annotate import command as annotate_command
-from datasetgan.annotation_sources import diverse_seeds
-from datasetgan.seeds import parse_seeds, random_seeds
 from datasetgan.data import default_classes, labels_to_json
 from datasetgan.networks import Generator, GeneratorConfig
+from datasetgan.png import png_bytes
 from datasetgan.runfolder import RunFolder
+from datasetgan.seeds import SeedError, parse_seeds, random_seeds
 
 REPO = Path(__file__).resolve().parents[1]
 RES, SEEDS, N_CLASSES = 32, [3, 7, 11], 4
@@ -41,8 +42,11 @@ SENTINEL = b"SENTINEL-do-not-serve-7d1c"
 
 def tiny_generator() -> Generator:
     torch.manual_seed(0)
-    return Generator(GeneratorConfig(resolution=RES, img_channels=1, z_dim=32, w_dim=32, mapping_layers=2,
-                                     channel_base=512, channel_max=32))
+    return Generator(
+        GeneratorConfig(
+            resolution=RES, img_channels=1, z_dim=32, w_dim=32, mapping_layers=2, channel_base=512, channel_max=32
+        )
+    )
 
 
 @pytest.fixture(scope="module")
@@ -68,8 +72,11 @@ def client(run) -> TestClient:
 
 def snapshot(folder: Path) -> dict:
     """Every file under folder with its bytes and modification time."""
-    return {str(p.relative_to(folder)): (p.read_bytes(), p.stat().st_mtime_ns)
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(folder)): (p.read_bytes(), p.stat().st_mtime_ns)
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 def random_mask(seed: int) -> np.ndarray:
@@ -84,8 +91,10 @@ def encode(img: Image.Image, fmt="PNG", **kw) -> bytes:
 
 def png_with_size(w: int, h: int) -> bytes:
     """A PNG whose header declares w x h (its data is tiny and invalid): a decompression-bomb stand-in."""
+
     def chunk(kind, data):
         return len(data).to_bytes(4, "big") + kind + data + zlib.crc32(kind + data).to_bytes(4, "big")
+
     ihdr = w.to_bytes(4, "big") + h.to_bytes(4, "big") + bytes([8, 0, 0, 0, 0])
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 10)) + chunk(b"IEND", b"")
 
@@ -225,14 +234,38 @@ def live_server(run):
 def traversal_ids(outside: Path) -> list[str]:
     abs_path = str(outside)
     return [
-        "..", "../secret.png", "../../secret.png", "..%2fsecret.png", "..%2Fsecret.png",
-        "%2e%2e%2fsecret.png", "%2e%2e%2f%2e%2e%2fsecret.png", "%252e%252e%252fsecret.png",
-        "..%252fsecret.png", "%2e%2e", "%252e%252e", "..%5csecret.png", "..\\secret.png",
-        abs_path, abs_path.replace("/", "%2f"), abs_path.replace("/", "%252f"), "%2fetc%2fpasswd", "/etc/passwd",
-        "seed_00000003/../../secret.png", "seed_00000003%2f..%2f..%2fsecret.png", "seed_00000003%00",
-        "seed_00000003%0a", "seed_00000003.json", "seed_000000030", "seed_0000003", "SEED_00000003",
+        "..",
+        "../secret.png",
+        "../../secret.png",
+        "..%2fsecret.png",
+        "..%2Fsecret.png",
+        "%2e%2e%2fsecret.png",
+        "%2e%2e%2f%2e%2e%2fsecret.png",
+        "%252e%252e%252fsecret.png",
+        "..%252fsecret.png",
+        "%2e%2e",
+        "%252e%252e",
+        "..%5csecret.png",
+        "..\\secret.png",
+        abs_path,
+        abs_path.replace("/", "%2f"),
+        abs_path.replace("/", "%252f"),
+        "%2fetc%2fpasswd",
+        "/etc/passwd",
+        "seed_00000003/../../secret.png",
+        "seed_00000003%2f..%2f..%2fsecret.png",
+        "seed_00000003%00",
+        "seed_00000003%0a",
+        "seed_00000003.json",
+        "seed_000000030",
+        "seed_0000003",
+        "SEED_00000003",
         "seed_%d9%a0%d9%a0%d9%a0%d9%a0%d9%a0%d9%a0%d9%a0%d9%a3",
-        "history", "labels.json", "%2e%2e%2f%2e%2e%2fgenerator.json", "~", "%7e%2fsecret.png",
+        "history",
+        "labels.json",
+        "%2e%2e%2f%2e%2e%2fgenerator.json",
+        "~",
+        "%7e%2fsecret.png",
     ]
 
 
@@ -240,8 +273,8 @@ def test_traversal_refused_without_touching_files(run, live_server, tmp_path):
     secret = PngImagePlugin.PngInfo()
     secret.add_text("note", SENTINEL.decode())
     sentinel_png = encode(Image.fromarray(np.zeros((RES, RES), np.uint8)), pnginfo=secret)
-    (run / "secret.png").write_bytes(sentinel_png)            # next to the annotation set
-    outside = tmp_path / "outside.png"                          # outside the run folder
+    (run / "secret.png").write_bytes(sentinel_png)  # next to the annotation set
+    outside = tmp_path / "outside.png"  # outside the run folder
     outside.write_bytes(sentinel_png)
     (run / "seed_00000003.mask.png").write_bytes(sentinel_png)  # a valid name in the wrong folder
     watched = tmp_path
@@ -259,8 +292,14 @@ def test_traversal_refused_without_touching_files(run, live_server, tmp_path):
             assert resp.status in (400, 404, 405, 422), (method, target, resp.status, data[:200])
             assert SENTINEL not in data, (method, target)
     # raw paths with dot segments outside /api/items as well
-    for target in ("/static/../api/items", "/static/../../secret.png", "/static/%2e%2e/%2e%2e/secret.png",
-                   "/static/..%2f..%2fsecret.png", "/../secret.png", "/%2e%2e/secret.png"):
+    for target in (
+        "/static/../api/items",
+        "/static/../../secret.png",
+        "/static/%2e%2e/%2e%2e/secret.png",
+        "/static/..%2f..%2fsecret.png",
+        "/../secret.png",
+        "/%2e%2e/secret.png",
+    ):
         conn.request("GET", target)
         resp = conn.getresponse()
         data = resp.read()
@@ -377,6 +416,7 @@ def test_mounted_under_prefix(run):
     assert c.get("/annotate/run1/api/items/..%2fsecret/mask").status_code in (404, 422)
     # the page and its scripts use relative URLs only
     import re
+
     static = REPO / "annotate" / "static"
     text = "".join((static / f).read_text() for f in ("index.html", "app.js", "app.css"))
     assert not re.search(r"""(src|href)="/|fetch\(\s*["'`]/|api\(\s*["'`]/|url\(/""", text)
@@ -384,8 +424,14 @@ def test_mounted_under_prefix(run):
 
 def test_run_without_annotation_set(tmp_path):
     c = TestClient(create_app(tmp_path))
-    assert c.get("/api/items").json() == {"items": [], "done": 0, "total": 0, "resolution": 0, "channels": 0,
-                                          "run": tmp_path.name}
+    assert c.get("/api/items").json() == {
+        "items": [],
+        "done": 0,
+        "total": 0,
+        "resolution": 0,
+        "channels": 0,
+        "run": tmp_path.name,
+    }
     r = c.get("/api/labels")
     assert r.status_code == 404 and "datasetgan annotate" in r.json()["detail"]
     assert c.get("/").status_code == 200
@@ -400,7 +446,7 @@ def test_parse_and_pick_seeds():
     assert parse_seeds("1,2,5-9") == [1, 2, 5, 6, 7, 8, 9]
     assert parse_seeds("3, 3 ,1") == [3, 1]
     for bad in ("x", "5-2", "-3", "1,,a", "100000000"):
-        with pytest.raises(Exception):
+        with pytest.raises(SeedError):
             parse_seeds(bad)
     a, b = random_seeds(5, 0), random_seeds(12, 0)
     assert len(set(b)) == 12 and b[:5] == a and random_seeds(5, 1) != a
@@ -448,6 +494,7 @@ def test_cli_render_import_and_errors(bare_run, tmp_path):
     # the stored image is exactly what the generator renders for that seed
     from datasetgan.checkpoint import load_generator
     from datasetgan.render import render_one, to_uint8
+
     G = load_generator(RunFolder(bare_run).generator)
     assert rec.generator_sha256 == G.sha256
     np.testing.assert_array_equal(aset.image("seed_00000004"), to_uint8(render_one(G, 4))[0, ..., 0])
@@ -487,8 +534,9 @@ def test_cli_render_import_and_errors(bare_run, tmp_path):
     # helpers of other stages: clear messages, no traceback
     r = cli.invoke(annotate_command, [str(bare_run), "--pre-annotate", "interpreter", "--no-serve"])
     assert r.exit_code != 0 and "interpret" in r.output and "Traceback" not in r.output
-    r = cli.invoke(annotate_command, [str(bare_run), "--pre-annotate", str(tmp_path / "none.safetensors"),
-                                      "--no-serve"])
+    r = cli.invoke(
+        annotate_command, [str(bare_run), "--pre-annotate", str(tmp_path / "none.safetensors"), "--no-serve"]
+    )
     assert r.exit_code != 0 and "no such file" in r.output
     r = cli.invoke(annotate_command, [str(bare_run), "--n", "2", "--seeds", "1", "--no-serve"])
     assert r.exit_code != 0 and "either --n or --seeds" in r.output
@@ -521,14 +569,14 @@ def fake_module(name: str, **attrs):
 def test_cli_pre_annotate_and_auto_use_the_agreed_interfaces(run, tmp_path, monkeypatch):
     """The other stages' entry points are stubbed here: this checks our side of the contracts."""
     aset = AnnotationSet(RunFolder(run).annotations)
-    aset.save_mask("seed_00000003", random_mask(30))          # a person's mask is never overwritten
+    aset.save_mask("seed_00000003", random_mask(30))  # a person's mask is never overwritten
     model = tmp_path / "unet.safetensors"
     model.write_bytes(b"stub")
     calls = []
 
     class Segmenter:
         classes = default_classes(N_CLASSES)
-        resolution = 16                                          # differs from the set: resized both ways
+        resolution = 16  # differs from the set: resized both ways
 
         def predict(self, images):
             calls.append(images.shape)
@@ -536,11 +584,14 @@ def test_cli_pre_annotate_and_auto_use_the_agreed_interfaces(run, tmp_path, monk
             return (images[:, 0] // 64).astype(np.uint8)
 
     monkeypatch.setitem(sys.modules, "datasetgan.bench", fake_module("datasetgan.bench"))
-    monkeypatch.setitem(sys.modules, "datasetgan.bench.segmenters",
-                        fake_module("datasetgan.bench.segmenters", load_segmenter=lambda path: Segmenter()))
+    monkeypatch.setitem(
+        sys.modules,
+        "datasetgan.bench.segmenters",
+        fake_module("datasetgan.bench.segmenters", load_segmenter=lambda path: Segmenter()),
+    )
     r = CliRunner().invoke(annotate_command, [str(run), "--pre-annotate", str(model), "--no-serve"])
     assert r.exit_code == 0, r.output
-    assert calls == [(2, 1, 16, 16)]                            # both empty items in one batch
+    assert calls == [(2, 1, 16, 16)]  # both empty items in one batch
     for item in ("seed_00000007", "seed_00000011"):
         rec = aset.record(item)
         assert (rec.state, rec.source) == ("pre-annotated", "model:unet")
@@ -572,7 +623,7 @@ def test_cli_pre_annotate_and_auto_use_the_agreed_interfaces(run, tmp_path, monk
             for s in seeds:
                 img = aset.image(f"seed_{s:08d}")[..., None].copy()
                 if s == 11:
-                    img[0, 0, 0] ^= 1                              # not the annotated image
+                    img[0, 0, 0] ^= 1  # not the annotated image
                 yield Pair(s, img, np.full((RES, RES), 2, np.uint8))
 
     monkeypatch.setitem(sys.modules, "datasetgan.factory", fake_module("datasetgan.factory", PairFactory=PairFactory))
@@ -585,8 +636,11 @@ def test_cli_pre_annotate_and_auto_use_the_agreed_interfaces(run, tmp_path, monk
 
     # --auto hands the chosen seeds to the benchmark's auto-annotator
     auto_calls = []
-    monkeypatch.setitem(sys.modules, "datasetgan.bench.autoannotate", fake_module(
-        "datasetgan.bench.autoannotate", auto_annotate=lambda *a, **k: auto_calls.append((a, k))))
+    monkeypatch.setitem(
+        sys.modules,
+        "datasetgan.bench.autoannotate",
+        fake_module("datasetgan.bench.autoannotate", auto_annotate=lambda *a, **k: auto_calls.append((a, k))),
+    )
     r = CliRunner().invoke(annotate_command, [str(run), "--seeds", "3,20-21", "--auto", str(model), "--no-serve"])
     assert r.exit_code == 0, r.output
     assert auto_calls == [((RunFolder(run).root, str(model), 3), {"seeds": [3, 20, 21]})]
@@ -602,13 +656,14 @@ def test_masks_saved_through_the_api_train_the_interpreter(bare_run, tmp_path):
     from datasetgan.cli import main
 
     cli = CliRunner()
-    r = cli.invoke(annotate_command, [str(bare_run), "--seeds", "1-3", "--labels", str(tmp_path / "labels.json"),
-                                      "--no-serve"])
+    r = cli.invoke(
+        annotate_command, [str(bare_run), "--seeds", "1-3", "--labels", str(tmp_path / "labels.json"), "--no-serve"]
+    )
     assert r.exit_code == 0, r.output
     client = TestClient(create_app(bare_run))
     for k, item in enumerate(["seed_00000001", "seed_00000002"]):
         mask = np.zeros((RES, RES), np.uint8)
-        mask[4 + k: 20 + k, 6:26] = 1 + k
+        mask[4 + k : 20 + k, 6:26] = 1 + k
         mask[22:, :] = 3
         assert client.put(f"/api/items/{item}/mask", content=png_bytes(mask)).status_code == 200
     assert client.put("/api/items/seed_00000003/mask?state=todo", content=png_bytes(mask)).status_code == 200
@@ -640,7 +695,8 @@ def test_random_requests_never_answer_500(client, run):
     after = snapshot(run)
     changed = {k for k in set(before) | set(after) if before.get(k) != after.get(k)}
     assert changed <= {"annotations/seed_00000003.mask.png", "annotations/seed_00000003.json"} | {
-        k for k in after if k.startswith("annotations/history/seed_00000003.")}
+        k for k in after if k.startswith("annotations/history/seed_00000003.")
+    }
 
 
 SLOW_SAVE = """

@@ -4,6 +4,7 @@ The server is ``python -m datasetgan annotate RUN ...`` on a tiny random-weight 
 paints with the mouse and keyboard like a person, then checks the label map the server wrote to disk
 against a mask computed here independently from the stroke geometry and flood-fill semantics.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -21,7 +22,6 @@ import pytest
 import torch
 from PIL import Image
 from scipy import ndimage
-
 from support import free_port
 
 from datasetgan.annotations import AnnotationSet
@@ -35,9 +35,13 @@ pytestmark = pytest.mark.browser
 REPO = Path(__file__).resolve().parents[1]
 CHROMIUM = Path("/usr/bin/chromium")
 RES = 32
-BRUSH = 5                                   # brush size in image pixels; radius 2.5
-CLASSES = [ClassInfo(0, "background", "#000000"), ClassInfo(1, "left ventricle", "#e6194b"),
-           ClassInfo(2, "myocardium", "#3cb44b"), ClassInfo(3, "right ventricle", "#4363d8")]
+BRUSH = 5  # brush size in image pixels; radius 2.5
+CLASSES = [
+    ClassInfo(0, "background", "#000000"),
+    ClassInfo(1, "left ventricle", "#e6194b"),
+    ClassInfo(2, "myocardium", "#3cb44b"),
+    ClassInfo(3, "right ventricle", "#4363d8"),
+]
 ARTIFACTS = REPO / "test-artifacts"
 
 
@@ -47,8 +51,11 @@ def make_run(tmp_path) -> Path:
         pytest.skip(f"{CHROMIUM} is absent (apt-get install -y chromium)")
     run = tmp_path / "run"
     torch.manual_seed(0)
-    G = Generator(GeneratorConfig(resolution=RES, img_channels=1, z_dim=32, w_dim=32, mapping_layers=2,
-                                  channel_base=512, channel_max=32))
+    G = Generator(
+        GeneratorConfig(
+            resolution=RES, img_channels=1, z_dim=32, w_dim=32, mapping_layers=2, channel_base=512, channel_max=32
+        )
+    )
     save_generator(RunFolder(run).generator, G)
     return run
 
@@ -58,9 +65,12 @@ def annotate_server(tmp_path, run, *args, items: int):
     """``datasetgan annotate RUN ARGS`` serving on a free port, once its set lists ``items`` items."""
     port = free_port()
     log = open(tmp_path / "server.log", "w+")
-    proc = subprocess.Popen([sys.executable, "-m", "datasetgan", "annotate", str(run), *args,
-                             "--host", "127.0.0.1", "--port", str(port)],
-                            env=dict(os.environ, PYTHONPATH=str(REPO)), stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "datasetgan", "annotate", str(run), *args, "--host", "127.0.0.1", "--port", str(port)],
+        env=dict(os.environ, PYTHONPATH=str(REPO)),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     url = f"http://127.0.0.1:{port}/"
     try:
         deadline = time.time() + 600  # a first run may still be compiling the fused ops
@@ -106,9 +116,17 @@ def chromium_page():
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=[
-            "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-            "--disable-component-update", "--no-first-run"])
+        browser = p.chromium.launch(
+            executable_path=str(CHROMIUM),
+            args=[
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--no-first-run",
+            ],
+        )
         pg = browser.new_page(viewport={"width": 1280, "height": 820}, device_scale_factor=1)
         errors = []
         pg.on("pageerror", lambda e: errors.append(str(e)))
@@ -124,8 +142,9 @@ def wait_ready(page):
 
 def geometry(page):
     """(canvas left, top, scale, ox, oy): image x = (clientX - left - ox) / scale."""
-    rect = page.evaluate("(() => { const r = document.getElementById('view').getBoundingClientRect();"
-                         " return [r.left, r.top]; })()")
+    rect = page.evaluate(
+        "(() => { const r = document.getElementById('view').getBoundingClientRect(); return [r.left, r.top]; })()"
+    )
     v = page.evaluate("annotator.view")
     assert v["resolution"] == RES
     return rect[0], rect[1], v["scale"], v["ox"], v["oy"]
@@ -145,17 +164,19 @@ def test_paint_fill_undo_redo_save_reload(server, page):
     page.goto(url)
     wait_ready(page)
     item = page.evaluate("annotator.currentId")
-    assert item == "seed_00000005"   # the first item not done yet
+    assert item == "seed_00000005"  # the first item not done yet
     assert page.locator("#done-count").inner_text() == "0" and page.locator("#total-count").inner_text() == "2"
 
     left, top, scale, ox, oy = geometry(page)
-    assert scale >= 4   # the tiny image is shown enlarged
+    assert scale >= 4  # the tiny image is shown enlarged
 
     # --- a horizontal brush stroke with class 2 across the whole image, around image row y ~ 12
     page.keyboard.press("2")
     page.keyboard.press("b")
-    page.evaluate("(() => { const s = document.getElementById('brush-size'); s.value = %d;"
-                  " s.dispatchEvent(new Event('input')); })()" % BRUSH)
+    page.evaluate(
+        "(() => { const s = document.getElementById('brush-size'); s.value = %d;"
+        " s.dispatchEvent(new Event('input')); })()" % BRUSH
+    )
     assert page.locator("#brush-size-value").inner_text() == str(BRUSH)
     radius = BRUSH / 2
     # an integer client row whose image y keeps every pixel centre clearly in or out of the brush
@@ -163,7 +184,7 @@ def test_paint_fill_undo_redo_save_reload(server, page):
         y = (cy - top - oy) / scale
         if all(abs(abs(j + 0.5 - y) - radius) > 1e-3 for j in range(RES)):
             break
-    x_start = int(left + ox - 2 * scale)             # starts and ends outside the image
+    x_start = int(left + ox - 2 * scale)  # starts and ends outside the image
     x_end = int(left + ox + (RES + 2) * scale)
     assert x_start > left and x_end < left + page.evaluate("document.getElementById('view').clientWidth")
     page.mouse.move(x_start, cy)
@@ -179,14 +200,14 @@ def test_paint_fill_undo_redo_save_reload(server, page):
     # --- flood fill with class 1 above the stroke
     page.keyboard.press("1")
     page.keyboard.press("f")
-    fx, fy = 16.3, 2.4                                # image coordinates of the click
+    fx, fy = 16.3, 2.4  # image coordinates of the click
     page.mouse.click(round(left + ox + fx * scale), round(top + oy + fy * scale))
     fx_img = (round(left + ox + fx * scale) - left - ox) / scale
     fy_img = (round(top + oy + fy * scale) - top - oy) / scale
     regions, _ = ndimage.label(expected_stroke == 0, structure=[[0, 1, 0], [1, 1, 1], [0, 1, 0]])
     expected = expected_stroke.copy()
     expected[regions == regions[int(fy_img), int(fx_img)]] = 1
-    assert (expected == 1).sum() > 0 and (expected == 0).sum() > 0   # the stroke split the image in two
+    assert (expected == 1).sum() > 0 and (expected == 0).sum() > 0  # the stroke split the image in two
     np.testing.assert_array_equal(page_mask(page), expected)
 
     # --- undo, redo
@@ -197,8 +218,9 @@ def test_paint_fill_undo_redo_save_reload(server, page):
 
     # --- save (Ctrl+S marks the item done)
     page.keyboard.press("Control+s")
-    page.wait_for_function("!annotator.dirty && annotator.items().find(i => i.id === annotator.currentId).state"
-                           " === 'done'", timeout=10000)
+    page.wait_for_function(
+        "!annotator.dirty && annotator.items().find(i => i.id === annotator.currentId).state === 'done'", timeout=10000
+    )
     assert page.locator("#done-count").inner_text() == "1"
 
     saved = Image.open(aset.path(item, "mask"))
@@ -208,32 +230,34 @@ def test_paint_fill_undo_redo_save_reload(server, page):
     assert set(np.unique(on_disk)) == {0, 1, 2}
     rec = aset.record(item)
     assert (rec.state, rec.source, rec.seed) == ("done", "human", 5)
-    assert [r.id for r in aset.annotated()] == [item]   # what `datasetgan interpret` trains from
+    assert [r.id for r in aset.annotated()] == [item]  # what `datasetgan interpret` trains from
 
     # --- reload: the saved mask comes back and is what is drawn
     page.reload()
     wait_ready(page)
     assert page.evaluate("annotator.currentId") == item
     np.testing.assert_array_equal(page_mask(page), expected)
-    page.mouse.move(5, 5)                             # no cursor preview over the image
+    page.mouse.move(5, 5)  # no cursor preview over the image
     ARTIFACTS.mkdir(exist_ok=True)
     page.wait_for_timeout(100)
     page.screenshot(path=str(ARTIFACTS / "annotate.png"))
 
     # with full mask opacity every pixel of class 1 or 2 shows exactly its class colour
-    page.evaluate("(() => { const s = document.getElementById('mask-opacity'); s.value = 100;"
-                  " s.dispatchEvent(new Event('input')); })()")
+    page.evaluate(
+        "(() => { const s = document.getElementById('mask-opacity'); s.value = 100;"
+        " s.dispatchEvent(new Event('input')); })()"
+    )
     page.wait_for_timeout(100)
     left, top, scale, ox, oy = geometry(page)
     shot = np.asarray(Image.open(io.BytesIO(page.screenshot())).convert("RGB"))
-    colours = {1: (0xe6, 0x19, 0x4b), 2: (0x3c, 0xb4, 0x4b)}
+    colours = {1: (0xE6, 0x19, 0x4B), 2: (0x3C, 0xB4, 0x4B)}
     for j in range(RES):
         for i in range(RES):
             px = shot[int(top + oy + (j + 0.5) * scale), int(left + ox + (i + 0.5) * scale)]
             if expected[j, i] in colours:
                 assert tuple(px) == colours[expected[j, i]], (i, j, px)
             else:
-                assert px[0] == px[1] == px[2], (i, j, px)   # the grayscale image shows through
+                assert px[0] == px[1] == px[2], (i, j, px)  # the grayscale image shows through
 
 
 def test_pre_annotated_polygon_eraser_autosave_and_view(server, page):
@@ -274,19 +298,21 @@ def test_pre_annotated_polygon_eraser_autosave_and_view(server, page):
     expected[inside] = 3
     assert 100 < inside.sum() < 400
     np.testing.assert_array_equal(page_mask(page), expected)
-    assert "pre-annotated" not in page.locator("#item-state").inner_text().lower()   # edited now
+    assert "pre-annotated" not in page.locator("#item-state").inner_text().lower()  # edited now
     assert page.locator("#item-note").is_hidden()
 
-    assert geometry(page) == (left, top, scale, ox, oy)   # the layout did not move under the cursor
+    assert geometry(page) == (left, top, scale, ox, oy)  # the layout did not move under the cursor
 
     # --- eraser (size 3, radius 1.5): one click clears the pixels whose centre is within 1.5
     page.keyboard.press("e")
-    page.evaluate("(() => { const s = document.getElementById('brush-size'); s.value = 3;"
-                  " s.dispatchEvent(new Event('input')); })()")
+    page.evaluate(
+        "(() => { const s = document.getElementById('brush-size'); s.value = 3;"
+        " s.dispatchEvent(new Event('input')); })()"
+    )
     ecx, ecy = client(10.2, 8.3)
     page.mouse.click(ecx, ecy)
     ex, ey = image(ecx, ecy)
-    near = (centres[:, 0] - ex) ** 2 + (centres[:, 1] - ey) ** 2 <= 1.5 ** 2
+    near = (centres[:, 0] - ex) ** 2 + (centres[:, 1] - ey) ** 2 <= 1.5**2
     expected[near.reshape(RES, RES)] = 0
     assert near.sum() >= 5
     np.testing.assert_array_equal(page_mask(page), expected)
@@ -308,8 +334,10 @@ def test_pre_annotated_polygon_eraser_autosave_and_view(server, page):
             break
     else:
         pytest.fail("no tolerance gives a partial region on this image")
-    page.evaluate("(() => { const s = document.getElementById('fill-tolerance'); s.value = %d;"
-                  " s.dispatchEvent(new Event('input')); })()" % tol)
+    page.evaluate(
+        "(() => { const s = document.getElementById('fill-tolerance'); s.value = %d;"
+        " s.dispatchEvent(new Event('input')); })()" % tol
+    )
     assert page.locator("#fill-tolerance-value").inner_text() == str(tol)
     page.mouse.click(fcx, fcy)
     expected[region] = 2
@@ -373,16 +401,18 @@ def test_real_projected_items_show_original_beside_the_editable_reconstruction(t
         page.goto(url + "#" + item)
         wait_ready(page)
         assert page.evaluate("annotator.currentId") == item
-        np.testing.assert_array_equal(page_mask(page), expert)        # the expert mask, editable
+        np.testing.assert_array_equal(page_mask(page), expert)  # the expert mask, editable
         assert page.locator("#item-name").inner_text() == "Real image case21.png"
         assert page.locator("#item-state").inner_text().lower() == "done"
         panel = page.locator("#original-panel")
         assert panel.is_visible()
-        page.wait_for_function("document.getElementById('original-image').complete && "
-                               f"document.getElementById('original-image').naturalWidth === {RES}")
+        page.wait_for_function(
+            "document.getElementById('original-image').complete && "
+            f"document.getElementById('original-image').naturalWidth === {RES}"
+        )
         assert f"PSNR {psnr:.2f} dB" in page.locator("#original-quality").inner_text()
         canvas, side = (page.locator(sel).bounding_box() for sel in ("#view", "#original-panel"))
-        assert side["x"] >= canvas["x"] + canvas["width"] - 1 and side["width"] > 100   # side by side
+        assert side["x"] >= canvas["x"] + canvas["width"] - 1 and side["width"] > 100  # side by side
         assert page.locator(".thumb[data-index='0'] .label").inner_text() == "real 0"
 
         # the canvas shows the reconstruction (the item's image), the panel the original
@@ -403,7 +433,13 @@ def test_real_projected_items_show_original_beside_the_editable_reconstruction(t
         page.wait_for_function("!annotator.dirty && annotator.saveCount > 0")
         np.testing.assert_array_equal(aset.mask(item), edited)
         rec = aset.record(item)
-        assert (rec.kind, rec.state, rec.source, rec.psnr, rec.real_name) == ("real", "done", "human", psnr, "case21.png")
+        assert (rec.kind, rec.state, rec.source, rec.psnr, rec.real_name) == (
+            "real",
+            "done",
+            "human",
+            psnr,
+            "case21.png",
+        )
         ARTIFACTS.mkdir(exist_ok=True)
         page.screenshot(path=str(ARTIFACTS / "annotate-real.png"))
 

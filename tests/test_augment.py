@@ -1,4 +1,5 @@
 """ADA: each augmentation does what it is defined to do, p=0 is the identity, gradients flow, p adapts."""
+
 from __future__ import annotations
 
 import math
@@ -91,7 +92,7 @@ def test_scaling_magnifies_about_the_centre():
     size = 32
     c = (torch.arange(size) + 0.5 - size / 2) / size
     yy, xx = torch.meshgrid(c, c, indexing="ij")
-    x = (xx ** 2 + yy ** 2)[None, None]
+    x = (xx**2 + yy**2)[None, None]
     pipe, prm = with_param(1, scale=2.0)
     y = pipe.apply(x, prm)
     inner = slice(8, 24)
@@ -144,7 +145,7 @@ def test_lumaflip_rgb_reflects_luma_keeps_chroma():
     x = images(c=3)
     pipe, prm = with_param(4, lumaflip=1.0)
     y = pipe.apply(x, prm)
-    assert torch.allclose(y.mean(dim=1), -x.mean(dim=1), atol=1e-5)           # luma negated
+    assert torch.allclose(y.mean(dim=1), -x.mean(dim=1), atol=1e-5)  # luma negated
     assert torch.allclose(y - y.mean(dim=1, keepdim=True), x - x.mean(dim=1, keepdim=True), atol=1e-5)
 
 
@@ -233,15 +234,15 @@ def test_controller_moves_p_towards_target():
     step = batch * interval / (speed * 1000)
     ada = AdaController(batch, target=0.6, interval=interval, speed_kimg=speed, p=0.0)
     overfit = torch.ones(batch)  # D says "real" for every real image: r_t = 1 > 0.6
-    for i in range(40):
+    for _ in range(40):
         ada.accumulate(overfit)
         ada.step()
     assert ada.last_rt == 1.0
     assert ada.p == pytest.approx(10 * step)  # updated every 4 steps
     # A synthetic sign sequence with r_t = 0.2 < 0.6 brings p down again, and p never goes below 0.
     mixed = torch.tensor([1.0] * 6 + [-1.0] * 4 * 1)[:batch]  # 6 +, 2 - per batch: r_t = 0.5
-    mixed = torch.tensor([1, 1, 1, 1, 1, -1, -1, -1], dtype=torch.float32)   # r_t = 0.25
-    for i in range(4 * 15):
+    mixed = torch.tensor([1, 1, 1, 1, 1, -1, -1, -1], dtype=torch.float32)  # r_t = 0.25
+    for _ in range(4 * 15):
         ada.accumulate(mixed)
         ada.step()
     assert ada.last_rt == pytest.approx(0.25)

@@ -1,4 +1,5 @@
 """Benchmark metrics, folds and pair grading against hand-computed values."""
+
 import json
 import math
 
@@ -10,14 +11,8 @@ from datasetgan.bench.folds import kfold
 from datasetgan.bench.grading import grade, grade_pairs, wrong_fraction
 from datasetgan.bench.trainer import batches
 
-TRUTH = np.array([[0, 0, 1, 1],
-                  [0, 0, 1, 1],
-                  [2, 2, 0, 0],
-                  [2, 2, 0, 0]], dtype=np.uint8)
-PRED = np.array([[0, 0, 1, 0],
-                 [0, 0, 1, 1],
-                 [2, 0, 0, 0],
-                 [2, 2, 0, 0]], dtype=np.uint8)
+TRUTH = np.array([[0, 0, 1, 1], [0, 0, 1, 1], [2, 2, 0, 0], [2, 2, 0, 0]], dtype=np.uint8)
+PRED = np.array([[0, 0, 1, 0], [0, 0, 1, 1], [2, 0, 0, 0], [2, 2, 0, 0]], dtype=np.uint8)
 
 
 def test_confusion_and_scores_by_hand():
@@ -123,11 +118,11 @@ def test_batches_never_single(n, bs):
 def test_grading_thresholds():
     ref = np.zeros((10, 10), np.uint8)
     one = ref.copy()
-    one[0, 0] = 1                      # 1 % wrong -> good
+    one[0, 0] = 1  # 1 % wrong -> good
     two = ref.copy()
-    two[0, :2] = 1                     # 2 % -> partial
+    two[0, :2] = 1  # 2 % -> partial
     quarter = ref.copy()
-    quarter[:5, :5] = 1                # 25 % -> bad
+    quarter[:5, :5] = 1  # 25 % -> bad
     assert wrong_fraction(one, ref) == pytest.approx(0.01)
     assert [grade(wrong_fraction(m, ref)) for m in (ref, one, two, quarter)] == ["good", "good", "partial", "bad"]
     g = grade_pairs([ref, one, two, quarter], [ref] * 4)
@@ -147,10 +142,12 @@ def _brute_force(p, t, tau):
     d = np.sqrt(((a[:, None, :] - b[None, :, :]) ** 2).sum(-1))
     d_pt, d_tp = d.min(1), d.min(0)
     prec, rec = (d_pt < tau).mean(), (d_tp < tau).mean()
-    return {"hd95": max(np.percentile(d_pt, 95), np.percentile(d_tp, 95)),
-            "assd": (d_pt.sum() + d_tp.sum()) / (len(d_pt) + len(d_tp)),
-            "chamfer": (d_pt.mean() + d_tp.mean()) / 2,
-            "bf": 2 * prec * rec / (prec + rec) if prec + rec else 0.0}
+    return {
+        "hd95": max(np.percentile(d_pt, 95), np.percentile(d_tp, 95)),
+        "assd": (d_pt.sum() + d_tp.sum()) / (len(d_pt) + len(d_tp)),
+        "chamfer": (d_pt.mean() + d_tp.mean()) / 2,
+        "bf": 2 * prec * rec / (prec + rec) if prec + rec else 0.0,
+    }
 
 
 def _blobs(seed, n=6, size=24):
@@ -178,22 +175,24 @@ def test_boundary_metrics_match_monai_and_a_brute_force_reference():
             for k in M.BOUNDARY_KEYS:
                 assert got[k][0, 0] == pytest.approx(ref[k], abs=1e-6), k
             pt, tt = torch.as_tensor(p)[None, None], torch.as_tensor(t)[None, None]
-            assert got["hd95"][0, 0] == pytest.approx(compute_hausdorff_distance(
-                pt, tt, include_background=True, percentile=95).item(), abs=1e-5)
-            assert got["assd"][0, 0] == pytest.approx(compute_average_surface_distance(
-                pt, tt, include_background=True, symmetric=True).item(), abs=1e-5)
+            assert got["hd95"][0, 0] == pytest.approx(
+                compute_hausdorff_distance(pt, tt, include_background=True, percentile=95).item(), abs=1e-5
+            )
+            assert got["assd"][0, 0] == pytest.approx(
+                compute_average_surface_distance(pt, tt, include_background=True, symmetric=True).item(), abs=1e-5
+            )
 
 
 def test_chamfer_and_bf_by_hand():
     truth = np.zeros((1, 12, 12), np.uint8)
     truth[0, 3:6, 3:6] = 1
-    pred = np.roll(truth, 1, axis=2)      # shifted one pixel right
+    pred = np.roll(truth, 1, axis=2)  # shifted one pixel right
     s = M.boundary_scores(pred, truth, 2, tau=0.5)
     # 8 boundary pixels each; in both directions 4 lie on the other boundary (distance 0), 4 at 1
     assert s["chamfer"][0, 0] == pytest.approx(0.5) and s["assd"][0, 0] == pytest.approx(0.5)
-    assert s["bf"][0, 0] == pytest.approx(0.5)                  # precision = recall = 4/8 below 0.5 px
+    assert s["bf"][0, 0] == pytest.approx(0.5)  # precision = recall = 4/8 below 0.5 px
     assert M.boundary_scores(pred, truth, 2, tau=2)["bf"][0, 0] == pytest.approx(1.0)
-    assert M.bf_tau(256) == 2.0 and M.bf_tau(64) == 0.5          # 2 px at 256x256, scaled
+    assert M.bf_tau(256) == 2.0 and M.bf_tau(64) == 0.5  # 2 px at 256x256, scaled
 
 
 def test_empty_mask_convention():
@@ -202,11 +201,11 @@ def test_empty_mask_convention():
     truth = np.zeros((2, 8, 8), np.uint8)
     truth[0, 2:5, 2:5] = 1
     pred = np.zeros_like(truth)
-    pred[1, 0:2, 0:2] = 1                # image 0: missed; image 1: hallucinated
+    pred[1, 0:2, 0:2] = 1  # image 0: missed; image 1: hallucinated
     s = M.boundary_scores(pred, truth, 3)
     for k in ("hd95", "assd", "chamfer"):
         assert s[k][:, 0] == pytest.approx([math.hypot(8, 8)] * 2)
-        assert np.isnan(s[k][:, 1]).all()   # class 2 in no mask at all
+        assert np.isnan(s[k][:, 1]).all()  # class 2 in no mask at all
     assert s["bf"][:, 0].tolist() == [0.0, 0.0] and np.isnan(s["bf"][:, 1]).all()
     r = M.evaluate(pred, truth, 3)
     assert r["dice"][2] is None and r["iou"][2] is None and r["dice"][1] == 0.0
@@ -223,7 +222,7 @@ def test_calibration_by_hand():
     assert M.calibration(np.array([1.0, 0.0]), np.array([True, False]))[1] == pytest.approx(0.0)
     assert M.calibration(np.array([0.7] * 10), np.array([True] * 7 + [False] * 3))[1] == pytest.approx(0.0)
     r = M.evaluate(PRED[None], TRUTH[None], 3, confidence=np.full((1, 4, 4), 0.875))
-    assert r["mmcl"] == pytest.approx(0.875) and r["ece"] == pytest.approx(0.0)   # 14 of 16 pixels right
+    assert r["mmcl"] == pytest.approx(0.875) and r["ece"] == pytest.approx(0.0)  # 14 of 16 pixels right
 
 
 def test_group_folds_keep_groups_together():

@@ -1,5 +1,6 @@
 """A tiny benchmark on ACDC (32x32, one epoch, a few images) through the command line, the
 model-assisted annotator and pair grading."""
+
 import json
 import shutil
 from pathlib import Path
@@ -8,11 +9,9 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-
 from support import ACDC
 
 from datasetgan.cli import main
-
 
 pytestmark = pytest.mark.skipif(not ACDC.is_dir(), reason=f"ACDC data not found at {ACDC}")
 
@@ -36,8 +35,9 @@ def _generated(dst: Path, names: list[str], first_seed: int, annotations: int) -
     for i in range(len(names)):
         seed = first_seed + i
         (dst / "records" / f"{seed:08d}.json").write_text(json.dumps({"seed": seed, "score": (seed * 37 % 11) / 10}))
-    (dst / "manifest.json").write_text(json.dumps({"seeds": list(range(first_seed, first_seed + len(names))),
-                                                   "n_annotations": annotations}))
+    (dst / "manifest.json").write_text(
+        json.dumps({"seeds": list(range(first_seed, first_seed + len(names))), "n_annotations": annotations})
+    )
 
 
 @pytest.fixture(scope="module")
@@ -57,23 +57,55 @@ def _env(monkeypatch, tmp_path):
     torch.set_num_threads(1)
 
 
-TINY = ["--resolution", "32", "--epochs", "1", "--batch-size", "4", "--threads", "1", "--no-progress",
-        "--unet-channels", "8,16,32"]
+TINY = [
+    "--resolution",
+    "32",
+    "--epochs",
+    "1",
+    "--batch-size",
+    "4",
+    "--threads",
+    "1",
+    "--no-progress",
+    "--unet-channels",
+    "8,16,32",
+]
 
 
 def test_tiny_run_writes_all_outputs(data, tmp_path):
     run = tmp_path / "run"
     run.mkdir()
-    args = ["bench", "run", str(run), "--real", str(data / "real"), "--test-real", str(data / "test"),
-            "--synthetic", str(data / "synth"), "--test-generated", str(data / "testg"), "--models", "unet,fcn",
-            "--folds", "2", "--hybrid-real", "3", "--drop-uncertain", "0.2", "--fold-groups", r"patient\d+"] + TINY
+    args = [
+        "bench",
+        "run",
+        str(run),
+        "--real",
+        str(data / "real"),
+        "--test-real",
+        str(data / "test"),
+        "--synthetic",
+        str(data / "synth"),
+        "--test-generated",
+        str(data / "testg"),
+        "--models",
+        "unet,fcn",
+        "--folds",
+        "2",
+        "--hybrid-real",
+        "3",
+        "--drop-uncertain",
+        "0.2",
+        "--fold-groups",
+        r"patient\d+",
+    ] + TINY
     r = CliRunner().invoke(main, args)
     assert r.exit_code == 0, r.output
     doc = json.loads((run / "bench/results.json").read_text())
     exps = doc["experiments"]
     sets = ("synthetic8", "real12", "hybrid8+3")
     assert set(exps) == {f"{s}/{m}/dice_ce" for s in sets for m in ("unet", "fcn_mobilenet_v3_large")} | {
-        f"{s}/prior" for s in sets}
+        f"{s}/prior" for s in sets
+    }
     for e in exps.values():
         assert [f["fold"] for f in e["folds"]] == [0, 1]
         for f in e["folds"]:
@@ -102,11 +134,13 @@ def test_tiny_run_writes_all_outputs(data, tmp_path):
 
 def test_bad_input_is_a_clear_error(data, tmp_path):
     (tmp_path / "r").mkdir()
-    r = CliRunner().invoke(main, ["bench", "run", str(tmp_path / "r"), "--synthetic", str(data / "real"),
-                                  "--sets", "synthetic"] + TINY)
+    r = CliRunner().invoke(
+        main, ["bench", "run", str(tmp_path / "r"), "--synthetic", str(data / "real"), "--sets", "synthetic"] + TINY
+    )
     assert r.exit_code != 0 and "not a generated folder" in r.output and "Traceback" not in r.output
-    r = CliRunner().invoke(main, ["bench", "run", str(tmp_path / "r"), "--real", str(data / "real"),
-                                  "--models", "segformer"] + TINY)
+    r = CliRunner().invoke(
+        main, ["bench", "run", str(tmp_path / "r"), "--real", str(data / "real"), "--models", "segformer"] + TINY
+    )
     assert r.exit_code != 0 and "unknown segmenter" in r.output
 
 
@@ -120,17 +154,30 @@ def test_annotator_auto_annotate_and_grading(data, tmp_path):
     run = tmp_path / "run"
     run.mkdir()
     model_path = tmp_path / "annotator.safetensors"
-    r = CliRunner().invoke(main, ["bench", str(run), "--real", str(data / "real"), "--test-real", str(data / "test"),
-                                  "--train-annotator", str(model_path), "--annotator-model", "unet"] + TINY)
-    assert r.exit_code == 0, r.output   # the previous release's spelling still works, with a notice
+    r = CliRunner().invoke(
+        main,
+        [
+            "bench",
+            str(run),
+            "--real",
+            str(data / "real"),
+            "--test-real",
+            str(data / "test"),
+            "--train-annotator",
+            str(model_path),
+            "--annotator-model",
+            "unet",
+        ]
+        + TINY,
+    )
+    assert r.exit_code == 0, r.output  # the previous release's spelling still works, with a notice
     assert "deprecated" in r.output and "bench annotator" in r.output
     doc = json.loads((run / "bench/results.json").read_text())
     assert doc["annotator"]["n_train"] == 12 and 0 <= doc["annotator"]["test_r"]["miou"] <= 1
     assert "Model-assisted annotator" in (run / "bench/tables.md").read_text()
 
     torch.manual_seed(0)
-    G = Generator(GeneratorConfig(resolution=32, z_dim=16, w_dim=16, mapping_layers=1, channel_base=64,
-                                  channel_max=16))
+    G = Generator(GeneratorConfig(resolution=32, z_dim=16, w_dim=16, mapping_layers=1, channel_base=64, channel_max=16))
     save_generator(run / "generator.safetensors", G)
     ids = auto_annotate(run, model_path, n=3)
     assert ids == ["seed_00000000", "seed_00000001", "seed_00000002"]
@@ -141,13 +188,16 @@ def test_annotator_auto_annotate_and_grading(data, tmp_path):
         assert (rec.state, rec.source) == ("done", "model:unet")
         img = aset.image(i)
         assert (aset.mask(i) == model.predict(img[None, None])[0]).all()
-    aset.save_mask(ids[0], np.zeros((32, 32), np.uint8), source="human")   # a person's work is kept
+    aset.save_mask(ids[0], np.zeros((32, 32), np.uint8), source="human")  # a person's work is kept
     assert auto_annotate(run, model_path, n=3) == ids[1:]
     assert aset.record(ids[0]).source == "human"
 
     # grading against the annotator, then against the folder's own masks (all pairs must be good)
-    r = CliRunner().invoke(main, ["bench", str(run), "--grade", str(data / "synth"), "--grade-reference",
-                                  str(model_path), "--grade-n", "5"] + TINY)
+    r = CliRunner().invoke(
+        main,
+        ["bench", str(run), "--grade", str(data / "synth"), "--grade-reference", str(model_path), "--grade-n", "5"]
+        + TINY,
+    )
     assert r.exit_code == 0, r.output
     g = json.loads((run / "bench/results.json").read_text())["grading"]
     assert g["n"] == 5 and sum(g["counts"].values()) == 5 and g["reference_kind"] == "model:unet"
@@ -167,14 +217,36 @@ def test_on_pairs_from_the_factory(tiny_run, tmp_path):
     factory = PairFactory(run)
     generate(factory, range(0, 10), run / "generated/train")
     generate(factory, range(1000, 1004), run / "generated/test")
-    args = ["bench", "run", str(run), "--synthetic", str(run / "generated/train"), "--test-generated",
-            str(run / "generated/test"), "--models", "unet", "--folds", "2", "--drop-uncertain", "0.2",
-            "--resolution", "16", "--epochs", "1", "--batch-size", "4", "--threads", "1", "--no-progress",
-            "--unet-channels", "4,8"]
+    args = [
+        "bench",
+        "run",
+        str(run),
+        "--synthetic",
+        str(run / "generated/train"),
+        "--test-generated",
+        str(run / "generated/test"),
+        "--models",
+        "unet",
+        "--folds",
+        "2",
+        "--drop-uncertain",
+        "0.2",
+        "--resolution",
+        "16",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "4",
+        "--threads",
+        "1",
+        "--no-progress",
+        "--unet-channels",
+        "4,8",
+    ]
     r = CliRunner().invoke(main, args)
     assert r.exit_code == 0, r.output
     e = json.loads((run / "bench/results.json").read_text())["experiments"]["synthetic8/unet/dice_ce"]
-    assert e["set_info"]["annotated"] == 4          # read from the run's interpreter.json
+    assert e["set_info"]["annotated"] == 4  # read from the run's interpreter.json
     assert e["summary"]["test_g"]["folds"] == 2 and len(e["folds"][0]["test_g"]["dice"]) == 3
     r = CliRunner().invoke(main, args[:6] + [str(run / "generated/train")] + args[7:])
     assert r.exit_code != 0 and "disjoint" in r.output
@@ -199,8 +271,23 @@ def test_sets_must_agree_on_class_names_or_be_remapped(data, tmp_path, spelling)
     swapped = _swapped_labels(data / "real", tmp_path / "swapped")
     run = tmp_path / "run"
     run.mkdir()
-    args = ["bench", *spelling, str(run), "--real", str(swapped), "--synthetic", str(data / "synth"),
-            "--sets", "real,hybrid", "--hybrid-real", "3", "--models", "unet", "--folds", "2"] + TINY
+    args = [
+        "bench",
+        *spelling,
+        str(run),
+        "--real",
+        str(swapped),
+        "--synthetic",
+        str(data / "synth"),
+        "--sets",
+        "real,hybrid",
+        "--hybrid-real",
+        "3",
+        "--models",
+        "unet",
+        "--folds",
+        "2",
+    ] + TINY
     r = CliRunner().invoke(main, args)
     assert r.exit_code != 0 and "Traceback" not in r.output
     assert "class 1 is 'left_ventricle'" in r.output and "class 3 is 'right_ventricle'" in r.output
@@ -208,10 +295,15 @@ def test_sets_must_agree_on_class_names_or_be_remapped(data, tmp_path, spelling)
     r = CliRunner().invoke(main, args + ["--class-map", "1=3,3=1"])
     assert r.exit_code == 0, r.output
     doc = json.loads((run / "bench/results.json").read_text())
-    assert [c["name"] for c in doc["classes"]] == [c["name"] for c in
-                                                  json.loads((data / "synth/labels.json").read_text())["classes"]]
-    assert set(doc["experiments"]) == {"real12/unet/dice_ce", "hybrid10+3/unet/dice_ce", "real12/prior",
-                                       "hybrid10+3/prior"}
+    assert [c["name"] for c in doc["classes"]] == [
+        c["name"] for c in json.loads((data / "synth/labels.json").read_text())["classes"]
+    ]
+    assert set(doc["experiments"]) == {
+        "real12/unet/dice_ce",
+        "hybrid10+3/unet/dice_ce",
+        "real12/prior",
+        "hybrid10+3/prior",
+    }
     r = CliRunner().invoke(main, args + ["--class-map", "1=7"])
     assert r.exit_code != 0 and "--class-map" in r.output
 
@@ -228,14 +320,39 @@ def test_run_folder_must_exist(data, tmp_path):
 def test_losses_postprocessing_rows_and_report(data, tmp_path):
     run = tmp_path / "run"
     run.mkdir()
-    args = ["bench", "run", str(run), "--real", str(data / "real"), "--test-real", str(data / "test"),
-            "--models", "unet", "--folds", "2", "--loss", "ce,tversky:alpha=0.6,beta=0.4", "--loss", "lovasz",
-            "--min-component", "auto", "--classifier-gate", "--swa"] + TINY
+    args = [
+        "bench",
+        "run",
+        str(run),
+        "--real",
+        str(data / "real"),
+        "--test-real",
+        str(data / "test"),
+        "--models",
+        "unet",
+        "--folds",
+        "2",
+        "--loss",
+        "ce,tversky:alpha=0.6,beta=0.4",
+        "--loss",
+        "lovasz",
+        "--min-component",
+        "auto",
+        "--classifier-gate",
+        "--swa",
+    ] + TINY
     r = CliRunner().invoke(main, args)
     assert r.exit_code == 0, r.output
     exps = json.loads((run / "bench/results.json").read_text())["experiments"]
-    rows = {"real12/prior", "real12/unet/ce", "real12/unet/tversky(alpha=0.6,beta=0.4)", "real12/unet/lovasz",
-            "real12/unet/ce+swa", "real12/unet/ce+mincomp", "real12/unet/ce+gate"}
+    rows = {
+        "real12/prior",
+        "real12/unet/ce",
+        "real12/unet/tversky(alpha=0.6,beta=0.4)",
+        "real12/unet/lovasz",
+        "real12/unet/ce+swa",
+        "real12/unet/ce+mincomp",
+        "real12/unet/ce+gate",
+    }
     assert set(exps) == rows
     assert exps["real12/unet/tversky(alpha=0.6,beta=0.4)"]["train"]["loss"] == "tversky:alpha=0.6,beta=0.4"
     assert exps["real12/unet/ce+swa"]["train"]["swa"] is True
@@ -248,7 +365,7 @@ def test_losses_postprocessing_rows_and_report(data, tmp_path):
                     assert k in rec, (key, k)
                 assert len(rec["bf_per_class"]) == 4 and rec["bf_tau_px"] == pytest.approx(2 * 32 / 256)
     for f in exps["real12/unet/ce+mincomp"]["folds"]:
-        assert f["min_area"] in (0, 1, 2, 4, 8, 16)   # chosen on the fold's held-out part (32 px candidates)
+        assert f["min_area"] in (0, 1, 2, 4, 8, 16)  # chosen on the fold's held-out part (32 px candidates)
     for f in exps["real12/unet/ce+gate"]["folds"]:
         assert 0 <= f["test_r"]["gate_accuracy"] <= 1
     # the prior row ignores the image: every test image gets the same label map
@@ -267,10 +384,34 @@ def test_paper_profile_runs_on_tiny_data(data, tmp_path):
     few images, so a GPU user's run does not fail after hours."""
     run = tmp_path / "run"
     run.mkdir()
-    r = CliRunner().invoke(main, ["bench", "run", str(run), "--profile", "paper", "--real", str(data / "real"),
-                                  "--real-limit", "4", "--test-real", str(data / "test"), "--folds", "2",
-                                  "--epochs", "1", "--batch-size", "2", "--threads", "2", "--no-progress",
-                                  "--min-component", "auto", "--classifier-gate"])
+    r = CliRunner().invoke(
+        main,
+        [
+            "bench",
+            "run",
+            str(run),
+            "--profile",
+            "paper",
+            "--real",
+            str(data / "real"),
+            "--real-limit",
+            "4",
+            "--test-real",
+            str(data / "test"),
+            "--folds",
+            "2",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "2",
+            "--threads",
+            "2",
+            "--no-progress",
+            "--min-component",
+            "auto",
+            "--classifier-gate",
+        ],
+    )
     assert r.exit_code == 0, r.output
     doc = json.loads((run / "bench/results.json").read_text())
     assert doc["profile"]["resolution"] == 256

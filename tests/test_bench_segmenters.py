@@ -1,11 +1,11 @@
 """Segmenter builders (any channel and class count), save/load round trip, local initial weights."""
+
 import numpy as np
 import pytest
 import torch
 
-from datasetgan.bench.segmenters import (Segmenter, SegmenterConfig, load_init_weights, load_segmenter,
-                                         save_segmenter)
 from datasetgan.bench.profiles import SegmenterTrainConfig as TrainConfig
+from datasetgan.bench.segmenters import Segmenter, SegmenterConfig, load_init_weights, load_segmenter, save_segmenter
 from datasetgan.bench.trainer import train_segmenter
 from datasetgan.checkpoint import CheckpointError, save_tensors
 
@@ -13,8 +13,9 @@ SMALL = [("deeplabv3", "mobilenet_v3_large"), ("fcn", "mobilenet_v3_large"), ("u
 
 
 def cfg(arch, backbone, c=1, k=3, res=32, **kw):
-    return SegmenterConfig(arch=arch, backbone=backbone, in_channels=c, num_classes=k, resolution=res,
-                           unet_channels=(8, 16, 32), **kw)
+    return SegmenterConfig(
+        arch=arch, backbone=backbone, in_channels=c, num_classes=k, resolution=res, unet_channels=(8, 16, 32), **kw
+    )
 
 
 @pytest.fixture(autouse=True)

@@ -89,10 +89,12 @@ def test_noise_modes_differ_and_seed_noise_depends_on_seed(gen_file):
 def test_seed_renders_same_in_another_process(gen_file):
     G, path = gen_file
     here = render(load_generator(path), [42], noise_mode="seed")
-    code = ("import sys, torch; from datasetgan.checkpoint import load_generator; "
-            "from datasetgan.render import render; "
-            "img = render(load_generator(sys.argv[1]), [42], noise_mode='seed'); "
-            "sys.stdout.write(img.numpy().tobytes().hex())")
+    code = (
+        "import sys, torch; from datasetgan.checkpoint import load_generator; "
+        "from datasetgan.render import render; "
+        "img = render(load_generator(sys.argv[1]), [42], noise_mode='seed'); "
+        "sys.stdout.write(img.numpy().tobytes().hex())"
+    )
     out = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, check=True)
     assert bytes.fromhex(out.stdout) == here.numpy().tobytes()
 

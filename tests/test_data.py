@@ -8,8 +8,9 @@ from support import ACDC
 
 from datasetgan.data import DataError, fit_square, load_image_folder, read_labels
 
-LABELS = {"classes": [{"id": 0, "name": "background", "color": "#000000"},
-                      {"id": 1, "name": "organ", "color": "#ff0000"}]}
+LABELS = {
+    "classes": [{"id": 0, "name": "background", "color": "#000000"}, {"id": 1, "name": "organ", "color": "#ff0000"}]
+}
 
 
 def make_folder(root: Path, n=3, size=(40, 30), mode="L", with_masks=True, labels=LABELS):

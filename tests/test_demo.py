@@ -2,6 +2,7 @@
 
 Runs the bundled demo run (demo/run) when it is in the checkout, otherwise a tiny run built here.
 """
+
 from __future__ import annotations
 
 import json
@@ -39,8 +40,15 @@ def demo_run(tmp_path_factory):
 
 def _cli(args, **kw):
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen([sys.executable, "-m", "datasetgan", "demo", *args], cwd=kw.pop("cwd"), env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw)
+    return subprocess.Popen(
+        [sys.executable, "-m", "datasetgan", "demo", *args],
+        cwd=kw.pop("cwd"),
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        **kw,
+    )
 
 
 def test_demo_writes_pairs_and_prints_instructions(demo_run, tmp_path, monkeypatch):
@@ -77,7 +85,9 @@ def test_demo_writes_pairs_and_prints_instructions(demo_run, tmp_path, monkeypat
     assert (out / "images" / "00000001.png").read_bytes() == files["image.png"]
     assert (out / "masks" / "00000001.png").read_bytes() == files["mask.png"]
     # the committed run is never modified: the demo works on a copy
-    assert (out / "runs" / DEMO_ID / "generator.safetensors").read_bytes() == (run / "generator.safetensors").read_bytes()
+    assert (out / "runs" / DEMO_ID / "generator.safetensors").read_bytes() == (
+        run / "generator.safetensors"
+    ).read_bytes()
     assert Image.open(out / "grid.png").size[0] > res
     # instructions: where the files are, the annotation page, curl examples
     assert f"{out}/" in output or "out/" in output
@@ -91,8 +101,11 @@ def test_keep_serving_until_interrupted(demo_run, tmp_path):
     """With --keep-serving the printed URLs answer, and Ctrl+C (SIGINT) stops server and demo, even when
     the demo inherited SIGINT as ignored (a background job of a non-interactive shell, as CI runs it)."""
     run, extra = demo_run
-    proc = _cli(["--out", "out", "--n", "1", "--keep-serving", *extra], cwd=tmp_path,
-                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    proc = _cli(
+        ["--out", "out", "--n", "1", "--keep-serving", *extra],
+        cwd=tmp_path,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
+    )
     lines = []
     try:
         url = None
@@ -112,9 +125,12 @@ def test_keep_serving_until_interrupted(demo_run, tmp_path):
         page = NO_PROXY.open(f"{url}/annotate/{DEMO_ID}/", timeout=30)
         assert page.status == 200 and "text/html" in page.headers["content-type"]
         # the printed ndjson example works as printed
-        req = urllib.request.Request(f"{url}/v1/models/{DEMO_ID}/pairs", method="POST",
-                                     data=json.dumps({"seeds": [7, 42], "format": "ndjson"}).encode(),
-                                     headers={"Content-Type": "application/json"})
+        req = urllib.request.Request(
+            f"{url}/v1/models/{DEMO_ID}/pairs",
+            method="POST",
+            data=json.dumps({"seeds": [7, 42], "format": "ndjson"}).encode(),
+            headers={"Content-Type": "application/json"},
+        )
         rows = [json.loads(x) for x in NO_PROXY.open(req, timeout=300).read().splitlines()]
         assert [r["seed"] for r in rows] == [7, 42] and "mask.png" in rows[0]
     finally:

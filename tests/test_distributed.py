@@ -1,5 +1,6 @@
 """Training with torchrun: 2 gloo ranks on 127.0.0.1 against one process holding both shares, a rank
 killed with SIGKILL and the run resumed exactly, and a resume on another world size."""
+
 from __future__ import annotations
 
 import json
@@ -25,9 +26,35 @@ ROOT = str(Path(datasetgan.__file__).resolve().parents[1])
 DATA = ACDC / "train"
 LIMIT = 32
 # tiny and fast; p starts above 0 so that the augmentation (and its per-share streams) runs
-TINY = ["--preset", "cpu-tiny", "--cbase", "256", "--cmax", "32", "--map", "1", "--batch", "8", "--limit", str(LIMIT),
-        "--fid", "0", "--grid", "2", "--threads", "1", "--no-progress", "--aug", "ada", "--aug-p", "0.3",
-        "--ada-kimg", "0.5", "--keep", "0"]
+TINY = [
+    "--preset",
+    "cpu-tiny",
+    "--cbase",
+    "256",
+    "--cmax",
+    "32",
+    "--map",
+    "1",
+    "--batch",
+    "8",
+    "--limit",
+    str(LIMIT),
+    "--fid",
+    "0",
+    "--grid",
+    "2",
+    "--threads",
+    "1",
+    "--no-progress",
+    "--aug",
+    "ada",
+    "--aug-p",
+    "0.3",
+    "--ada-kimg",
+    "0.5",
+    "--keep",
+    "0",
+]
 
 
 @pytest.fixture(scope="module")
@@ -44,8 +71,21 @@ def env() -> dict:
 
 
 def torchrun(nproc: int, *args: str) -> list[str]:
-    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_addr",
-            "127.0.0.1", "--master_port", str(free_port()), "-m", "datasetgan", "train", *args]
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        str(nproc),
+        "--master_addr",
+        "127.0.0.1",
+        "--master_port",
+        str(free_port()),
+        "-m",
+        "datasetgan",
+        "train",
+        *args,
+    ]
 
 
 def run(cmd, timeout=600) -> subprocess.CompletedProcess:
@@ -83,7 +123,9 @@ def test_two_ranks_equal_one_process_holding_both_shares(data, tmp_path):
     single = Trainer(cfg, images)
     for _ in range(5):
         single.train_step()
-    assert not all(torch.allclose(a, b, rtol=1e-4, atol=1e-6) for a, b in zip(single.G.parameters(), one.G.parameters()))
+    assert not all(
+        torch.allclose(a, b, rtol=1e-4, atol=1e-6) for a, b in zip(single.G.parameters(), one.G.parameters())
+    )
 
 
 def children(pid: int) -> list[int]:
@@ -112,8 +154,13 @@ def rank_of(pid: int) -> int | None:
 def test_sigkill_one_rank_then_resume_exactly(data, tmp_path):
     out = tmp_path / "killed"
     args = ["--snap", "0.08", *TINY]
-    proc = subprocess.Popen(torchrun(2, data, "--out", str(out), "--kimg", "10", *args), env=env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        torchrun(2, data, "--out", str(out), "--kimg", "10", *args),
+        env=env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 600
         while True:  # until the snapshot after 80 images is on disk

@@ -1,4 +1,5 @@
 """The one tar writer and the sharded generation of WebDataset sets (local; Ray in test_raygen.py)."""
+
 from __future__ import annotations
 
 import hashlib
@@ -23,8 +24,12 @@ def factory(tiny_run):
 def test_tar_writer_equals_webdatasets_own_writer(tmp_path):
     """Our members are byte for byte what webdataset.TarWriter writes with fixed metadata."""
     wds = pytest.importorskip("webdataset")
-    members = [("00000007", "image.png", bytes(range(200)) * 3), ("00000007", "json", b'{"seed": 7}'),
-               ("00000009", "image.png", b"x" * 512), ("00000009", "json", b"{}")]
+    members = [
+        ("00000007", "image.png", bytes(range(200)) * 3),
+        ("00000007", "json", b'{"seed": 7}'),
+        ("00000009", "image.png", b"x" * 512),
+        ("00000009", "json", b"{}"),
+    ]
     ours = b"".join(tar_member(f"{k}.{ext}", d) for k, ext, d in members)
     ours += tar_end(len(ours))
     buf = io.BytesIO()
@@ -45,8 +50,13 @@ def test_shard_file_is_atomic_and_hashed(tmp_path):
         shard.add(1, [("json", b"{}")])
         shard.add(4, [("json", b"[]")])
     data = path.read_bytes()
-    assert shard.record == {"pairs": 2, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest(),
-                            "first_seed": 1, "last_seed": 4}
+    assert shard.record == {
+        "pairs": 2,
+        "bytes": len(data),
+        "sha256": hashlib.sha256(data).hexdigest(),
+        "first_seed": 1,
+        "last_seed": 4,
+    }
 
 
 def test_wds_manifest_resume_and_webdataset_loader(factory, tmp_path):
@@ -97,7 +107,10 @@ def test_cli_generate_seed_list(tiny_run, tmp_path):
     man = json.loads((out / "manifest.json").read_text())
     assert man["seeds_kept"] == [1, 5, 6, 7, 8, 9]
     assert sorted(p.name for p in (out / "images").iterdir()) == [f"{s:08d}.png" for s in (1, 5, 6, 7, 8, 9)]
-    for args, msg in ((["--seeds", "1,x"], "not a seed"), (["--seeds", "1", "--n", "3"], "either --n"),
-                      (["--n", "2", "--ray", "local"], "--format wds")):
+    for args, msg in (
+        (["--seeds", "1,x"], "not a seed"),
+        (["--seeds", "1", "--n", "3"], "either --n"),
+        (["--n", "2", "--ray", "local"], "--format wds"),
+    ):
         r = subprocess.run(env_run + args + ["--out", str(tmp_path / "o")], capture_output=True, text=True)
         assert r.returncode == 2 and msg in r.stderr and "Traceback" not in r.stderr

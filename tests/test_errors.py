@@ -1,4 +1,5 @@
 """One base for the project's errors, reported by the command line in one place."""
+
 import importlib
 
 import click
@@ -8,12 +9,22 @@ from click.testing import CliRunner
 from datasetgan.cli import Command, main
 from datasetgan.errors import DatasetganError
 
-ERRORS = {"datasetgan.annotations": "AnnotationError", "datasetgan.checkpoint": "CheckpointError",
-          "datasetgan.data": "DataError", "datasetgan.demo": "DemoError", "datasetgan.factory": "FactoryError",
-          "datasetgan.features": "FeatureError", "datasetgan.fid": "FIDError", "datasetgan.training": "TrainingError",
-          "datasetgan.errors": "ConfigError", "datasetgan.seeds": "SeedError", "stylegan2_ops.build": "BuildError",
-          "datasetgan.service.registry": "UnknownModel", "datasetgan.service.jobs": "JobConflict",
-          "datasetgan.annotate.api": "ApiError"}
+ERRORS = {
+    "datasetgan.annotations": "AnnotationError",
+    "datasetgan.checkpoint": "CheckpointError",
+    "datasetgan.data": "DataError",
+    "datasetgan.demo": "DemoError",
+    "datasetgan.factory": "FactoryError",
+    "datasetgan.features": "FeatureError",
+    "datasetgan.fid": "FIDError",
+    "datasetgan.training": "TrainingError",
+    "datasetgan.errors": "ConfigError",
+    "datasetgan.seeds": "SeedError",
+    "stylegan2_ops.build": "BuildError",
+    "datasetgan.service.registry": "UnknownModel",
+    "datasetgan.service.jobs": "JobConflict",
+    "datasetgan.annotate.api": "ApiError",
+}
 
 
 @pytest.mark.parametrize("module,name", sorted(ERRORS.items()))

@@ -1,4 +1,5 @@
 """Pair factory: determinism by seed, encoding, filtering, the generated-folder and shard writers."""
+
 from __future__ import annotations
 
 import io
@@ -29,8 +30,7 @@ def test_factory_properties(factory):
 
 def test_same_seed_same_bytes_alone_and_in_batch(factory):
     alone = {s: encode_pair(next(factory.pairs([s], batch_size=1)), factory.classes) for s in (3, 11, 42)}
-    batch = {p.seed: encode_pair(p, factory.classes)
-             for p in factory.pairs([7, 3, 11, 5, 42], batch_size=5)}
+    batch = {p.seed: encode_pair(p, factory.classes) for p in factory.pairs([7, 3, 11, 5, 42], batch_size=5)}
     for s, files in alone.items():
         assert files == batch[s]
     assert alone[3]["image.png"] != alone[11]["image.png"]
@@ -68,10 +68,10 @@ def test_pair_contents(factory):
 
 def test_drop_most_uncertain_hand_built():
     scores = [0.5, 0.9, 0.1, 0.7, 0.3]
-    assert drop_most_uncertain(scores, 0.4) == [0, 2, 4]      # drops 0.9 and 0.7
+    assert drop_most_uncertain(scores, 0.4) == [0, 2, 4]  # drops 0.9 and 0.7
     assert drop_most_uncertain(scores, 0.0) == [0, 1, 2, 3, 4]
     assert drop_most_uncertain(scores, 1.0) == []
-    assert drop_most_uncertain(scores, 0.2) == [0, 2, 3, 4]   # round(1.0) = 1: drops 0.9 only
+    assert drop_most_uncertain(scores, 0.2) == [0, 2, 3, 4]  # round(1.0) = 1: drops 0.9 only
     with pytest.raises(EncodingError):
         drop_most_uncertain(scores, 1.5)
 
@@ -105,8 +105,9 @@ def test_generate_wds_shards_are_deterministic(factory, tmp_path):
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
     with tarfile.open(tmp_path / "a" / "shard-000001.tar") as tar:
         names = tar.getnames()
-        assert names[:5] == [f"00000002.{k}" for k in ("image.png", "mask.png", "overlay.png",
-                                                       "uncertainty.png", "json")]
+        assert names[:5] == [
+            f"00000002.{k}" for k in ("image.png", "mask.png", "overlay.png", "uncertainty.png", "json")
+        ]
         assert all(m.mtime == 0 and m.uid == 0 and m.uname == "" for m in tar.getmembers())
         rec = json.loads(tar.extractfile("00000003.json").read())
         assert rec["seed"] == 3
@@ -121,6 +122,7 @@ def test_generate_refuses_non_empty_output(factory, tmp_path):
 
 def test_factory_refuses_mismatched_interpreter(tiny_run, tmp_path):
     import shutil
+
     run = tmp_path / "run"
     shutil.copytree(tiny_run, run)
     meta = json.loads((run / "interpreter.json").read_text())
@@ -138,9 +140,26 @@ def test_cli_generate(tiny_run, tmp_path):
     from datasetgan.cli.generate import command
 
     out = tmp_path / "wds"
-    res = CliRunner().invoke(command, [str(tiny_run), "--n", "6", "--seed-start", "10", "--out", str(out),
-                                       "--format", "wds", "--shard-size", "4", "--drop-uncertain", "0.5",
-                                       "--batch-size", "4"])
+    res = CliRunner().invoke(
+        command,
+        [
+            str(tiny_run),
+            "--n",
+            "6",
+            "--seed-start",
+            "10",
+            "--out",
+            str(out),
+            "--format",
+            "wds",
+            "--shard-size",
+            "4",
+            "--drop-uncertain",
+            "0.5",
+            "--batch-size",
+            "4",
+        ],
+    )
     assert res.exit_code == 0, res.output
     man = json.loads((out / "manifest.json").read_text())
     assert len(man["seeds_kept"]) == 3 and len(man["seeds_dropped"]) == 3
@@ -169,6 +188,6 @@ def test_rgb_run_with_five_classes(tmp_path):
     p = next(f.pairs([8]))
     ov = np.asarray(Image.open(tmp_path / "out" / "overlays" / "00000008.png"))
     assert ov.shape == (32, 32, 3)
-    assert np.array_equal(ov[p.mask == 0], p.image[p.mask == 0])     # class 0 is not tinted
+    assert np.array_equal(ov[p.mask == 0], p.image[p.mask == 0])  # class 0 is not tinted
     if (p.mask > 0).any():
         assert not np.array_equal(ov[p.mask > 0], p.image[p.mask > 0])

@@ -1,4 +1,5 @@
 """FID: Inception features, the Fréchet distance, cached real statistics."""
+
 from __future__ import annotations
 
 import json
@@ -42,7 +43,7 @@ def test_fid_of_a_set_with_itself_is_zero_and_grows_with_noise(inception):
     g = torch.Generator().manual_seed(1)
     scores = []
     for level in (16, 64):
-        noisy = (torch.from_numpy(imgs).float() + torch.randn(imgs.shape, generator=g) * level)
+        noisy = torch.from_numpy(imgs).float() + torch.randn(imgs.shape, generator=g) * level
         noisy = noisy.clamp(0, 255).round().to(torch.uint8).numpy()
         scores.append(fid.frechet_distance(mu, sigma, *fid.feature_stats(fid.inception_features(inception, noisy))))
     assert 0 < scores[0] < scores[1], scores
@@ -87,8 +88,9 @@ def test_real_stats_are_cached_without_pickles(inception, tmp_path):
 def test_evaluator_scores_a_generator(inception, tmp_path):
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        G = Generator(GeneratorConfig(resolution=16, z_dim=16, w_dim=16, mapping_layers=1, channel_base=64,
-                                      channel_max=16)).eval()
+        G = Generator(
+            GeneratorConfig(resolution=16, z_dim=16, w_dim=16, mapping_layers=1, channel_base=64, channel_max=16)
+        ).eval()
     ev = fid.FIDEvaluator(smooth_set(n=8, size=16), n_generated=8, cache_dir=tmp_path, batch=8, model=inception)
     a = ev(G)
     assert np.isfinite(a) and a > 0
@@ -116,8 +118,9 @@ def test_fid_command(tmp_path, monkeypatch, inception):
     run = tmp_path / "run"
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        G = Generator(GeneratorConfig(resolution=16, z_dim=16, w_dim=16, mapping_layers=1, channel_base=64,
-                                      channel_max=16))
+        G = Generator(
+            GeneratorConfig(resolution=16, z_dim=16, w_dim=16, mapping_layers=1, channel_base=64, channel_max=16)
+        )
     save_generator(run / "generator.safetensors", G)
     res = CliRunner().invoke(main, ["fid", str(run), str(data), "--n", "4", "--json"])
     assert res.exit_code == 0, res.output

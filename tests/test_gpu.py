@@ -6,6 +6,7 @@ small configuration, so the paths the CUDA cases take stay tested on CPU-only ma
 test_distributed.py, test_bench_run.py and test_service.py. The CUDA cases use the paper's 256x256
 configuration where the issue asks for it.
 """
+
 from __future__ import annotations
 
 import json
@@ -17,10 +18,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from support import ACDC, free_port, wait_ready
 
 import datasetgan
 import stylegan2_ops as ops
-from support import ACDC, free_port, wait_ready
 
 ROOT = str(Path(datasetgan.__file__).resolve().parents[1])
 CUDA = torch.cuda.is_available()
@@ -45,16 +46,21 @@ def op_cases():
     w = torch.randn(6, 4, 3, 3, generator=torch.Generator().manual_seed(1))
     styles = torch.randn(2, 4, generator=torch.Generator().manual_seed(2))
     return {
-        "bias_act": lambda x, be: ops.bias_act(x, torch.linspace(-1, 1, x.shape[1], device=x.device), act="lrelu",
-                                               clamp=2.0, backend=be),
-        "upfirdn2d_up": lambda x, be: ops.upfirdn2d(x, f.to(x.device), up=2, padding=ops.up_padding(f, 2), gain=4,
-                                                    backend=be),
-        "upfirdn2d_down": lambda x, be: ops.upfirdn2d(x, f.to(x.device), down=2, padding=ops.down_padding(f, 2),
-                                                      backend=be),
-        "modulated_conv2d_up": lambda x, be: ops.modulated_conv2d(x, w.to(x.device), styles.to(x.device),
-                                                                  f=f.to(x.device), up=2, padding=1, backend=be),
-        "modulated_conv2d_down": lambda x, be: ops.modulated_conv2d(x, w.to(x.device), styles.to(x.device),
-                                                                    f=f.to(x.device), down=2, padding=1, backend=be),
+        "bias_act": lambda x, be: ops.bias_act(
+            x, torch.linspace(-1, 1, x.shape[1], device=x.device), act="lrelu", clamp=2.0, backend=be
+        ),
+        "upfirdn2d_up": lambda x, be: ops.upfirdn2d(
+            x, f.to(x.device), up=2, padding=ops.up_padding(f, 2), gain=4, backend=be
+        ),
+        "upfirdn2d_down": lambda x, be: ops.upfirdn2d(
+            x, f.to(x.device), down=2, padding=ops.down_padding(f, 2), backend=be
+        ),
+        "modulated_conv2d_up": lambda x, be: ops.modulated_conv2d(
+            x, w.to(x.device), styles.to(x.device), f=f.to(x.device), up=2, padding=1, backend=be
+        ),
+        "modulated_conv2d_down": lambda x, be: ops.modulated_conv2d(
+            x, w.to(x.device), styles.to(x.device), f=f.to(x.device), down=2, padding=1, backend=be
+        ),
     }
 
 
@@ -64,10 +70,14 @@ def test_op_backends_agree_forward_backward_double_backward(device):
     x = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0))
     runs = {"ref": device, device: device} if device == "cpu" else {"ref": "cuda", "cuda": "cuda", "cpu": "cpu"}
     for name, fn in op_cases().items():
-        results = {be: [t.cpu() for t in three_ways(lambda a: fn(a, be), x.to(dev))] for be, dev in runs.items()}
+        results = {
+            be: [t.cpu() for t in three_ways(lambda a, fn=fn, be=be: fn(a, be), x.to(dev))] for be, dev in runs.items()
+        }
         for be, got in results.items():
             for what, a, b in zip(("forward", "backward", "double backward"), got, results["ref"]):
-                torch.testing.assert_close(a, b, **F32, msg=lambda m: f"{name} {what} {be} vs ref: {m}")
+                torch.testing.assert_close(
+                    a, b, **F32, msg=lambda m, name=name, what=what, be=be: f"{name} {what} {be} vs ref: {m}"
+                )
 
 
 def training_config(device: str):
@@ -104,12 +114,46 @@ def test_two_training_steps_under_torchrun_nccl_on_every_gpu(tmp_path):
     gpus = torch.cuda.device_count()
     batch = 8 * gpus
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")]))
-    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(gpus),
-                        "--master_addr", "127.0.0.1", "--master_port", str(free_port()), "-m", "datasetgan", "train",
-                        str(ACDC / "train"), "--out", str(tmp_path / "run"), "--preset", "paper256", "--device", "cuda",
-                        "--batch", str(batch), "--kimg", str(2 * batch / 1000), "--snap", str(2 * batch / 1000),
-                        "--fid", "0", "--grid", "2", "--limit", "64", "--no-progress"],
-                       env=env, capture_output=True, text=True, timeout=600)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            str(gpus),
+            "--master_addr",
+            "127.0.0.1",
+            "--master_port",
+            str(free_port()),
+            "-m",
+            "datasetgan",
+            "train",
+            str(ACDC / "train"),
+            "--out",
+            str(tmp_path / "run"),
+            "--preset",
+            "paper256",
+            "--device",
+            "cuda",
+            "--batch",
+            str(batch),
+            "--kimg",
+            str(2 * batch / 1000),
+            "--snap",
+            str(2 * batch / 1000),
+            "--fid",
+            "0",
+            "--grid",
+            "2",
+            "--limit",
+            "64",
+            "--no-progress",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert r.returncode == 0, r.stdout + r.stderr
     log = [json.loads(line) for line in (tmp_path / "run" / "training" / "log.jsonl").read_text().splitlines()]
     assert log[-1]["step"] == 2 and np.isfinite(log[-1]["loss_G"])
@@ -155,9 +199,31 @@ def test_bench_on_cuda(tmp_path):
         pytest.skip(f"ACDC data not found at {ACDC}")
     data = small_acdc(tmp_path / "data")
     (tmp_path / "run").mkdir()
-    r = CliRunner().invoke(main, ["bench", "run", str(tmp_path / "run"), "--real", str(data / "train"), "--test-real",
-                                  str(data / "test"), "--models", "unet,fcn", "--folds", "2", "--resolution", "64",
-                                  "--epochs", "2", "--batch-size", "4", "--device", "cuda", "--no-progress"])
+    r = CliRunner().invoke(
+        main,
+        [
+            "bench",
+            "run",
+            str(tmp_path / "run"),
+            "--real",
+            str(data / "train"),
+            "--test-real",
+            str(data / "test"),
+            "--models",
+            "unet,fcn",
+            "--folds",
+            "2",
+            "--resolution",
+            "64",
+            "--epochs",
+            "2",
+            "--batch-size",
+            "4",
+            "--device",
+            "cuda",
+            "--no-progress",
+        ],
+    )
     assert r.exit_code == 0, r.output
     doc = json.loads((tmp_path / "run" / "bench" / "results.json").read_text())
     assert doc
@@ -179,8 +245,23 @@ def test_serve_on_cuda_answers_a_pair_request(tiny_run, tmp_path):
     shutil.copytree(tiny_run, tmp_path / "runs" / "run")
     port = free_port()
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")]))
-    server = subprocess.Popen([sys.executable, "-m", "datasetgan", "serve", "--runs", str(tmp_path / "runs"),
-                               "--port", str(port), "--device", "cuda", "--log-level", "warning"], env=env)
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "datasetgan",
+            "serve",
+            "--runs",
+            str(tmp_path / "runs"),
+            "--port",
+            str(port),
+            "--device",
+            "cuda",
+            "--log-level",
+            "warning",
+        ],
+        env=env,
+    )
     try:
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=120) as c:
             wait_ready(c, server)

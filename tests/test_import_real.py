@@ -1,6 +1,7 @@
 """``datasetgan annotate RUN --import-real DIR``: real labelled images projected into the generator and
 stored as annotations with their expert masks; ``datasetgan interpret`` trains on them mixed with
 painted seeds; bad input is refused with one line naming the file, and nothing is written."""
+
 from __future__ import annotations
 
 import json
@@ -31,8 +32,11 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: tiny tensors,
 @pytest.fixture
 def run(tmp_path):
     torch.manual_seed(0)
-    G = Generator(GeneratorConfig(resolution=RES, img_channels=1, z_dim=32, w_dim=32, mapping_layers=2,
-                                  channel_base=256, channel_max=32))
+    G = Generator(
+        GeneratorConfig(
+            resolution=RES, img_channels=1, z_dim=32, w_dim=32, mapping_layers=2, channel_base=256, channel_max=32
+        )
+    )
     rf = RunFolder(tmp_path / "run")
     save_generator(rf.generator, G)
     return rf
@@ -96,8 +100,23 @@ def test_import_real_stores_projected_items_and_interpret_trains_on_the_mix(run,
     i = records.index(real_rec)
     tap = feats.taps[-1].name
     assert torch.equal(feats.maps[tap][i], taps[tap][0].permute(1, 2, 0).to(torch.float16))
-    result = CliRunner().invoke(main, ["interpret", str(run.root), "--members", "2", "--epochs", "1",
-                                       "--hidden", "8,8", "--pixels-per-epoch", "256", "--threads", "1"])
+    result = CliRunner().invoke(
+        main,
+        [
+            "interpret",
+            str(run.root),
+            "--members",
+            "2",
+            "--epochs",
+            "1",
+            "--hidden",
+            "8,8",
+            "--pixels-per-epoch",
+            "256",
+            "--threads",
+            "1",
+        ],
+    )
     assert result.exit_code == 0, result.output
     meta = json.loads(run.interpreter.with_suffix(".json").read_text())
     assert sorted(meta["annotations"]) == sorted(r.id for r in records) and meta["noise_mode"] == "const"
@@ -112,12 +131,19 @@ def test_the_page_api_serves_real_items(run, tmp_path):
     assert annotate(run.root, "--import-real", tmp_path / "real", *FAST).exit_code == 0
     client = TestClient(create_app(run.root))
     item = client.get("api/items").json()["items"][0]
-    assert (item["id"], item["kind"], item["real_name"], item["state"]) == ("real_00000000", "real", "case3.png", "done")
+    assert (item["id"], item["kind"], item["real_name"], item["state"]) == (
+        "real_00000000",
+        "real",
+        "case3.png",
+        "done",
+    )
     assert item["psnr"] > 0 and item["ssim"] > 0
     original = client.get("api/items/real_00000000/original")
     assert original.status_code == 200 and original.headers["content-type"] == "image/png"
-    assert client.get("api/items/real_00000000/mask?format=raw").content == \
-        AnnotationSet(run.annotations).mask("real_00000000").tobytes()
+    assert (
+        client.get("api/items/real_00000000/mask?format=raw").content
+        == AnnotationSet(run.annotations).mask("real_00000000").tobytes()
+    )
     assert client.get("api/items/real_0000000x/original").status_code == 422
 
 
@@ -141,13 +167,16 @@ def break_missing_mask(root):
     (root / "masks" / "case12.png").unlink()
 
 
-@pytest.mark.parametrize("breaker,message", [
-    (break_rgb, "images/case12.png: has 3 channel(s), the generator makes 1"),
-    (break_size, "masks/case12.png: mask is 32x30, its image 32x32"),
-    (break_class, "masks/case12.png: class id(s) [7] are not in labels.json"),
-    (break_file, "images/case12.png: cannot read image"),
-    (break_missing_mask, "images/case12.png: no mask with the same name"),
-])
+@pytest.mark.parametrize(
+    "breaker,message",
+    [
+        (break_rgb, "images/case12.png: has 3 channel(s), the generator makes 1"),
+        (break_size, "masks/case12.png: mask is 32x30, its image 32x32"),
+        (break_class, "masks/case12.png: class id(s) [7] are not in labels.json"),
+        (break_file, "images/case12.png: cannot read image"),
+        (break_missing_mask, "images/case12.png: no mask with the same name"),
+    ],
+)
 def test_bad_input_is_refused_and_nothing_is_written(run, tmp_path, breaker, message):
     real_folder(tmp_path / "real", load_generator(run.generator))
     breaker(tmp_path / "real")

@@ -1,4 +1,5 @@
 """Style interpreter: gathered features, fast vs reference inference, vote, JS, training, CLI."""
+
 from __future__ import annotations
 
 import json
@@ -16,12 +17,20 @@ from datasetgan.checkpoint import load_generator, save_generator
 from datasetgan.cli.interpret import command as interpret_cmd
 from datasetgan.data import default_classes
 from datasetgan.features import FeatureError, TapFeatures, epoch_order, gather_bilinear, render_annotated
-from datasetgan.interpreter import (Interpreter, InterpreterConfig, InterpreterInfo, image_score, js_divergence,
-                                    load_interpreter, majority_vote, predict_from_logits, save_interpreter,
-                                    train_interpreter)
+from datasetgan.interpreter import (
+    Interpreter,
+    InterpreterConfig,
+    InterpreterInfo,
+    image_score,
+    js_divergence,
+    load_interpreter,
+    majority_vote,
+    predict_from_logits,
+    save_interpreter,
+    train_interpreter,
+)
 from datasetgan.networks import FeatureTap, Generator, GeneratorConfig
 from datasetgan.render import render_one
-
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: tiny tensors, one thread
 
@@ -34,7 +43,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: tiny tensors,
 @pytest.mark.parametrize("r,R", [(4, 32), (8, 32), (16, 32), (32, 32), (3, 16), (5, 8)])
 def test_gather_equals_upsample_then_index(r, R, dtype):
     g = torch.Generator().manual_seed(r * 100 + R)
-    tap = torch.randn(3, r, r, 7, generator=g).to(torch.float16)      # stored like the features: fp16, NHWC
+    tap = torch.randn(3, r, r, 7, generator=g).to(torch.float16)  # stored like the features: fp16, NHWC
     img = torch.randint(0, 3, (500,), generator=g)
     y, x = torch.randint(0, R, (500,), generator=g), torch.randint(0, R, (500,), generator=g)
     ref = F.interpolate(tap.permute(0, 3, 1, 2).to(dtype), size=(R, R), mode="bilinear", align_corners=False)
@@ -47,8 +56,9 @@ def test_gather_equals_upsample_then_index(r, R, dtype):
 def test_tap_features_gather_matches_full_volume():
     g = torch.Generator().manual_seed(0)
     taps = [FeatureTap("a", 4, 5), FeatureTap("b", 8, 3), FeatureTap("c", 16, 2)]
-    dicts = [{t.name: torch.randn(1, t.channels, t.resolution, t.resolution, generator=g) for t in taps}
-             for _ in range(2)]
+    dicts = [
+        {t.name: torch.randn(1, t.channels, t.resolution, t.resolution, generator=g) for t in taps} for _ in range(2)
+    ]
     feats = TapFeatures.from_tap_dicts(taps, dicts, 16)
     assert feats.channels == 10 and feats.num_images == 2
     img, y, x = torch.tensor([0, 1, 1, 0]), torch.tensor([0, 15, 7, 3]), torch.tensor([0, 15, 8, 12])
@@ -76,13 +86,15 @@ def logits_from_probs(p):
 
 def test_majority_vote_hand_built():
     # 1 image, 5 members, 3 classes, 2 pixels (as [N, M, K, P])
-    p = torch.tensor([
-        [[0.6, 0.3, 0.1], [0.1, 0.8, 0.1]],
-        [[0.1, 0.5, 0.4], [0.2, 0.7, 0.1]],
-        [[0.1, 0.6, 0.3], [0.3, 0.3, 0.4]],
-        [[0.2, 0.1, 0.7], [0.5, 0.4, 0.1]],
-        [[0.1, 0.5, 0.4], [0.2, 0.2, 0.6]],
-    ]).permute(0, 2, 1)[None]  # [1, 5, 3, 2]
+    p = torch.tensor(
+        [
+            [[0.6, 0.3, 0.1], [0.1, 0.8, 0.1]],
+            [[0.1, 0.5, 0.4], [0.2, 0.7, 0.1]],
+            [[0.1, 0.6, 0.3], [0.3, 0.3, 0.4]],
+            [[0.2, 0.1, 0.7], [0.5, 0.4, 0.1]],
+            [[0.1, 0.5, 0.4], [0.2, 0.2, 0.6]],
+        ]
+    ).permute(0, 2, 1)[None]  # [1, 5, 3, 2]
     # pixel 0 argmaxes: 0, 1, 1, 2, 1 -> class 1 although the mean softmax favours nothing special
     # pixel 1 argmaxes: 1, 1, 2, 0, 2 -> tie between 1 and 2 (two votes each): mean p1 = 0.48 > p2 = 0.26
     assert majority_vote(logits_from_probs(p)).tolist() == [[1, 1]]
@@ -146,8 +158,17 @@ def random_interpreter(G, num_classes, members=4, hidden=(12, 6), seed=0):
 @pytest.mark.parametrize("res,channels,classes", [(16, 1, 3), (32, 3, 5), (16, 3, 2)])
 def test_fast_path_equals_reference(res, channels, classes):
     torch.manual_seed(res + channels)
-    G = Generator(GeneratorConfig(resolution=res, img_channels=channels, z_dim=16, w_dim=16, mapping_layers=2,
-                                  channel_base=256, channel_max=24))
+    G = Generator(
+        GeneratorConfig(
+            resolution=res,
+            img_channels=channels,
+            z_dim=16,
+            w_dim=16,
+            mapping_layers=2,
+            channel_base=256,
+            channel_max=24,
+        )
+    )
     interp = random_interpreter(G, classes)
     taps = [render_one(G, s, with_taps=True)[1] for s in (1, 2)]
     stacked = {k: torch.cat([t[k] for t in taps]) for k in taps[0]}
@@ -159,7 +180,7 @@ def test_fast_path_equals_reference(res, channels, classes):
     assert torch.equal(a.mask, b.mask)
     assert len(torch.unique(a.mask)) > 1  # the test would be weak if every pixel had one class
     folded = interp.folded()  # a named type, not an unnamed 6-tuple (#18)
-    assert folded.first_bias.shape[0] == next(iter(folded.first.values()))[1].shape[0]   # M * h1
+    assert folded.first_bias.shape[0] == next(iter(folded.first.values()))[1].shape[0]  # M * h1
     assert len(folded.later_layers) == len(interp.cfg.hidden)
     torch.testing.assert_close(a.js, b.js, rtol=1e-4, atol=1e-5)
     # in float64 both paths agree to rounding
@@ -190,8 +211,11 @@ def test_trained_interpreter_fast_equals_reference_and_round_trips(tiny_run, tmp
 
 def small_run(tmp_path, channels=1, classes=2):
     torch.manual_seed(1)
-    G = Generator(GeneratorConfig(resolution=16, img_channels=channels, z_dim=16, w_dim=16, mapping_layers=2,
-                                  channel_base=256, channel_max=16))
+    G = Generator(
+        GeneratorConfig(
+            resolution=16, img_channels=channels, z_dim=16, w_dim=16, mapping_layers=2, channel_base=256, channel_max=16
+        )
+    )
     save_generator(tmp_path / "generator.safetensors", G)
     G = load_generator(tmp_path / "generator.safetensors")
     aset = AnnotationSet(tmp_path / "annotations")
@@ -199,7 +223,9 @@ def small_run(tmp_path, channels=1, classes=2):
     for item in ids:  # a learnable rule: class from the image's brightness
         img = aset.image(item).astype(np.float32)
         gray = img if img.ndim == 2 else img.mean(2)
-        aset.save_mask(item, np.digitize(gray, np.quantile(gray, np.linspace(0, 1, classes + 1)[1:-1])).astype(np.uint8))
+        aset.save_mask(
+            item, np.digitize(gray, np.quantile(gray, np.linspace(0, 1, classes + 1)[1:-1])).astype(np.uint8)
+        )
     return G, aset
 
 
@@ -208,11 +234,10 @@ def test_training_learns_and_members_differ(tmp_path):
     feats, masks, records = render_annotated(G, aset)
     info = InterpreterInfo(feats.taps, aset.classes(), 16, 3, G.sha256)
     lines = []
-    cfg = InterpreterConfig(members=3, hidden=(32, 16), lr=3e-3, batch_size=256, epochs=6, holdout=0.2,
-                            patience=10)
+    cfg = InterpreterConfig(members=3, hidden=(32, 16), lr=3e-3, batch_size=256, epochs=6, holdout=0.2, patience=10)
     interp = train_interpreter(feats, masks, info, cfg, log=lines.append)
     assert [(ln["member"], ln["epoch"]) for ln in lines] == [(m, e) for m in range(3) for e in range(6)]
-    assert lines[-1]["val_loss"] < lines[12]["val_loss"]          # member 2 improved over its epochs
+    assert lines[-1]["val_loss"] < lines[12]["val_loss"]  # member 2 improved over its epochs
     w = [m[0].weight for m in interp.members]
     assert not torch.equal(w[0], w[1])
     _, t = render_one(G, records[0].seed, with_taps=True)
@@ -228,7 +253,7 @@ def test_early_stopping_stops(tmp_path):
     lines = []
     cfg = InterpreterConfig(members=1, hidden=(8, 8), lr=0.5, batch_size=64, epochs=30, holdout=0.3, patience=1)
     train_interpreter(feats, masks, info, cfg, log=lines.append)
-    assert 2 <= len(lines) < 30   # lr 0.5 is far too high: the held-out loss stops improving early
+    assert 2 <= len(lines) < 30  # lr 0.5 is far too high: the held-out loss stops improving early
 
 
 def test_features_refuse_other_generator(tmp_path):
@@ -255,8 +280,22 @@ def test_cli_interpret(tiny_run, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(tiny_run, run)
     (run / "interpreter.safetensors").unlink()
-    res = CliRunner().invoke(interpret_cmd, [str(run), "--members", "2", "--epochs", "1", "--hidden", "8,4",
-                                             "--pixels-per-epoch", "256", "--batch-size", "64"])
+    res = CliRunner().invoke(
+        interpret_cmd,
+        [
+            str(run),
+            "--members",
+            "2",
+            "--epochs",
+            "1",
+            "--hidden",
+            "8,4",
+            "--pixels-per-epoch",
+            "256",
+            "--batch-size",
+            "64",
+        ],
+    )
     assert res.exit_code == 0, res.output
     interp = load_interpreter(run / "interpreter.safetensors")
     assert len(interp.members) == 2 and interp.cfg.hidden == (8, 4)

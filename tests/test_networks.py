@@ -1,8 +1,7 @@
 import pytest
 import torch
 
-from datasetgan.networks import (Discriminator, DiscriminatorConfig, Generator, GeneratorConfig,
-                                 count_parameters)
+from datasetgan.networks import Discriminator, DiscriminatorConfig, Generator, GeneratorConfig, count_parameters
 
 SMALL = dict(channel_base=512, channel_max=32, z_dim=32, w_dim=32, mapping_layers=2)
 

@@ -1,4 +1,5 @@
 """The extension cache: one folder per compile command, builds in private folders installed atomically."""
+
 from __future__ import annotations
 
 import os
@@ -58,7 +59,7 @@ def dead_pid() -> int:
 
 def test_build_runs_privately_and_installs_atomically(fake_compiler, tmp_path):
     where = tmp_path / "cpu-key"
-    stale = where / f"build-{dead_pid()}-0badc0de"   # a killed build's leftovers (its ninja may be orphaned)
+    stale = where / f"build-{dead_pid()}-0badc0de"  # a killed build's leftovers (its ninja may be orphaned)
     live = where / f"build-{os.getppid()}-cafe0000"  # a build in progress in another process
     for d in (stale, live):
         (d / "src").mkdir(parents=True)
@@ -80,7 +81,8 @@ from stylegan2_ops import build
 build.load("cpu")
 x, b = torch.randn(2, 3, 4, 4), torch.randn(3)
 import stylegan2_ops as ops
-torch.testing.assert_close(ops.bias_act(x, b, act="lrelu", backend="cpu"), ops.bias_act(x, b, act="lrelu", backend="ref"))
+ref = ops.bias_act(x, b, act="lrelu", backend="ref")
+torch.testing.assert_close(ops.bias_act(x, b, act="lrelu", backend="cpu"), ref)
 """
 
 
@@ -93,8 +95,12 @@ def test_a_build_whose_process_is_killed_is_harmless(tmp_path):
     from pathlib import Path
 
     repo = Path(__file__).resolve().parents[1]
-    env = {**os.environ, build.CACHE_ENV: str(tmp_path), "OMP_NUM_THREADS": "1",
-           "PYTHONPATH": os.pathsep.join([str(repo), os.environ.get("PYTHONPATH", "")])}
+    env = {
+        **os.environ,
+        build.CACHE_ENV: str(tmp_path),
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": os.pathsep.join([str(repo), os.environ.get("PYTHONPATH", "")]),
+    }
     first = subprocess.Popen([sys.executable, "-c", "from stylegan2_ops import build; build.load('cpu')"], env=env)
     deadline = time.monotonic() + 300
     while not list(tmp_path.glob("*/build-*/build.ninja")):

@@ -1,4 +1,5 @@
 """The procedural cardiac phantom: determinism, masks that match the images, canonical layout."""
+
 from __future__ import annotations
 
 import hashlib
@@ -86,6 +87,7 @@ def test_layout_loads_with_data_loader(tmp_path):
 
 def test_cli_make_data(tmp_path):
     from datasetgan.cli import main
+
     r = CliRunner().invoke(main, ["demo", "--make-data", str(tmp_path / "d"), "--n", "3", "--resolution", "32"])
     assert r.exit_code == 0, r.output
     assert len(list((tmp_path / "d" / "masks").glob("*.png"))) == 3

@@ -1,5 +1,6 @@
 """The projector (GAN inversion): a generated image is recovered, a stored projection renders exactly
 and repeatably, and bad input is refused with a message naming the file."""
+
 from __future__ import annotations
 
 import json
@@ -15,9 +16,19 @@ from datasetgan.cli import main
 from datasetgan.demo import bundled_run
 from datasetgan.interpreter import load_interpreter
 from datasetgan.networks import Discriminator, DiscriminatorConfig, Generator, GeneratorConfig
-from datasetgan.projector import (DiscriminatorFeatures, ProjectionError, ProjectorConfig, load_discriminator,
-                                  load_projection, noise_regularization, project, quality, read_images,
-                                  reconstruct, save_projection)
+from datasetgan.projector import (
+    DiscriminatorFeatures,
+    ProjectionError,
+    ProjectorConfig,
+    load_discriminator,
+    load_projection,
+    noise_regularization,
+    project,
+    quality,
+    read_images,
+    reconstruct,
+    save_projection,
+)
 from datasetgan.render import render_one, to_uint8
 from datasetgan.runfolder import RunFolder
 
@@ -46,8 +57,9 @@ def seed_images(G, seeds, truncation=0.7) -> np.ndarray:
 
 
 def mean_psnr(G, images, projections) -> float:
-    return float(np.mean([quality(img.transpose(1, 2, 0), reconstruct(G, p))["psnr"]
-                          for img, p in zip(images, projections)]))
+    return float(
+        np.mean([quality(img.transpose(1, 2, 0), reconstruct(G, p))["psnr"] for img, p in zip(images, projections)])
+    )
 
 
 @pytest.mark.parametrize("resolution,channels", [(16, 1), (16, 3), (32, 1)])
@@ -75,9 +87,14 @@ def test_projection_recovers_the_interpreter_mask():
     projections = project(G, images, ProjectorConfig(steps=300, **PIXEL_ONLY))
     assert mean_psnr(G, images, projections) > 35  # 41 dB here
     for seed, p, p0 in zip(seeds, projections, start):
-        masks = [interp.predict(taps).mask[0].numpy() for taps in
-                 (render_one(G, seed, with_taps=True)[1], reconstruct(G, p, with_taps=True)[1],
-                  reconstruct(G, p0, with_taps=True)[1])]
+        masks = [
+            interp.predict(taps).mask[0].numpy()
+            for taps in (
+                render_one(G, seed, with_taps=True)[1],
+                reconstruct(G, p, with_taps=True)[1],
+                reconstruct(G, p0, with_taps=True)[1],
+            )
+        ]
         agree, agree_at_start = (float((masks[0] == m).mean()) for m in masks[1:])
         # 0.99 here; the mean w already gives 0.95 (phantoms are mostly background): errors must shrink 3x
         assert agree > 0.95 and 1 - agree < (1 - agree_at_start) / 3, (agree, agree_at_start)
@@ -133,8 +150,9 @@ def test_larger_preset_resolutions_run_with_the_perceptual_loss(resolution, chan
     projections = project(G, images, ProjectorConfig(steps=3, batch=2))
     recon = reconstruct(G, projections[1])
     assert recon.shape == (resolution, resolution, channels) and recon.dtype == np.uint8
-    assert {k: tuple(v.shape) for k, v in projections[1].noise.items()} == \
-        {k: (layer.resolution, layer.resolution) for k, layer in G.synthesis.noise_layers().items()}
+    assert {k: tuple(v.shape) for k, v in projections[1].noise.items()} == {
+        k: (layer.resolution, layer.resolution) for k, layer in G.synthesis.noise_layers().items()
+    }
 
 
 def test_noise_regularization_sees_spatial_structure():
@@ -174,8 +192,22 @@ def test_project_command(tmp_path):
     for seed, img in zip((2, 3), images):
         write_png(tmp_path / "real" / "images" / f"s{seed}.png", img[0])
     out = tmp_path / "out"
-    result = CliRunner().invoke(main, ["project", str(run.root), str(tmp_path / "real"), "--out", str(out),
-                                       "--steps", "60", "--perceptual", "none", "--threads", "1"])
+    result = CliRunner().invoke(
+        main,
+        [
+            "project",
+            str(run.root),
+            str(tmp_path / "real"),
+            "--out",
+            str(out),
+            "--steps",
+            "60",
+            "--perceptual",
+            "none",
+            "--threads",
+            "1",
+        ],
+    )
     assert result.exit_code == 0, result.output
     summary = json.loads((out / "projections.json").read_text())
     assert [r["name"] for r in summary["images"]] == ["s2", "s3"] and summary["generator_sha256"] == G.sha256
@@ -187,8 +219,10 @@ def test_project_command(tmp_path):
         compare = np.asarray(Image.open(out / f"{row['name']}.compare.png"))
         assert compare.shape[:2] == (16, 3 * 16 + 2)
     write_png(tmp_path / "rgb" / "c.png", np.zeros((16, 16, 3), np.uint8))
-    bad = CliRunner().invoke(main, ["project", str(run.root), str(tmp_path / "rgb" / "c.png"), "--out",
-                                    str(tmp_path / "out2"), "--steps", "2"])
+    bad = CliRunner().invoke(
+        main,
+        ["project", str(run.root), str(tmp_path / "rgb" / "c.png"), "--out", str(tmp_path / "out2"), "--steps", "2"],
+    )
     assert bad.exit_code == 1 and "c.png: has 3 channel(s), the generator makes 1" in bad.output
     assert not (tmp_path / "out2").exists()
 

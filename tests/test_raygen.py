@@ -1,5 +1,6 @@
 """`datasetgan generate --format wds --ray` on a real Ray cluster (a head node on 127.0.0.1 with its own
 HOME and temp dir, started once for the module), against a local run of the same command."""
+
 from __future__ import annotations
 
 import hashlib
@@ -17,17 +18,23 @@ import pytest
 
 pytest.importorskip("ray", reason="the optional extra `ray` is not installed (pip install '.[ray]')")
 
+from support import free_port, wait_ready  # noqa: E402
+
 import datasetgan  # noqa: E402
 from stylegan2_ops.build import cache_root  # noqa: E402
-from support import free_port, wait_ready  # noqa: E402
 
 ROOT = str(Path(datasetgan.__file__).resolve().parents[1])
 
 
 def ray_env(home: Path) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
-    env.update(HOME=str(home), PYTHONPATH=os.pathsep.join([ROOT, env.get("PYTHONPATH", "")]),
-               RAY_USAGE_STATS_ENABLED="0", OMP_NUM_THREADS="1", STYLEGAN2_OPS_CACHE=str(cache_root()))
+    env.update(
+        HOME=str(home),
+        PYTHONPATH=os.pathsep.join([ROOT, env.get("PYTHONPATH", "")]),
+        RAY_USAGE_STATS_ENABLED="0",
+        OMP_NUM_THREADS="1",
+        STYLEGAN2_OPS_CACHE=str(cache_root()),
+    )
     return env
 
 
@@ -61,7 +68,9 @@ def test_ray_shards_equal_local_shards_and_resume(ray_cluster, tiny_run, tmp_pat
     assert "shards 3/3" in remote.stderr  # the progress bar counts shards (and pairs)
     man_l = json.loads((tmp_path / "local" / "manifest.json").read_text())
     man_r = json.loads((tmp_path / "ray" / "manifest.json").read_text())
-    assert man_r == man_l and len(man_r["seeds_kept"]) == 6 and man_r["shards"] == [f"set-00000{k}.tar" for k in range(3)]
+    assert (
+        man_r == man_l and len(man_r["seeds_kept"]) == 6 and man_r["shards"] == [f"set-00000{k}.tar" for k in range(3)]
+    )
     for rec in man_r["shard_info"]:
         data = (tmp_path / "ray" / rec["name"]).read_bytes()
         assert data == (tmp_path / "local" / rec["name"]).read_bytes()
@@ -126,10 +135,33 @@ def test_serve_runs_jobs_on_ray(ray_cluster, tiny_run, tmp_path):
     shutil.copytree(tiny_run, runs / "run")
     port = free_port()
     log = open(tmp_path / "server.log", "wb")
-    server = subprocess.Popen([sys.executable, "-m", "datasetgan", "serve", "--runs", str(runs), "--port", str(port),
-                               "--jobs-dir", str(tmp_path / "jobs"), "--shard-size", "2", "--threads", "1",
-                               "--log-level", "warning", "--ray", address, "--ray-workers", "2"],
-                              env=env, stdout=log, stderr=subprocess.STDOUT)
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "datasetgan",
+            "serve",
+            "--runs",
+            str(runs),
+            "--port",
+            str(port),
+            "--jobs-dir",
+            str(tmp_path / "jobs"),
+            "--shard-size",
+            "2",
+            "--threads",
+            "1",
+            "--log-level",
+            "warning",
+            "--ray",
+            address,
+            "--ray-workers",
+            "2",
+        ],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     try:
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as c:
             wait_ready(c, server, tmp_path / "server.log")
@@ -186,9 +218,28 @@ def test_a_killed_worker_is_restarted_and_its_shard_retried(ray_cluster, tiny_ru
     address, env = ray_cluster
     args = ["--n", "60", "--shard-size", "2", "--batch-size", "1"]
     out = tmp_path / "ray"
-    proc = subprocess.Popen([sys.executable, "-m", "datasetgan", "generate", str(tiny_run), "--format", "wds",
-                             "--out", str(out), *args, "--ray", address, "--workers", "2"],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "datasetgan",
+            "generate",
+            str(tiny_run),
+            "--format",
+            "wds",
+            "--out",
+            str(out),
+            *args,
+            "--ray",
+            address,
+            "--workers",
+            "2",
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 300
         while not (out.is_dir() and any(out.glob("shard-*.tar"))):

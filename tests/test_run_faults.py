@@ -1,5 +1,6 @@
 """A run folder survives kills and bad resumes: weight/sidecar pairs, torn log lines, stale temporary
 files, a changed preset, and the data folder recorded for `annotate`."""
+
 from __future__ import annotations
 
 import json
@@ -22,8 +23,29 @@ from datasetgan.training import latest_snapshot
 
 REPO = Path(__file__).resolve().parents[1]
 ACDC = ACDC_ROOT / "train"
-TINY = ["--preset", "cpu-tiny", "--cbase", "256", "--cmax", "32", "--map", "1", "--batch", "8", "--limit", "16",
-        "--fid", "0", "--grid", "2", "--threads", "1", "--no-progress", "--keep", "0"]
+TINY = [
+    "--preset",
+    "cpu-tiny",
+    "--cbase",
+    "256",
+    "--cmax",
+    "32",
+    "--map",
+    "1",
+    "--batch",
+    "8",
+    "--limit",
+    "16",
+    "--fid",
+    "0",
+    "--grid",
+    "2",
+    "--threads",
+    "1",
+    "--no-progress",
+    "--keep",
+    "0",
+]
 
 
 def train(*args):
@@ -47,8 +69,7 @@ def run(trained, tmp_path) -> Path:
 
 def tiny_generator(seed: int) -> Generator:
     torch.manual_seed(seed)
-    return Generator(GeneratorConfig(resolution=16, z_dim=8, w_dim=8, mapping_layers=1, channel_base=32,
-                                     channel_max=8))
+    return Generator(GeneratorConfig(resolution=16, z_dim=8, w_dim=8, mapping_layers=1, channel_base=32, channel_max=8))
 
 
 KILL_AFTER_WEIGHTS = """
@@ -99,7 +120,7 @@ def test_resume_drops_a_torn_log_line_and_says_so(run):
     assert r.exit_code == 0, r.output
     assert "torn line" in r.output and "Traceback" not in r.output
     rows = [json.loads(line) for line in log.read_text().splitlines()]  # every line is JSON again
-    assert rows[-1]["nimg"] == 24 and [r["nimg"] for r in rows[:len(lines)]] == [json.loads(x)["nimg"] for x in lines]
+    assert rows[-1]["nimg"] == 24 and [r["nimg"] for r in rows[: len(lines)]] == [json.loads(x)["nimg"] for x in lines]
 
 
 def test_a_log_line_after_a_torn_one_starts_on_its_own_line(tmp_path):
@@ -143,12 +164,14 @@ def test_annotate_finds_the_classes_of_the_training_data(run):
 def test_dry_run_prints_the_resolved_configuration(tmp_path):
     from datasetgan.presets import make_config
 
-    r = CliRunner().invoke(main, ["train", str(tmp_path), "--out", str(tmp_path / "run"), "--preset", "cpu-small",
-                                  "--batch", "8", "--dry-run"])
+    r = CliRunner().invoke(
+        main,
+        ["train", str(tmp_path), "--out", str(tmp_path / "run"), "--preset", "cpu-small", "--batch", "8", "--dry-run"],
+    )
     assert r.exit_code == 0, r.output
     printed = json.loads(r.stdout)
     assert printed == json.loads(make_config("cpu-small", batch=8).to_json())
-    assert printed["r1_gamma"] == pytest.approx(0.0002 * 64 ** 2 / 8)
+    assert printed["r1_gamma"] == pytest.approx(0.0002 * 64**2 / 8)
     assert "automatic" in r.stderr and "batch=8" in r.stderr
     assert not (tmp_path / "run").exists()  # nothing written
     r = CliRunner().invoke(main, ["train", str(tmp_path), "--out", str(tmp_path / "run"), "--gamma", "2", "--dry-run"])
@@ -163,8 +186,14 @@ def test_train_and_interpret_defaults_come_from_the_dataclasses():
 
     opts = {p.name: p.default for p in interpret.params}
     cfg = InterpreterConfig()
-    assert (opts["members"], opts["epochs"], opts["lr"], opts["batch_size"], opts["holdout"], opts["seed"]) == \
-        (cfg.members, cfg.epochs, cfg.lr, cfg.batch_size, cfg.holdout, cfg.seed)
+    assert (opts["members"], opts["epochs"], opts["lr"], opts["batch_size"], opts["holdout"], opts["seed"]) == (
+        cfg.members,
+        cfg.epochs,
+        cfg.lr,
+        cfg.batch_size,
+        cfg.holdout,
+        cfg.seed,
+    )
     assert tuple(int(h) for h in opts["hidden"].split(",")) == cfg.hidden
     opts = {p.name: p.default for p in train_command.params}
     assert (opts["grid_seeds"], opts["keep_snapshots"]) == (LoopOptions.grid_seeds, LoopOptions.keep_snapshots)

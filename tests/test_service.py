@@ -1,6 +1,7 @@
 """The data-factory service against a real uvicorn process (`datasetgan serve`) on 127.0.0.1 with
 the tiny run of conftest. Every pair the server sends is compared with the library's own
 PairFactory + encode_pair output for the same seed, byte for byte."""
+
 from __future__ import annotations
 
 import base64
@@ -20,11 +21,10 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from support import free_port
 
 import datasetgan
 import datasetgan.service as service
-from support import free_port
-
 from datasetgan.encoding import drop_most_uncertain, encode_pair
 from datasetgan.factory import PairFactory
 
@@ -46,8 +46,23 @@ class Server:
         env["PYTHONPATH"] = os.pathsep.join(sorted(roots) + [env.get("PYTHONPATH", "")])
         if self.api_key:
             env["DATASETGAN_API_KEY"] = self.api_key
-        cmd = [sys.executable, "-m", "datasetgan", "serve", "--runs", str(self.runs), "--jobs-dir", str(self.jobs),
-               "--port", str(self.port), "--threads", "1", "--log-level", "warning", *self.args]
+        cmd = [
+            sys.executable,
+            "-m",
+            "datasetgan",
+            "serve",
+            "--runs",
+            str(self.runs),
+            "--jobs-dir",
+            str(self.jobs),
+            "--port",
+            str(self.port),
+            "--threads",
+            "1",
+            "--log-level",
+            "warning",
+            *self.args,
+        ]
         self.logf = open(self.log, "ab")
         self.proc = subprocess.Popen(cmd, stdout=self.logf, stderr=subprocess.STDOUT, env=env)
         deadline = time.monotonic() + 600  # the first start may compile the fused ops
@@ -116,6 +131,7 @@ def tiny_run(reference_ops, tmp_path_factory) -> Path:
     """The conftest recipe, built here under the reference backend (the session's tiny_run may be
     set up before this module's backend choice, and would then wait for the C++ build)."""
     from conftest import build_tiny_run
+
     return build_tiny_run(tmp_path_factory.mktemp("service_runs") / "run")
 
 
@@ -138,8 +154,9 @@ def expected(factory: PairFactory, seeds, include=ALL, truncation=1.0) -> dict[i
 @pytest.fixture(scope="module")
 def server(runs, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("server_a")
-    s = Server(runs, tmp / "jobs", tmp / "log.txt", "--max-n", "20000", "--max-concurrent", "2",
-               "--batch-size", "4").start()
+    s = Server(
+        runs, tmp / "jobs", tmp / "log.txt", "--max-n", "20000", "--max-concurrent", "2", "--batch-size", "4"
+    ).start()
     yield s
     s.stop()
 
@@ -147,8 +164,19 @@ def server(runs, tmp_path_factory):
 @pytest.fixture(scope="module")
 def job_server(runs, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("server_b")
-    s = Server(runs, tmp / "jobs", tmp / "log.txt", "--max-n", "8", "--max-job-n", "3000", "--shard-size", "40",
-               "--batch-size", "4").start()
+    s = Server(
+        runs,
+        tmp / "jobs",
+        tmp / "log.txt",
+        "--max-n",
+        "8",
+        "--max-job-n",
+        "3000",
+        "--shard-size",
+        "40",
+        "--batch-size",
+        "4",
+    ).start()
     yield s
     s.stop()
 
@@ -178,8 +206,9 @@ def test_stream_50_pairs_as_tar(server, factory):
     want = expected(factory, seeds)
     tar = tarfile.open(fileobj=io.BytesIO(r.content))
     members = tar.getmembers()
-    assert [m.name for m in members] == [f"{s:08d}.{KEYS[p] if p in KEYS else p}" for s in seeds
-                                         for p in ALL + ["json"]]
+    assert [m.name for m in members] == [
+        f"{s:08d}.{KEYS[p] if p in KEYS else p}" for s in seeds for p in ALL + ["json"]
+    ]
     k = len(factory.classes)
     for m in members:
         assert m.isreg() and m.mtime == 0 and m.uid == 0 and m.gid == 0 and m.mode == 0o644
@@ -224,8 +253,7 @@ def test_same_request_gives_the_same_bytes(server):
     with server.client() as c:
         a, b = post_pairs(c, body), post_pairs(c, body)
         nd = [post_pairs(c, {**body, "format": "ndjson"}).content for _ in range(2)]
-        listed = post_pairs(c, {**{k: v for k, v in body.items() if k != "seed_start"},
-                                "seeds": list(range(300, 312))})
+        listed = post_pairs(c, {**{k: v for k, v in body.items() if k != "seed_start"}, "seeds": list(range(300, 312))})
     assert a.status_code == b.status_code == 200
     assert a.content == b.content and nd[0] == nd[1]
     assert listed.content == a.content  # the same seeds listed explicitly: the same pairs
@@ -273,8 +301,10 @@ def test_client_disconnect_stops_generation(server):
 
 def test_concurrency_limit_and_health_while_streaming(server):
     with server.client() as c, server.client() as c2:
-        with c.stream("POST", "/v1/models/run/pairs", json={"n": 20000}) as r1, \
-                c2.stream("POST", "/v1/models/run/pairs", json={"n": 20000}) as r2:
+        with (
+            c.stream("POST", "/v1/models/run/pairs", json={"n": 20000}) as r1,
+            c2.stream("POST", "/v1/models/run/pairs", json={"n": 20000}) as r2,
+        ):
             assert r1.status_code == r2.status_code == 200
             it1, it2 = r1.iter_raw(), r2.iter_raw()  # kept alive: a dropped iterator closes its response
             next(it1), next(it2)
@@ -291,14 +321,35 @@ def test_concurrency_limit_and_health_while_streaming(server):
         assert c.post("/v1/models/run/pairs", json={"n": 1}).status_code == 200
 
 
-@pytest.mark.parametrize("body", [
-    {"n": 0}, {"n": -1}, {"n": 10 ** 9}, {"n": "5"}, {"n": True}, {"n": 2.5}, {"n": None}, {},
-    {"n": 5, "colour": "red"}, {"n": 2, "format": "zip"}, {"n": 2, "include": ["image", "image"]},
-    {"n": 2, "include": ["depth"]}, {"n": 2, "truncation": "high"}, {"n": 2, "truncation": -1},
-    {"n": 2, "drop_uncertain": 1.0}, {"n": 2, "seeds": [1, 2, 3]}, {"n": 2, "seed_start": 1, "seeds": [1, 2]},
-    {"seeds": [4, 4]}, {"seeds": [-3]}, {"n": 2, "seed_start": 99_999_999}, [1, 2], "n=5", 5,
-    {"n": 20001},  # over --max-n: points to jobs
-])
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"n": 0},
+        {"n": -1},
+        {"n": 10**9},
+        {"n": "5"},
+        {"n": True},
+        {"n": 2.5},
+        {"n": None},
+        {},
+        {"n": 5, "colour": "red"},
+        {"n": 2, "format": "zip"},
+        {"n": 2, "include": ["image", "image"]},
+        {"n": 2, "include": ["depth"]},
+        {"n": 2, "truncation": "high"},
+        {"n": 2, "truncation": -1},
+        {"n": 2, "drop_uncertain": 1.0},
+        {"n": 2, "seeds": [1, 2, 3]},
+        {"n": 2, "seed_start": 1, "seeds": [1, 2]},
+        {"seeds": [4, 4]},
+        {"seeds": [-3]},
+        {"n": 2, "seed_start": 99_999_999},
+        [1, 2],
+        "n=5",
+        5,
+        {"n": 20001},  # over --max-n: points to jobs
+    ],
+)
 def test_bad_inputs_get_a_4xx_with_a_message(server, body):
     with server.client() as c:
         r = c.post("/v1/models/run/pairs", json=body)
@@ -327,6 +378,7 @@ def test_malformed_unknown_and_oversized_requests(server):
         def chunked():
             for _ in range(64):
                 yield b" " * 32768
+
         r = c.post("/v1/models/run/pairs", content=chunked(), headers={"content-type": "application/json"})
         assert r.status_code == 413
         assert c.get("/v1/jobs/0123456789abcdef").status_code == 404
@@ -415,7 +467,9 @@ def test_job_runs_survives_restart_downloads_with_range(job_server, factory):
             seeds = range(2000 + k * size, 2000 + (k + 1) * size)
             want = expected(factory, seeds, include=["image", "mask"])
             got = tar_members(shards[k])
-            assert got == [(f"{sd:08d}.{key}", want[sd][key]) for sd in seeds for key in ("image.png", "mask.png", "json")]
+            assert got == [
+                (f"{sd:08d}.{key}", want[sd][key]) for sd in seeds for key in ("image.png", "mask.png", "json")
+            ]
         # HTTP Range on a shard
         full = shards[0]
         r = c.get(job["shards"][0]["url"], headers={"Range": "bytes=1000-2999"})
@@ -493,9 +547,25 @@ def test_no_key_means_open(server):
 
 def test_schemathesis_finds_no_server_error(job_server, tmp_path):
     exe = Path(sys.executable).with_name("schemathesis")
-    cmd = [str(exe) if exe.exists() else "schemathesis", "run", job_server.url("/openapi.json"),
-           "--checks", "not_a_server_error", "--max-examples", "20", "--max-time", "25", "--workers", "1",
-           "--request-timeout", "30", "--seed", "1", "--generation-database", "none"]
+    cmd = [
+        str(exe) if exe.exists() else "schemathesis",
+        "run",
+        job_server.url("/openapi.json"),
+        "--checks",
+        "not_a_server_error",
+        "--max-examples",
+        "20",
+        "--max-time",
+        "25",
+        "--workers",
+        "1",
+        "--request-timeout",
+        "30",
+        "--seed",
+        "1",
+        "--generation-database",
+        "none",
+    ]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=240, cwd=tmp_path)
     print(out.stdout[-4000:])
     assert out.returncode == 0, out.stdout[-6000:] + out.stderr[-2000:]

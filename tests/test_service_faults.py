@@ -1,12 +1,13 @@
 """The service with bad input and damaged runs: non-finite numbers, corrupt weights, server paths."""
+
 from __future__ import annotations
 
 import pytest
 from fastapi.testclient import TestClient
 
-from datasetgan.weightfiles import write_pair
 from datasetgan.service.app import create_app
 from datasetgan.service.settings import Settings
+from datasetgan.weightfiles import write_pair
 
 CLASSES = [{"id": 0, "name": "bg", "color": "#000000"}, {"id": 1, "name": "fg", "color": "#ff0000"}]
 
@@ -34,8 +35,16 @@ def client(tmp_path):
 
 
 @pytest.mark.parametrize("path", ["/v1/models/good/pairs", "/v1/models/good/jobs"])
-@pytest.mark.parametrize("body", ['{"n": 2, "truncation": NaN}', '{"n": 2, "truncation": Infinity}',
-                                  '{"n": 2, "drop_uncertain": -Infinity}', '{"n": NaN}', '{"seeds": [1, NaN]}'])
+@pytest.mark.parametrize(
+    "body",
+    [
+        '{"n": 2, "truncation": NaN}',
+        '{"n": 2, "truncation": Infinity}',
+        '{"n": 2, "drop_uncertain": -Infinity}',
+        '{"n": NaN}',
+        '{"seeds": [1, NaN]}',
+    ],
+)
 def test_non_finite_numbers_are_a_422_not_a_500(client, path, body):
     r = client.post(path, content=body, headers={"Content-Type": "application/json"})
     assert r.status_code == 422, r.text

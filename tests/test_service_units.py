@@ -1,5 +1,6 @@
 """Unit tests of the service parts that need no server: tar framing, request schema, guards, registry,
 and how far generation runs after a stream is abandoned (with a counting stand-in factory)."""
+
 from __future__ import annotations
 
 import base64
@@ -13,13 +14,13 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from datasetgan.service.routers.models import thread_iter
+from datasetgan.encoding import RECORD, drop_most_uncertain, tar_end, tar_member
 from datasetgan.service.guards import Slots, presented_key
 from datasetgan.service.registry import ModelRegistry, UnknownModel
+from datasetgan.service.routers.models import thread_iter
 from datasetgan.service.schemas import JobRequest, PairsRequest
-from datasetgan.encoding import RECORD, drop_most_uncertain, tar_end, tar_member
-from datasetgan.weightfiles import write_pair
 from datasetgan.service.streaming import pair_chunks
+from datasetgan.weightfiles import write_pair
 
 
 def test_tar_members_are_deterministic_and_readable():
@@ -40,12 +41,23 @@ def test_tar_members_are_deterministic_and_readable():
     assert ref.getvalue() == body
 
 
-@pytest.mark.parametrize("body, ok", [
-    ({"n": 3}, True), ({"seeds": [5, 2]}, True), ({"n": 2, "seeds": [5, 2]}, True),
-    ({"n": 0}, False), ({"n": "3"}, False), ({"n": 3, "extra": 1}, False), ({"n": 3, "truncation": float("nan")}, False),
-    ({"seeds": []}, False), ({"seed_start": 5}, False), ({"n": 2, "seed_start": 99_999_999}, False),
-    ({"n": 3, "include": []}, True), ({"n": 3, "drop_uncertain": -0.1}, False),
-])
+@pytest.mark.parametrize(
+    "body, ok",
+    [
+        ({"n": 3}, True),
+        ({"seeds": [5, 2]}, True),
+        ({"n": 2, "seeds": [5, 2]}, True),
+        ({"n": 0}, False),
+        ({"n": "3"}, False),
+        ({"n": 3, "extra": 1}, False),
+        ({"n": 3, "truncation": float("nan")}, False),
+        ({"seeds": []}, False),
+        ({"seed_start": 5}, False),
+        ({"n": 2, "seed_start": 99_999_999}, False),
+        ({"n": 3, "include": []}, True),
+        ({"n": 3, "drop_uncertain": -0.1}, False),
+    ],
+)
 def test_request_schema(body, ok):
     if ok:
         req = PairsRequest.model_validate(body)
@@ -78,11 +90,14 @@ def test_slots_limit_and_idempotent_release():
 def test_registry_lists_ready_runs_only_and_refuses_paths(tmp_path):
     def sidecar(path, **meta):
         write_pair(path, b"x", meta)
+
     for name in ("ready", "no_interpreter"):
         (tmp_path / name).mkdir()
         sidecar(tmp_path / name / "generator.safetensors", config={"resolution": 32, "img_channels": 3})
-    sidecar(tmp_path / "ready" / "interpreter.safetensors", classes=[{"id": 0, "name": "bg", "color": "#000000"},
-                                                                    {"id": 1, "name": "fg", "color": "#ff0000"}])
+    sidecar(
+        tmp_path / "ready" / "interpreter.safetensors",
+        classes=[{"id": 0, "name": "bg", "color": "#000000"}, {"id": 1, "name": "fg", "color": "#ff0000"}],
+    )
     (tmp_path / ".jobs").mkdir()
     reg = ModelRegistry(tmp_path, loader=lambda p: pytest.fail("listing must not load models"))
     listed = [r.public() for r in reg.list()]
@@ -105,6 +120,7 @@ class FakePair:
 
 class CountingFactory:
     """Stand-in with PairFactory's interface that counts the pairs it has computed."""
+
     classes = ["a", "b"]
 
     def __init__(self):
@@ -115,7 +131,7 @@ class CountingFactory:
         for s in range(0, len(seeds), batch_size):
             if should_stop and should_stop():
                 return
-            batch = seeds[s:s + batch_size]
+            batch = seeds[s : s + batch_size]
             self.made += len(batch)
             z = np.zeros((4, 4), np.uint8)
             yield from (FakePair(x, z[..., None], z, z.astype(np.float32), float(x % 7), {"seed": x}) for x in batch)
@@ -127,8 +143,16 @@ def test_abandoned_stream_stops_within_one_batch(drop):
 
     async def consume_three():
         stop = []
-        chunks = pair_chunks(factory, range(1000), truncation=1.0, include=["image"], fmt="tar",
-                             drop_uncertain=drop, batch_size=batch, should_stop=lambda: bool(stop))
+        chunks = pair_chunks(
+            factory,
+            range(1000),
+            truncation=1.0,
+            include=["image"],
+            fmt="tar",
+            drop_uncertain=drop,
+            batch_size=batch,
+            should_stop=lambda: bool(stop),
+        )
         got = 0
         agen = thread_iter(chunks)
         async for _ in agen:
@@ -148,8 +172,18 @@ def test_abandoned_stream_stops_within_one_batch(drop):
 
 def test_drop_uncertain_stream_is_the_kept_subset():
     factory = CountingFactory()
-    chunks = list(pair_chunks(factory, range(10, 30), truncation=1.0, include=[], fmt="ndjson",
-                              drop_uncertain=0.25, batch_size=3, should_stop=lambda: False))
+    chunks = list(
+        pair_chunks(
+            factory,
+            range(10, 30),
+            truncation=1.0,
+            include=[],
+            fmt="ndjson",
+            drop_uncertain=0.25,
+            batch_size=3,
+            should_stop=lambda: False,
+        )
+    )
     seeds = [json.loads(c)["seed"] for c in chunks if c]
     kept = [10 + i for i in drop_most_uncertain([float(s % 7) for s in range(10, 30)], 0.25)]
     assert seeds == kept and len(seeds) == 15
@@ -161,6 +195,7 @@ class FakeRegistry:
 
     def info(self, model):
         from types import SimpleNamespace
+
         return SimpleNamespace(generator_sha256=self.hashes[0], interpreter_sha256=self.hashes[1])
 
     def factory(self, model, hashes=None):
@@ -169,7 +204,9 @@ class FakeRegistry:
 
 def run_jobs(store, registry, timeout=30):
     import time
+
     from datasetgan.service.jobs import JobRunner
+
     runner = JobRunner(store, registry, batch_size=4)
     runner.start()
     deadline = time.monotonic() + timeout
@@ -180,6 +217,7 @@ def run_jobs(store, registry, timeout=30):
 
 def test_job_of_a_replaced_model_is_reported_not_mixed(tmp_path):
     from datasetgan.service.jobs import JobStore
+
     store = JobStore(tmp_path)
     job, created = store.create("m", JobRequest(n=10), ("g1", "i1"), 4, None)
     run_jobs(JobStore(tmp_path), FakeRegistry(("g2", "i1")))  # a restarted server sees another generator
@@ -192,7 +230,9 @@ def test_worker_survives_a_job_whose_failure_cannot_be_recorded(tmp_path):
     report the service not ready for good."""
     import threading
     import time
+
     from datasetgan.service.jobs import JobRunner, JobStore
+
     store = JobStore(tmp_path)
     job, _ = store.create("m", JobRequest(n=10), ("g1", "i1"), 4, None)  # fails: the model changed
     tried = threading.Event()
@@ -217,6 +257,7 @@ def test_worker_survives_a_job_whose_failure_cannot_be_recorded(tmp_path):
 
 def test_job_resumes_after_its_last_complete_shard(tmp_path):
     from datasetgan.service.jobs import JobStore
+
     store = JobStore(tmp_path)
     job, _ = store.create("m", JobRequest(n=10, seed_start=3), ("g", "i"), 4, "key")
     reg = FakeRegistry(("g", "i"))
@@ -242,6 +283,7 @@ def test_serve_cli_refuses_bad_options(tmp_path):
     from click.testing import CliRunner
 
     from datasetgan.cli import main
+
     runner = CliRunner()
     r = runner.invoke(main, ["serve", "--help"])
     assert r.exit_code == 0 and "Example" in r.output

@@ -3,6 +3,7 @@
 Every sub-command is a :class:`Command`: the project's errors (:class:`DatasetganError`) raised
 anywhere below it become a one-line click error here, so no command catches them itself.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -45,6 +46,7 @@ class Command(ReportsErrors, click.Command):
 
 class Seeds(click.ParamType):
     """An option value like ``1,2,5-9``: a list of distinct seeds (see :func:`datasetgan.seeds.parse_seeds`)."""
+
     name = "seeds"
 
     def convert(self, value, param, ctx):
@@ -65,7 +67,6 @@ def defaults(cls) -> dict:
 
 
 class LazyGroup(ReportsErrors, click.Group):
-
     def list_commands(self, ctx):
         return sorted(n for n in COMMANDS if importlib.util.find_spec(f"datasetgan.cli.{COMMANDS[n]}"))
 

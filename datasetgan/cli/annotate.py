@@ -1,6 +1,7 @@
 """``datasetgan annotate``: render seed images into the run's annotation set and serve the page.
 
 The work is done by :mod:`datasetgan.annotation_sources`; this command parses options and calls it."""
+
 from __future__ import annotations
 
 import socket
@@ -8,8 +9,14 @@ from pathlib import Path
 
 import click
 
-from ..annotation_sources import (diverse_seeds, import_masks, import_real, pre_annotate_with_interpreter,
-                                  pre_annotate_with_model, resolve_classes)
+from ..annotation_sources import (
+    diverse_seeds,
+    import_masks,
+    import_real,
+    pre_annotate_with_interpreter,
+    pre_annotate_with_model,
+    resolve_classes,
+)
 from ..annotations import AnnotationSet, item_id, render_items
 from ..atomic import remove_stale_temps
 from ..runfolder import RunFolder
@@ -39,40 +46,114 @@ def run_generator(rf: RunFolder, device: str):
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]}, cls=Command)
 @click.argument("run", type=click.Path(file_okay=False, path_type=Path))
-@click.option("--n", "n", type=click.IntRange(1, 10_000), default=None,
-              help="Number of seed images to render (default 30 for a new set; a set that already has "
-                   "images is only served unless --n or --seeds is given).")
+@click.option(
+    "--n",
+    "n",
+    type=click.IntRange(1, 10_000),
+    default=None,
+    help="Number of seed images to render (default 30 for a new set; a set that already has "
+    "images is only served unless --n or --seeds is given).",
+)
 @click.option("--seeds", type=SEEDS, default=None, help="Explicit seeds, e.g. 1,2,5-9 (instead of random ones).")
-@click.option("--diverse", is_flag=True, help="Pick seeds spread over the latent space (farthest-point "
-              "sampling on w over a pool of random candidates) instead of purely random ones.")
-@click.option("--random-seed", type=int, default=0, show_default=True,
-              help="Seed of the random choice of seeds, so the same command picks the same images.")
-@click.option("--truncation", type=click.FloatRange(0.0, 2.0), default=1.0, show_default=True,
-              help="Truncation psi used to render (and recorded with each item).")
-@click.option("--noise-mode", type=click.Choice(["const", "seed"]), default="const", show_default=True,
-              help="Per-layer noise: the generator's stored constant noise, or noise drawn from the seed.")
-@click.option("--labels", type=click.Path(dir_okay=False, exists=True), default=None,
-              help="labels.json with the classes (default: the set's own, else the training data's).")
-@click.option("--import", "import_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Import label maps painted elsewhere: DIR/<item id or seed>.png (class ids).")
-@click.option("--import-real", "import_real_dir", type=click.Path(file_okay=False, exists=True, path_type=Path),
-              default=None, help="Import real labelled images (DIR/images/, DIR/masks/, DIR/labels.json): each is "
-              "projected into the generator and stored with its expert mask as a finished annotation "
-              "(real, projected). The projector options below apply.")
+@click.option(
+    "--diverse",
+    is_flag=True,
+    help="Pick seeds spread over the latent space (farthest-point "
+    "sampling on w over a pool of random candidates) instead of purely random ones.",
+)
+@click.option(
+    "--random-seed",
+    type=int,
+    default=0,
+    show_default=True,
+    help="Seed of the random choice of seeds, so the same command picks the same images.",
+)
+@click.option(
+    "--truncation",
+    type=click.FloatRange(0.0, 2.0),
+    default=1.0,
+    show_default=True,
+    help="Truncation psi used to render (and recorded with each item).",
+)
+@click.option(
+    "--noise-mode",
+    type=click.Choice(["const", "seed"]),
+    default="const",
+    show_default=True,
+    help="Per-layer noise: the generator's stored constant noise, or noise drawn from the seed.",
+)
+@click.option(
+    "--labels",
+    type=click.Path(dir_okay=False, exists=True),
+    default=None,
+    help="labels.json with the classes (default: the set's own, else the training data's).",
+)
+@click.option(
+    "--import",
+    "import_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Import label maps painted elsewhere: DIR/<item id or seed>.png (class ids).",
+)
+@click.option(
+    "--import-real",
+    "import_real_dir",
+    type=click.Path(file_okay=False, exists=True, path_type=Path),
+    default=None,
+    help="Import real labelled images (DIR/images/, DIR/masks/, DIR/labels.json): each is "
+    "projected into the generator and stored with its expert mask as a finished annotation "
+    "(real, projected). The projector options below apply.",
+)
 @projector_options
-@click.option("--pre-annotate", "pre_annotate", default=None, metavar="MODEL|interpreter",
-              help="Fill empty masks from a segmentation model file, or from the run's interpreter; "
-                   "they are marked pre-annotated until a person edits them.")
-@click.option("--auto", "auto_model", default=None, metavar="MODEL",
-              help="Label the chosen seeds with a segmentation model and record them as model-made.")
+@click.option(
+    "--pre-annotate",
+    "pre_annotate",
+    default=None,
+    metavar="MODEL|interpreter",
+    help="Fill empty masks from a segmentation model file, or from the run's interpreter; "
+    "they are marked pre-annotated until a person edits them.",
+)
+@click.option(
+    "--auto",
+    "auto_model",
+    default=None,
+    metavar="MODEL",
+    help="Label the chosen seeds with a segmentation model and record them as model-made.",
+)
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to serve the page on.")
-@click.option("--port", type=click.IntRange(0, 65535), default=8765, show_default=True,
-              help="Port to serve the page on (0: any free port).")
+@click.option(
+    "--port",
+    type=click.IntRange(0, 65535),
+    default=8765,
+    show_default=True,
+    help="Port to serve the page on (0: any free port).",
+)
 @click.option("--no-serve", is_flag=True, help="Prepare the images (and imports) but do not start the page.")
 @click.option("--device", default="cpu", show_default=True, help="Torch device used to render.")
-def command(run, n, seeds, diverse, random_seed, truncation, noise_mode, labels, import_dir, import_real_dir,
-            steps, perceptual, optimize_noise, batch, seed, fit, pre_annotate, auto_model, host, port, no_serve,
-            device):
+def command(
+    run,
+    n,
+    seeds,
+    diverse,
+    random_seed,
+    truncation,
+    noise_mode,
+    labels,
+    import_dir,
+    import_real_dir,
+    steps,
+    perceptual,
+    optimize_noise,
+    batch,
+    seed,
+    fit,
+    pre_annotate,
+    auto_model,
+    host,
+    port,
+    no_serve,
+    device,
+):
     """Render seed images of a trained generator and paint their masks in a browser.
 
     \b
@@ -104,8 +185,11 @@ def command(run, n, seeds, diverse, random_seed, truncation, noise_mode, labels,
     if wanted or auto_model:
         stale = [r.id for r in aset.records() if r.generator_sha256 and r.generator_sha256 != G.sha256]
         if stale:
-            click.echo(f"warning: {len(stale)} item(s) (e.g. {stale[0]}) were rendered by a different generator; "
-                       "their images are kept as annotated", err=True)
+            click.echo(
+                f"warning: {len(stale)} item(s) (e.g. {stale[0]}) were rendered by a different generator; "
+                "their images are kept as annotated",
+                err=True,
+            )
         if seeds is not None:
             chosen = seeds
         else:
@@ -129,8 +213,11 @@ def command(run, n, seeds, diverse, random_seed, truncation, noise_mode, labels,
     if import_dir is not None:
         click.echo(f"imported {import_masks(aset, import_dir)} mask(s) from {import_dir}")
     if pre_annotate:
-        done = (pre_annotate_with_interpreter(aset, rf, warn=lambda m: click.echo(m, err=True))
-                if pre_annotate == "interpreter" else pre_annotate_with_model(aset, pre_annotate))
+        done = (
+            pre_annotate_with_interpreter(aset, rf, warn=lambda m: click.echo(m, err=True))
+            if pre_annotate == "interpreter"
+            else pre_annotate_with_model(aset, pre_annotate)
+        )
         click.echo(f"pre-annotated {done} item(s) with {pre_annotate}")
     if auto_model:
         if not Path(auto_model).is_file():

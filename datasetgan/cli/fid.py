@@ -1,4 +1,5 @@
 """``datasetgan fid``: the Fréchet Inception Distance of a generator against a folder of real images."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -11,15 +12,24 @@ from . import Command
 @click.command("fid", cls=Command)
 @click.argument("source", type=click.Path(exists=True, path_type=Path))
 @click.argument("data", type=click.Path(file_okay=False, path_type=str))
-@click.option("--n", "n_images", type=int, default=5000, show_default=True,
-              help="Generated images (the papers use 50000; fewer bias FID upwards, so compare equal n).")
+@click.option(
+    "--n",
+    "n_images",
+    type=int,
+    default=5000,
+    show_default=True,
+    help="Generated images (the papers use 50000; fewer bias FID upwards, so compare equal n).",
+)
 @click.option("--truncation", type=float, default=1.0, show_default=True, help="Truncation psi.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the generated latents.")
 @click.option("--batch", type=int, default=32, show_default=True, help="Images per Inception batch.")
 @click.option("--threads", type=int, default=None, help="CPU threads for PyTorch.")
-@click.option("--fast", is_flag=True,
-              help="Compute the Fréchet distance from eigenvalues (~20 CPU-s; equal to pytorch-fid's to 1e-6, "
-                   "what training snapshots use) instead of pytorch-fid's calculate_frechet_distance (~95 CPU-s).")
+@click.option(
+    "--fast",
+    is_flag=True,
+    help="Compute the Fréchet distance from eigenvalues (~20 CPU-s; equal to pytorch-fid's to 1e-6, "
+    "what training snapshots use) instead of pytorch-fid's calculate_frechet_distance (~95 CPU-s).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON object instead of a sentence.")
 def command(source, data, n_images, truncation, seed, batch, threads, fast, as_json):
     """FID of a generator against the real images in DATA.
@@ -51,13 +61,26 @@ def command(source, data, n_images, truncation, seed, batch, threads, fast, as_j
     G = load_generator(path)
     ds = load_image_folder(data, G.cfg.resolution, masks="ignore")
     if ds.channels != G.cfg.img_channels:
-        raise click.ClickException(f"{data} has {ds.channels}-channel images, the generator makes "
-                                   f"{G.cfg.img_channels}-channel images")
+        raise click.ClickException(
+            f"{data} has {ds.channels}-channel images, the generator makes {G.cfg.img_channels}-channel images"
+        )
     score = FIDEvaluator(ds.images, n_images, seed=seed, batch=batch, reference=not fast)(G, truncation=truncation)
     if as_json:
-        click.echo(json.dumps({"fid": score, "generated": n_images, "real": len(ds), "generator": str(path),
-                               "data": data, "resolution": G.cfg.resolution, "truncation": truncation,
-                               "distance": "eigenvalues" if fast else "pytorch_fid"}))
+        click.echo(
+            json.dumps(
+                {
+                    "fid": score,
+                    "generated": n_images,
+                    "real": len(ds),
+                    "generator": str(path),
+                    "data": data,
+                    "resolution": G.cfg.resolution,
+                    "truncation": truncation,
+                    "distance": "eigenvalues" if fast else "pytorch_fid",
+                }
+            )
+        )
     else:
-        click.echo(f"FID {score:.2f} ({n_images} generated vs {len(ds)} real images at "
-                   f"{G.cfg.resolution}x{G.cfg.resolution})")
+        click.echo(
+            f"FID {score:.2f} ({n_images} generated vs {len(ds)} real images at {G.cfg.resolution}x{G.cfg.resolution})"
+        )

@@ -1,4 +1,5 @@
 """``datasetgan project RUN IMAGES... --out DIR``: find the generator input that reproduces real images."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -14,19 +15,51 @@ DEFAULTS = ProjectorConfig()
 def projector_options(f):
     """The projector's options, shared by ``project`` and ``annotate --import-real``."""
     options = [
-        click.option("--steps", type=click.IntRange(1), default=DEFAULTS.steps, show_default=True,
-                     help="Optimisation steps per image."),
-        click.option("--perceptual", type=click.Choice(PERCEPTUAL), default=DEFAULTS.perceptual, show_default=True,
-                     help="Perceptual loss features: FID's Inception network, the run's own discriminator "
-                          "(from its newest training snapshot), or none (pixel loss only)."),
-        click.option("--noise/--no-noise", "optimize_noise", default=DEFAULTS.optimize_noise, show_default=True,
-                     help="Also optimise the per-layer noise maps (else the generator's constant noise)."),
-        click.option("--project-batch", "batch", type=click.IntRange(1), default=DEFAULTS.batch, show_default=True,
-                     help="Images optimised together."),
-        click.option("--project-seed", "seed", type=int, default=DEFAULTS.seed, show_default=True,
-                     help="Seed of the projector's random numbers (same seed, same result)."),
-        click.option("--fit", type=click.Choice(["crop", "pad"]), default="crop", show_default=True,
-                     help="How non-square images become square (as in training)."),
+        click.option(
+            "--steps",
+            type=click.IntRange(1),
+            default=DEFAULTS.steps,
+            show_default=True,
+            help="Optimisation steps per image.",
+        ),
+        click.option(
+            "--perceptual",
+            type=click.Choice(PERCEPTUAL),
+            default=DEFAULTS.perceptual,
+            show_default=True,
+            help="Perceptual loss features: FID's Inception network, the run's own discriminator "
+            "(from its newest training snapshot), or none (pixel loss only).",
+        ),
+        click.option(
+            "--noise/--no-noise",
+            "optimize_noise",
+            default=DEFAULTS.optimize_noise,
+            show_default=True,
+            help="Also optimise the per-layer noise maps (else the generator's constant noise).",
+        ),
+        click.option(
+            "--project-batch",
+            "batch",
+            type=click.IntRange(1),
+            default=DEFAULTS.batch,
+            show_default=True,
+            help="Images optimised together.",
+        ),
+        click.option(
+            "--project-seed",
+            "seed",
+            type=int,
+            default=DEFAULTS.seed,
+            show_default=True,
+            help="Seed of the projector's random numbers (same seed, same result).",
+        ),
+        click.option(
+            "--fit",
+            type=click.Choice(["crop", "pad"]),
+            default="crop",
+            show_default=True,
+            help="How non-square images become square (as in training).",
+        ),
     ]
     for option in reversed(options):
         f = option(f)
@@ -49,8 +82,9 @@ def perceptual_network(cfg: ProjectorConfig, run: Path, device: str):
 @click.command(name="project", context_settings={"help_option_names": ["-h", "--help"]}, cls=Command)
 @click.argument("run", type=click.Path(file_okay=False, path_type=Path))
 @click.argument("images", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
-@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
-              help="Output folder for the projections.")
+@click.option(
+    "--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Output folder for the projections."
+)
 @projector_options
 @click.option("--device", default="cpu", show_default=True, help="torch device, e.g. cpu or cuda.")
 @click.option("--threads", default=None, type=click.IntRange(1), help="CPU threads (default: torch's choice).")

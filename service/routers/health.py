@@ -1,4 +1,5 @@
 """Health and counters: never behind the API key (except /metrics), always fast."""
+
 from __future__ import annotations
 
 from fastapi import APIRouter

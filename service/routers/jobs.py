@@ -1,4 +1,5 @@
 """Jobs: larger requests written into tar shards in the background (see :mod:`service.jobs`)."""
+
 from __future__ import annotations
 
 import asyncio
@@ -36,23 +37,42 @@ def the_job(store, job_id: str) -> dict:
     return job
 
 
-@router.post("/v1/models/{model_id}/jobs", status_code=202, response_model=JobOut,
-             responses={409: {"model": Message, "description": "Idempotency-Key reused for another request"},
-                        503: {"model": Message}, **ERRORS})
-async def create_job(model_id: str, req: JobRequest, request: Request, settings: SettingsDep, registry: RegistryDep,
-                     store: StoreDep, runner: RunnerDep, metrics: MetricsDep,
-                     idempotency_key: str | None = Header(None, min_length=1, max_length=200)):
+@router.post(
+    "/v1/models/{model_id}/jobs",
+    status_code=202,
+    response_model=JobOut,
+    responses={
+        409: {"model": Message, "description": "Idempotency-Key reused for another request"},
+        503: {"model": Message},
+        **ERRORS,
+    },
+)
+async def create_job(
+    model_id: str,
+    req: JobRequest,
+    request: Request,
+    settings: SettingsDep,
+    registry: RegistryDep,
+    store: StoreDep,
+    runner: RunnerDep,
+    metrics: MetricsDep,
+    idempotency_key: str | None = Header(None, min_length=1, max_length=200),
+):
     """Queue a job writing the pairs into tar shards (`--shard-size` pairs each). Answers 202 with
     `Location: /v1/jobs/{id}`. A repeated request with the same `Idempotency-Key` returns the same
     job; the same key with a different request is a 409. Jobs survive a server restart: they continue
     after their last complete shard."""
     info = await anyio.to_thread.run_sync(registry.ready, model_id)
     if req.n > settings.max_job_n:
-        raise HTTPException(422, f"n = {req.n} is over this server's job limit of {settings.max_job_n}; "
-                                 "split it into several jobs with different seed_start")
+        raise HTTPException(
+            422,
+            f"n = {req.n} is over this server's job limit of {settings.max_job_n}; "
+            "split it into several jobs with different seed_start",
+        )
     try:
-        job, created = store.create(model_id, req, (info.generator_sha256, info.interpreter_sha256),
-                                    settings.shard_size, idempotency_key)
+        job, created = store.create(
+            model_id, req, (info.generator_sha256, info.interpreter_sha256), settings.shard_size, idempotency_key
+        )
     except JobConflict as e:
         raise HTTPException(409, str(e)) from None
     if created:
@@ -78,10 +98,17 @@ async def get_job(job_id: str, request: Request, store: StoreDep):
     return job_view(request, the_job(store, job_id))
 
 
-@router.get("/v1/jobs/{job_id}/events",
-            responses={200: {"description": "server-sent events: `progress` (job state as JSON) on every change, "
-                                            "`end` once the job is done, failed or cancelled",
-                             "content": {"text/event-stream": {}}}, **ERRORS})
+@router.get(
+    "/v1/jobs/{job_id}/events",
+    responses={
+        200: {
+            "description": "server-sent events: `progress` (job state as JSON) on every change, "
+            "`end` once the job is done, failed or cancelled",
+            "content": {"text/event-stream": {}},
+        },
+        **ERRORS,
+    },
+)
 async def job_events(job_id: str, request: Request, store: StoreDep):
     """Server-sent events: `progress` on every change, `end` when the job is done, failed or cancelled."""
     the_job(store, job_id)
@@ -94,8 +121,10 @@ async def job_events(job_id: str, request: Request, store: StoreDep):
                 yield b'event: end\ndata: {"state": "deleted"}\n\n'
                 return
             view = job_view(request, job)
-            progress = {k: view[k] for k in ("id", "state", "phase", "n", "pairs_total", "pairs_done",
-                                             "scored", "dropped", "error")}
+            progress = {
+                k: view[k]
+                for k in ("id", "state", "phase", "n", "pairs_total", "pairs_done", "scored", "dropped", "error")
+            }
             progress["shards"] = len(view["shards"])
             if progress != last:
                 seq += 1
@@ -109,15 +138,20 @@ async def job_events(job_id: str, request: Request, store: StoreDep):
                 quiet = time.monotonic()
             await asyncio.sleep(0.2)
 
-    return StreamingResponse(events(), media_type="text/event-stream",
-                             headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
+    return StreamingResponse(
+        events(), media_type="text/event-stream", headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
+    )
 
 
-@router.get("/v1/jobs/{job_id}/shards/{k}",
-            responses={200: {"description": "a complete tar shard; supports HTTP Range",
-                             "content": {"application/x-tar": {}}},
-                       206: {"description": "part of the shard (Range request)"},
-                       416: {"description": "range not satisfiable"}, **ERRORS})
+@router.get(
+    "/v1/jobs/{job_id}/shards/{k}",
+    responses={
+        200: {"description": "a complete tar shard; supports HTTP Range", "content": {"application/x-tar": {}}},
+        206: {"description": "part of the shard (Range request)"},
+        416: {"description": "range not satisfiable"},
+        **ERRORS,
+    },
+)
 async def get_shard(job_id: str, k: int, store: StoreDep):
     """Shard k of a job (a complete tar); HTTP Range requests are answered with 206."""
     job = the_job(store, job_id)
@@ -128,11 +162,18 @@ async def get_shard(job_id: str, k: int, store: StoreDep):
     except FileNotFoundError:
         stat = None
     if stat is None:
-        raise HTTPException(404, f"shard {k} of job {job_id} is not ready; the job has "
-                                 f"{len(job['shards'])} complete shards ({job['state']})")
-    return FileResponse(path, media_type="application/x-tar", filename=f"{job_id}-{k:05d}.tar",
-                        stat_result=stat,
-                        headers={"ETag": f'"{rec["sha256"]}"', "Cache-Control": "no-store"})
+        raise HTTPException(
+            404,
+            f"shard {k} of job {job_id} is not ready; the job has "
+            f"{len(job['shards'])} complete shards ({job['state']})",
+        )
+    return FileResponse(
+        path,
+        media_type="application/x-tar",
+        filename=f"{job_id}-{k:05d}.tar",
+        stat_result=stat,
+        headers={"ETag": f'"{rec["sha256"]}"', "Cache-Control": "no-store"},
+    )
 
 
 @router.delete("/v1/jobs/{job_id}", responses=ERRORS)

@@ -4,6 +4,7 @@ Generation runs in worker threads; the event loop only moves bytes, so health ch
 pairs stream. A streamed response asks the thread for one pair at a time: when the client goes away,
 the thread finishes at most the batch in hand and the generator is closed.
 """
+
 from __future__ import annotations
 
 import threading
@@ -67,14 +68,23 @@ async def get_model(model_id: str, registry: RegistryDep):
     return (await anyio.to_thread.run_sync(registry.info, model_id)).public()
 
 
-@router.post("/{model_id}/pairs", tags=["pairs"],
-             responses={200: {"description": "a tar (WebDataset layout: {seed:08d}.image.png, .mask.png, "
-                                             ".overlay.png, .uncertainty.png, .json) or NDJSON, one pair a line",
-                              "content": {"application/x-tar": {}, "application/x-ndjson": {}}},
-                        429: {"model": Message, "description": "too many streams at once; retry after Retry-After"},
-                        503: {"model": Message}, **ERRORS})
-async def stream_pairs(model_id: str, req: PairsRequest, settings: SettingsDep, registry: RegistryDep,
-                       slots: SlotsDep, metrics: MetricsDep):
+@router.post(
+    "/{model_id}/pairs",
+    tags=["pairs"],
+    responses={
+        200: {
+            "description": "a tar (WebDataset layout: {seed:08d}.image.png, .mask.png, "
+            ".overlay.png, .uncertainty.png, .json) or NDJSON, one pair a line",
+            "content": {"application/x-tar": {}, "application/x-ndjson": {}},
+        },
+        429: {"model": Message, "description": "too many streams at once; retry after Retry-After"},
+        503: {"model": Message},
+        **ERRORS,
+    },
+)
+async def stream_pairs(
+    model_id: str, req: PairsRequest, settings: SettingsDep, registry: RegistryDep, slots: SlotsDep, metrics: MetricsDep
+):
     """Stream pairs as they are made, batch by batch: a tar in WebDataset layout
     (`{seed:08d}.image.png`, `.mask.png`, `.overlay.png`, `.uncertainty.png`, `.json`) or NDJSON
     (one pair a line, PNGs in base64). The same request always gives the same bytes.
@@ -86,28 +96,48 @@ async def stream_pairs(model_id: str, req: PairsRequest, settings: SettingsDep, 
     within one batch."""
     info = await anyio.to_thread.run_sync(registry.ready, model_id)
     if req.n > settings.max_n:
-        raise HTTPException(422, f"n = {req.n} is over this server's limit of {settings.max_n} pairs per "
-                                 f"streamed request; submit it as a job: POST /v1/models/{model_id}/jobs")
+        raise HTTPException(
+            422,
+            f"n = {req.n} is over this server's limit of {settings.max_n} pairs per "
+            f"streamed request; submit it as a job: POST /v1/models/{model_id}/jobs",
+        )
     slot = slots.try_acquire()
     if slot is None:
         metrics.add("rejected_busy_total")
-        raise HTTPException(429, f"{slots.limit} streams are already generating; retry later",
-                            headers={"Retry-After": str(settings.retry_after_s)})
+        raise HTTPException(
+            429,
+            f"{slots.limit} streams are already generating; retry later",
+            headers={"Retry-After": str(settings.retry_after_s)},
+        )
     try:
         factory = await anyio.to_thread.run_sync(
-            registry.factory, model_id, (info.generator_sha256, info.interpreter_sha256))
+            registry.factory, model_id, (info.generator_sha256, info.interpreter_sha256)
+        )
     except BaseException:
         slot.release()
         raise
     stop = threading.Event()
     seeds = req.seeds if req.seeds is not None else range(req.seed_start, req.seed_start + req.n)
-    chunks = pair_chunks(factory, seeds, truncation=req.truncation, include=req.include,
-                         fmt=req.format, drop_uncertain=req.drop_uncertain, batch_size=settings.batch_size,
-                         should_stop=stop.is_set, metrics=metrics)
+    chunks = pair_chunks(
+        factory,
+        seeds,
+        truncation=req.truncation,
+        include=req.include,
+        fmt=req.format,
+        drop_uncertain=req.drop_uncertain,
+        batch_size=settings.batch_size,
+        should_stop=stop.is_set,
+        metrics=metrics,
+    )
     metrics.add("streams_total")
     name = f"{model_id}-{req.seed_at(0):08d}-{req.n}.{'tar' if req.format == 'tar' else 'ndjson'}"
-    headers = {"Content-Disposition": f'attachment; filename="{name}"', "X-Model": model_id,
-               "X-Generator-SHA256": info.generator_sha256, "X-Interpreter-SHA256": info.interpreter_sha256,
-               "Cache-Control": "no-store"}
-    return GuardedStream(thread_iter(chunks), on_close=[stop.set, slot.release],
-                         media_type=MEDIA[req.format], headers=headers)
+    headers = {
+        "Content-Disposition": f'attachment; filename="{name}"',
+        "X-Model": model_id,
+        "X-Generator-SHA256": info.generator_sha256,
+        "X-Interpreter-SHA256": info.interpreter_sha256,
+        "Cache-Control": "no-store",
+    }
+    return GuardedStream(
+        thread_iter(chunks), on_close=[stop.set, slot.release], media_type=MEDIA[req.format], headers=headers
+    )
