@@ -212,6 +212,9 @@ def command(
             progress,
             overrides,
         )
+        # rank 0 writes the final outputs alone: the others wait, so that no rank tears down its gloo
+        # connections while another still holds them (that aborted rank 1 at exit)
+        group.barrier()
     finally:
         distributed.leave()
 
