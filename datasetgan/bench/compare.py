@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from ..atomic import atomic_write_bytes, atomic_write_text
+from .report import figure_png
 
 # (key in a fold's split record, column title, higher is better)
 METRICS = (("mdice_fg", "Dice (fg)", True), ("miou_fg", "IoU (fg)", True), ("miou", "mIoU", True),
@@ -81,8 +82,6 @@ def table(comp: dict) -> str:
 
 
 def bar_chart(comp: dict) -> bytes | None:
-    import io
-
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -99,10 +98,9 @@ def bar_chart(comp: dict) -> bytes | None:
     ax.set_ylim(0, 1)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    data = figure_png(fig)
     plt.close(fig)
-    return buf.getvalue()
+    return data
 
 
 def write_comparison(bench_dir, split: str = "test_r", key: str = "mdice_fg") -> list[Path]:
