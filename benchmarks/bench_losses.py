@@ -39,7 +39,7 @@ LESION_CLASSES = [{"id": 0, "name": "background", "color": "#000000"}, {"id": 1,
 
 
 def acdc() -> Path:
-    for base in (ROOT.parent, ROOT.parents[1]):  # main checkout, or a worktree one level deeper
+    for base in ROOT.parents:  # beside the main checkout, a worktree one level deeper, or a copy elsewhere
         if (base / "shared/data/acdc").is_dir():
             return base / "shared/data/acdc"
     sys.exit("ACDC not found at ../shared/data/acdc")
@@ -113,6 +113,10 @@ def loads(log: Path | None) -> list[list[float]]:
             re.finditer(r"load average: ([\d.]+), ([\d.]+), ([\d.]+)", log.read_text())]
 
 
+def fmt_load(load: list[float]) -> str:
+    return " / ".join(f"{x:.2f}" for x in load)
+
+
 def report(suite: str, out: Path, log: Path | None) -> None:
     from datasetgan.bench.compare import METRICS, compare
 
@@ -134,7 +138,7 @@ def report(suite: str, out: Path, log: Path | None) -> None:
              f"Command: `{doc.get('command', '')}` (via `benchmarks/bench_losses.py run {suite}`); "
              f"report: `benchmarks/bench_losses.py report {suite}`.", "",
              f"Machine: shared 2-core CPU (other engineers' jobs running), 1 thread, load average (1/5/15 min) "
-             + (f"{la[0]} at start, {la[-1]} at the end" if la else "not logged") + ". "
+             + (f"{fmt_load(la[0])} at start, {fmt_load(la[-1])} at the end" if la else "not logged") + ". "
              f"{prof['resolution']}x{prof['resolution']}, {prof['train']['epochs']} epochs "
              f"(the cpu profile has 20; reduced to fit the session), batch {prof['train']['batch_size']}, "
              f"{prof['train']['optimizer']} lr {prof['train']['lr']}, U-Net widths {prof['unet_channels']}; "

@@ -22,7 +22,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
-from bench_losses import acdc, loads, uptime  # benchmarks/bench_losses.py, next to this script
+from bench_losses import acdc, fmt_load, loads, uptime  # benchmarks/bench_losses.py, next to this script
 from results import write_json, write_section
 
 WEIGHTS = ("natural", "0.1", "0.25", "0.5")
@@ -84,7 +84,7 @@ def report(out: Path, log: Path) -> None:
         "shared 2-core machine), 1 thread, scored on ACDC test (test-R). Synthetic pairs: procedural phantom "
         "slices (`datasetgan.phantom`), not a generator's output. Commands: `benchmarks/hybrid_weight.py run` "
         f"(each row's command is in benchmarks/results/hybrid_weight.json). Load average (1/5/15 min) "
-        + (f"{la[0]} at start, {la[-1]} at the end." if la else "not logged."), "",
+        + (f"{fmt_load(la[0])} at start, {fmt_load(la[-1])} at the end." if la else "not logged."), "",
         "| real share W | row | folds | test-R mIoU | test-R Dice (fg) | test-R HD95 (px) |", "|---|---|---|---|---|---|",
         *rows, ""])
     print(text)

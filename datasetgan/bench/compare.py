@@ -39,7 +39,8 @@ def paired(a: dict[int, float], b: dict[int, float]) -> dict | None:
 
 
 def compare(doc: dict, split: str = "test_r", key: str = "mdice_fg") -> dict:
-    """The comparison document: methods with mean/std per metric, each paired with the best on ``key``."""
+    """The comparison document: methods with mean/std per metric, best first on ``key`` (Dice over the
+    foreground classes by default), each paired with the best."""
     exps = doc.get("experiments", {})
     rows = []
     for name, e in exps.items():
@@ -51,8 +52,8 @@ def compare(doc: dict, split: str = "test_r", key: str = "mdice_fg") -> dict:
         if metrics:
             rows.append({"key": name, "set": e.get("set"), "method": e.get("method", e.get("model_name")),
                          "folds": len(fold_values(e, split, "miou")), "metrics": metrics})
-    ranked = [r for r in rows if key in r["metrics"]]
-    best = max(ranked, key=lambda r: r["metrics"][key][0], default=None)
+    rows.sort(key=lambda r: -r["metrics"][key][0] if key in r["metrics"] else float("inf"))  # best first
+    best = rows[0] if rows and key in rows[0]["metrics"] else None
     for r in rows:
         if best is not None and r is not best and key in r["metrics"]:
             r["vs_best"] = paired(fold_values(exps[r["key"]], split, key), fold_values(exps[best["key"]], split, key))
