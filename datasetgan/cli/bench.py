@@ -16,7 +16,6 @@ from ..bench.profiles import PROFILES, Profile, SegmenterTrainConfig
 from ..bench.runner import PostProcessing
 from . import Command, ReportsErrors
 
-SUBCOMMANDS = ("run", "annotator", "grade", "report")
 RUN_DIR = click.Path(exists=True, file_okay=False, path_type=Path)
 DATA_DIR = click.Path(exists=True, file_okay=False, path_type=Path)
 
