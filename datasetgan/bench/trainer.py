@@ -9,7 +9,6 @@ import torch
 from tqdm.auto import tqdm
 
 from ..errors import ConfigError
-
 from .losses import make_loss, parse_loss
 from .profiles import SegmenterTrainConfig
 from .segmenters import Segmenter
