@@ -7,7 +7,8 @@ texture, 0-3 nodules of 2-6 px radius anywhere in the image, a quarter of the im
     PYTHONPATH=$PWD python benchmarks/bench_losses.py run lesions --out /work/runs/bench19/lesions
     PYTHONPATH=$PWD python benchmarks/bench_losses.py report acdc --out ... [--log LOG]
 
-`run` is resumable (folds in OUT/bench/results.json are skipped) and logs `uptime` before and after;
+`run` is resumable (folds in OUT/bench/results.json are skipped, so a loss added to a suite later trains
+only that loss' rows) and logs `uptime` before and after;
 `report` writes the "## Losses and post-processing (SUITE)" section of benchmarks/RESULTS.md and
 benchmarks/results/bench_losses_SUITE.json from OUT/bench/results.json and the load averages in the
 log, recomputing nothing.
@@ -27,12 +28,12 @@ import numpy as np
 from results import write_json, write_section  # benchmarks/results.py, next to this script
 
 ROOT = Path(__file__).resolve().parents[1]
-LOSSES = "dice_ce,ce,focal,jaccard,lovasz,tversky,boundary"
+LOSSES = "dice_ce,ce,focal,jaccard,lovasz,tversky,boundary,gambling"
 SUITES = {
     "acdc": ["--models", "unet", "--sets", "real", "--folds", "5", "--fold-groups", r"patient\d+", "--epochs", "15",
              "--threads", "1", "--loss", LOSSES, "--min-component", "auto", "--classifier-gate", "--swa"],
     "lesions": ["--models", "unet", "--sets", "real", "--folds", "5", "--epochs", "10", "--threads", "1",
-                "--real-limit", "all", "--loss", "dice_ce,ce,focal,lovasz,tversky", "--min-component", "auto",
+                "--real-limit", "all", "--loss", "dice_ce,ce,focal,lovasz,tversky,gambling", "--min-component", "auto",
                 "--classifier-gate", "--swa"],
 }
 LESION_CLASSES = [{"id": 0, "name": "background", "color": "#000000"}, {"id": 1, "name": "nodule", "color": "#e6194b"}]
