@@ -213,7 +213,7 @@ def create_app(run_dir) -> FastAPI:
         except AnnotationError as e:
             raise ApiError(422, str(e)) from None
         except OSError as e:
-            raise ApiError(500, f"could not save the mask ({e.__class__.__name__}: {e}); "
+            raise ApiError(500, f"could not save the mask ({e.strerror or e.__class__.__name__}); "
                                 "the previous version is unchanged") from None
         out = item_json(saved)
         return out

@@ -170,7 +170,7 @@ def generate(factory: PairFactory, seeds, out, truncation: float = 1.0, batch_si
     if not 0 <= drop_uncertain <= 1:
         raise FactoryError(f"--drop-uncertain must be in [0, 1], got {drop_uncertain}")
     if fmt == "wds":
-        req = ShardRequest(seeds, truncation, tuple(include), drop_uncertain, shard_size, prefix, batch_size)
+        req = ShardRequest(seeds, truncation, tuple(k for k in KEYS if k in include), drop_uncertain, shard_size, prefix, batch_size)
         return generate_shards(factory, req, out, workers, progress)
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):

@@ -123,12 +123,17 @@ PRESETS: dict[str, dict] = {
 }
 
 
+def gamma_is_automatic(preset: str, overrides: dict) -> bool:
+    """Whether R1's gamma comes from :func:`auto_r1_gamma` (neither the preset nor the user set it)."""
+    return "r1_gamma" not in PRESETS[preset] and overrides.get("r1_gamma") is None
+
+
 def make_config(preset: str, **overrides) -> TrainConfig:
     """The named preset with ``overrides`` (None values are ignored) applied."""
     if preset not in PRESETS:
         raise ConfigError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
     values = dict(PRESETS[preset], preset=preset)
     values.update({k: v for k, v in overrides.items() if v is not None})
-    if "r1_gamma" not in PRESETS[preset] and overrides.get("r1_gamma") is None:
+    if gamma_is_automatic(preset, overrides):
         values["r1_gamma"] = auto_r1_gamma(values["resolution"], values["batch"])
     return TrainConfig(**values)

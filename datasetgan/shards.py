@@ -32,13 +32,17 @@ class ShardError(DatasetganError, ValueError):
     pass
 
 
+class ShardStopped(Exception):
+    """A shard was cancelled before it was complete (nothing of it was written)."""
+
+
 @dataclass
 class ShardRequest:
     """What to generate: the seeds (in output order) and how."""
 
     seeds: list[int]
     truncation: float = 1.0
-    include: tuple[str, ...] = KEYS
+    include: tuple[str, ...] = KEYS  # the files of a pair, in member order
     drop_uncertain: float = 0.0
     shard_size: int = 1000
     prefix: str = "shard"
@@ -70,17 +74,22 @@ class Workers(Protocol):
     def scores(self, chunks: list[list[int]], req: ShardRequest) -> Iterator[list[float]]:
         """The uncertainty scores of each chunk of seeds, chunk by chunk in order."""
 
-    def write(self, tasks: list[ShardTask], req: ShardRequest) -> Iterator[tuple[ShardTask, dict]]:
-        """Write the shards; yields (task, record) as each one completes, in any order."""
+    def write(self, tasks: list[ShardTask], req: ShardRequest, should_stop=None) -> Iterator[tuple[ShardTask, dict]]:
+        """Write the shards; yields (task, record) as each one completes, in any order, until
+        ``should_stop()`` (shards in progress are then abandoned, leaving no file)."""
 
 
-def write_shard(factory, task: ShardTask, req: ShardRequest) -> dict:
-    """Render and write one shard; returns its record (seed range, pairs, bytes, SHA-256, scores)."""
+def write_shard(factory, task: ShardTask, req: ShardRequest, should_stop=None) -> dict:
+    """Render and write one shard, its members in the order of ``req.include``; returns its record
+    (seed range, pairs, bytes, SHA-256, scores). Stopped early, it leaves no file and raises."""
     scores = []
     with ShardFile(task.path) as shard:
-        for pair in factory.pairs(task.seeds, req.truncation, req.batch_size):
-            shard.add(pair.seed, list(encode_pair(pair, factory.classes, req.include).items()))
+        for pair in factory.pairs(task.seeds, req.truncation, req.batch_size, should_stop):
+            files = encode_pair(pair, factory.classes, req.include)
+            shard.add(pair.seed, [(k, files[k]) for k in req.include])
             scores.append(float(pair.score))
+        if len(scores) != len(task.seeds):
+            raise ShardStopped(f"shard {task.index} stopped after {len(scores)} of {len(task.seeds)} pairs")
     return {"index": task.index, "name": Path(task.path).name, **shard.record, "scores": scores}
 
 
@@ -112,9 +121,12 @@ class LocalWorkers:
         for chunk in chunks:
             yield pair_scores(self.factory, chunk, req)
 
-    def write(self, tasks, req):
+    def write(self, tasks, req, should_stop=None):
         for task in tasks:
-            yield task, write_shard(self.factory, task, req)
+            try:
+                yield task, write_shard(self.factory, task, req, should_stop)
+            except ShardStopped:
+                return
 
 
 def open_folder(out: Path, plan: dict) -> None:

@@ -18,6 +18,12 @@ ADA's state and the step count. Resuming from a snapshot therefore continues exa
 was: the same weights, step count and p as an uninterrupted run (bit-identical on the same machine and
 thread count).
 
+Under torchrun (:mod:`datasetgan.distributed`) the global batch is split into one share per rank.
+Every rank draws the same global minibatch of reals from the run's data stream and keeps its slice;
+the other streams (latents, noise, mixing, augmentation) come from (seed, share) and every rank's are
+saved in the snapshot, so a resume on the same number of ranks continues exactly. One process may
+hold several shares: with two it makes the same draws, and the same weights, as two ranks.
+
 Snapshot layout in RUN/training/:
 
     config.json                          the TrainConfig (also stored in every snapshot)
@@ -44,6 +50,7 @@ import torch.nn.functional as F
 from . import checkpoint, jsonlog
 from .atomic import atomic_write_text
 from .augment import AdaController, AugmentPipe
+from .distributed import Group
 from .errors import DatasetganError
 from .networks import Discriminator, Generator
 from .presets import TrainConfig
@@ -114,14 +121,41 @@ def lazy_adam(params, lr: float, betas, eps: float, interval: int) -> torch.opti
     return torch.optim.Adam(params, lr=lr * c, betas=tuple(b ** c for b in betas), eps=eps)
 
 
+def stream_seed(seed: int, stream: int, share: int) -> int:
+    """The seed of random stream ``stream`` of ``share`` (share 0: a one-process run's streams)."""
+    return seed * 1000 + stream + 1 + share * 2 ** 32
+
+
+def rng_key(name: str, share: int) -> str:
+    return f"rng.{name}" if share == 0 else f"rng.{name}.{share}"
+
+
+def share_batch(cfg: TrainConfig, shares: int) -> int:
+    """The batch of each rank (share): --batch is the global batch, split evenly."""
+    if cfg.batch % shares:
+        raise TrainingError(f"--batch {cfg.batch} does not split evenly over {shares} ranks")
+    k = cfg.batch // shares
+    if shares > 1 and k < cfg.mbstd_group:
+        raise TrainingError(f"--batch {cfg.batch} over {shares} ranks leaves {k} images per rank, fewer than "
+                            f"the minibatch-stddev group of {cfg.mbstd_group}; raise --batch")
+    return k
+
+
 class Trainer:
     """Holds the networks, optimisers, random generators and counters of one training run."""
 
-    def __init__(self, cfg: TrainConfig, images: np.ndarray, device: str = "cpu"):
+    def __init__(self, cfg: TrainConfig, images: np.ndarray, device: str = "cpu", group: Group | None = None,
+                 local_shares: int = 1):
         if images.ndim != 4 or images.shape[1] != cfg.img_channels or images.shape[-1] != cfg.resolution:
             raise TrainingError(f"data of shape {tuple(images.shape)} does not fit the configuration "
                                 f"({cfg.img_channels} channel(s), {cfg.resolution}x{cfg.resolution})")
-        self.cfg, self.device = cfg, torch.device(device)
+        self.group = group or Group(device=device)
+        self.cfg, self.device = cfg, torch.device(self.group.device if group else device)
+        # The global batch is split into shares, one per rank (a single process may hold several, as the
+        # reference for a multi-rank run); each share has its own random streams.
+        self.num_shares = self.group.world_size * local_shares
+        self.shares = [self.group.rank * local_shares + j for j in range(local_shares)]
+        self.share_batch = share_batch(cfg, self.num_shares)
         self.images = torch.from_numpy(np.ascontiguousarray(images))
         # Network initialisation draws from a forked global RNG seeded with cfg.seed, leaving the
         # process-wide generator untouched.
@@ -129,10 +163,16 @@ class Trainer:
             torch.manual_seed(cfg.seed)
             self.G = Generator(cfg.generator_config()).to(self.device)
             self.D = Discriminator(cfg.discriminator_config()).to(self.device)
+        self.group.broadcast_([*self.G.state_dict().values(), *self.D.state_dict().values()])
         self.G_ema = copy.deepcopy(self.G).eval().requires_grad_(False)
         self.opt_G = lazy_adam(self.G.parameters(), cfg.g_lr, cfg.betas, cfg.eps, cfg.pl_interval)
         self.opt_D = lazy_adam(self.D.parameters(), cfg.d_lr, cfg.betas, cfg.eps, cfg.r1_interval)
-        self.rng = {name: torch.Generator().manual_seed(cfg.seed * 1000 + i + 1) for i, name in enumerate(RNG_NAMES)}
+        # The data order is one stream for the whole run (every rank draws the same global minibatch
+        # and keeps its share); the others come from (seed, share). Share 0's are those of a
+        # one-process run, so a single process trains exactly as before ranks existed.
+        self.rng_data = torch.Generator().manual_seed(stream_seed(cfg.seed, 0, 0))
+        self.rngs = {s: {name: torch.Generator().manual_seed(stream_seed(cfg.seed, i, s))
+                         for i, name in enumerate(RNG_NAMES) if name != "data"} for s in self.shares}
         self.augment = AugmentPipe(cfg.augpipe)
         self.ada = AdaController(cfg.batch, cfg.ada_target, cfg.ada_interval, cfg.ada_kimg,
                                  p=cfg.aug_p if cfg.aug != "none" else 0.0)
@@ -148,96 +188,136 @@ class Trainer:
     def p(self) -> float:
         return 0.0 if self.cfg.aug == "none" else self.ada.p
 
-    def real_batch(self, n: int) -> torch.Tensor:
-        idx = torch.randint(len(self.images), (n,), generator=self.rng["data"])
-        x = self.images[idx].to(self.device, torch.float32) / 127.5 - 1
-        if self.cfg.mirror:
-            flip = torch.rand(n, generator=self.rng["data"]) < 0.5
-            x = torch.where(flip.reshape(n, 1, 1, 1).to(self.device), x.flip(-1), x)
-        return x
+    def real_batches(self) -> dict[int, torch.Tensor]:
+        """This process's shares of one global minibatch of reals (disjoint slices of the same draw)."""
+        n, k = self.cfg.batch, self.share_batch
+        idx = torch.randint(len(self.images), (n,), generator=self.rng_data)
+        flip = torch.rand(n, generator=self.rng_data) < 0.5 if self.cfg.mirror else None
+        out = {}
+        for s in self.shares:
+            part = slice(s * k, (s + 1) * k)
+            x = self.images[idx[part]].to(self.device, torch.float32) / 127.5 - 1
+            if flip is not None:
+                x = torch.where(flip[part].reshape(k, 1, 1, 1).to(self.device), x.flip(-1), x)
+            out[s] = x
+        return out
 
-    def latents(self, n: int) -> torch.Tensor:
-        return torch.randn(n, self.cfg.z_dim, generator=self.rng["latent"]).to(self.device)
+    def latents(self, n: int, share: int) -> torch.Tensor:
+        return torch.randn(n, self.cfg.z_dim, generator=self.rngs[share]["latent"]).to(self.device)
 
-    def mapped(self, G: Generator, n: int, update_w_avg: bool = False) -> torch.Tensor:
+    def mapped(self, G: Generator, n: int, share: int) -> torch.Tensor:
         """w+ [n, num_ws, w_dim] for fresh latents, with style mixing (one cutoff per batch)."""
-        ws = G.mapping(self.latents(n), update_w_avg=update_w_avg)
-        u = torch.rand(2, generator=self.rng["mixing"])
+        ws = G.mapping(self.latents(n, share))
+        u = torch.rand(2, generator=self.rngs[share]["mixing"])
         if self.cfg.style_mixing > 0 and float(u[0]) < self.cfg.style_mixing:
             cutoff = 1 + int(float(u[1]) * (ws.shape[1] - 1))
-            ws2 = G.mapping(self.latents(n), update_w_avg=False)
+            ws2 = G.mapping(self.latents(n, share))
             ws = torch.cat([ws[:, :cutoff], ws2[:, cutoff:]], dim=1)
         return ws
 
-    def synthesize(self, G: Generator, ws: torch.Tensor) -> torch.Tensor:
-        return G.synthesis(ws, noise_mode="random", noise_generator=self.rng["noise"])
+    def synthesize(self, G: Generator, ws: torch.Tensor, share: int) -> torch.Tensor:
+        return G.synthesis(ws, noise_mode="random", noise_generator=self.rngs[share]["noise"])
 
-    def run_D(self, img: torch.Tensor) -> torch.Tensor:
+    def run_D(self, img: torch.Tensor, share: int) -> torch.Tensor:
         if self.p > 0:
-            img = self.augment(img, self.p, self.rng["augment"])
+            img = self.augment(img, self.p, self.rngs[share]["augment"])
         return self.D(img)
+
+    def mean_over_shares(self, local_sum: torch.Tensor) -> torch.Tensor:
+        """The mean over all shares of the run, given the sum over this process's shares."""
+        return self.group.sum_(local_sum.detach().clone()) / self.num_shares
+
+    def step(self, opt: torch.optim.Optimizer, module: torch.nn.Module) -> None:
+        """Sum the shares' gradients (each already divided by the share count) over ranks; step."""
+        self.group.sum_grads(module.parameters())
+        opt.step()
 
     # -- one step ---------------------------------------------------------------------------------
 
     def train_step(self) -> None:
+        """One global minibatch: every phase runs on each of this process's shares, the gradients
+        of all shares are averaged, then the optimiser steps."""
         cfg, G, D = self.cfg, self.G, self.D
-        n = cfg.batch
+        k, S = self.share_batch, self.num_shares
 
-        # G main: non-saturating logistic loss.
+        # G main: non-saturating logistic loss; G's running w average follows the global batch.
         G.requires_grad_(True); D.requires_grad_(False)
-        logits = self.run_D(self.synthesize(G, self.mapped(G, n, update_w_avg=True)))
-        loss_G = F.softplus(-logits).mean()
         self.opt_G.zero_grad(set_to_none=True)
-        loss_G.backward()
-        self.opt_G.step()
-        self.stats.add("loss_G", loss_G.item())
+        w_sum = torch.zeros_like(G.mapping.w_avg)
+        for s in self.shares:
+            ws = self.mapped(G, k, s)
+            w_sum += ws[:, 0].detach().mean(0)  # before mixing's cutoff: the first latent's w
+            loss_G = F.softplus(-self.run_D(self.synthesize(G, ws, s), s)).mean()
+            (loss_G / S).backward()
+            self.stats.add("loss_G", loss_G.item())
+        with torch.no_grad():
+            G.mapping.w_avg.copy_(self.mean_over_shares(w_sum).lerp(G.mapping.w_avg, G.mapping.w_avg_beta))
+        self.step(self.opt_G, G)
 
-        # G reg: path length, a smaller batch.
+        # G reg: path length, a smaller batch; the running mean length is the all-shares mean.
         if cfg.pl_interval and cfg.pl_weight and self.step_count % cfg.pl_interval == 0:
-            m = max(n // cfg.pl_batch_shrink, 1)
-            ws = self.mapped(G, m)
-            img = self.synthesize(G, ws)
-            noise = torch.randn(img.shape, generator=self.rng["noise"]).to(img.device) / math.sqrt(img.shape[2] * img.shape[3])
-            (grads,) = torch.autograd.grad((img * noise).sum(), ws, create_graph=True)
-            lengths = grads.square().sum(2).mean(1).sqrt()
-            self.pl_mean = self.pl_mean.lerp(lengths.detach().mean().cpu(), cfg.pl_decay)
-            penalty = (lengths - self.pl_mean.to(lengths.device)).square().mean()
+            m = max(k // cfg.pl_batch_shrink, 1)
+            lengths = {}
+            for s in self.shares:
+                ws = self.mapped(G, m, s)
+                img = self.synthesize(G, ws, s)
+                noise = torch.randn(img.shape, generator=self.rngs[s]["noise"]).to(img.device) / math.sqrt(img.shape[2] * img.shape[3])
+                (grads,) = torch.autograd.grad((img * noise).sum(), ws, create_graph=True)
+                lengths[s] = grads.square().sum(2).mean(1).sqrt()
+            batch_mean = self.mean_over_shares(sum(v.detach().mean() for v in lengths.values()))
+            self.pl_mean = self.pl_mean.lerp(batch_mean.cpu(), cfg.pl_decay)
             self.opt_G.zero_grad(set_to_none=True)
-            (penalty * cfg.pl_weight * cfg.pl_interval).backward()
-            self.opt_G.step()
-            self.stats.add("pl_penalty", penalty.item())
+            for s in self.shares:
+                penalty = (lengths[s] - self.pl_mean.to(lengths[s].device)).square().mean()
+                (penalty * cfg.pl_weight * cfg.pl_interval / S).backward()
+                self.stats.add("pl_penalty", penalty.item())
+            self.step(self.opt_G, G)
 
         # D main: logistic loss on fakes and reals.
         G.requires_grad_(False); D.requires_grad_(True)
-        with torch.no_grad():
-            fake = self.synthesize(G, self.mapped(G, n))
-        logits_fake = self.run_D(fake)
-        real = self.real_batch(n)
-        logits_real = self.run_D(real)
-        loss_D = F.softplus(logits_fake).mean() + F.softplus(-logits_real).mean()
+        reals = self.real_batches()
         self.opt_D.zero_grad(set_to_none=True)
-        loss_D.backward()
-        self.opt_D.step()
-        self.ada.accumulate(logits_real)
-        self.stats.add("loss_D", loss_D.item())
-        self.stats.add("D_real", logits_real.mean().item())
-        self.stats.add("D_fake", logits_fake.mean().item())
+        ada_before = self.ada.sign_sum, self.ada.count
+        for s in self.shares:
+            with torch.no_grad():
+                fake = self.synthesize(G, self.mapped(G, k, s), s)
+            logits_fake = self.run_D(fake, s)
+            logits_real = self.run_D(reals[s], s)
+            loss_D = F.softplus(logits_fake).mean() + F.softplus(-logits_real).mean()
+            (loss_D / S).backward()
+            self.ada.accumulate(logits_real)
+            self.stats.add("loss_D", loss_D.item())
+            self.stats.add("D_real", logits_real.mean().item())
+            self.stats.add("D_fake", logits_fake.mean().item())
+        if self.group.active:  # every rank keeps the sums of all ranks' signs, so p and snapshots agree
+            signs, count = self.group.sum_values(self.ada.sign_sum - ada_before[0], self.ada.count - ada_before[1])
+            self.ada.sign_sum, self.ada.count = ada_before[0] + signs, ada_before[1] + int(count)
+        self.step(self.opt_D, D)
 
         # D reg: R1 on reals, differentiated through the augmentation.
         if cfg.r1_interval and cfg.r1_gamma and self.step_count % cfg.r1_interval == 0:
-            real = real.detach().requires_grad_(True)  # the same reals as D main
-            logits = self.run_D(real)
-            (grads,) = torch.autograd.grad(logits.sum(), real, create_graph=True)
-            penalty = grads.square().sum(dim=(1, 2, 3)).mean()
             self.opt_D.zero_grad(set_to_none=True)
-            (penalty * (cfg.r1_gamma / 2) * cfg.r1_interval).backward()
-            self.opt_D.step()
-            self.stats.add("r1_penalty", penalty.item())
+            for s in self.shares:
+                real = reals[s].detach().requires_grad_(True)  # the same reals as D main
+                logits = self.run_D(real, s)
+                (grads,) = torch.autograd.grad(logits.sum(), real, create_graph=True)
+                penalty = grads.square().sum(dim=(1, 2, 3)).mean()
+                (penalty * (cfg.r1_gamma / 2) * cfg.r1_interval / S).backward()
+                self.stats.add("r1_penalty", penalty.item())
+            self.step(self.opt_D, D)
 
         self.ada.step(adjust=cfg.aug == "ada")
         self.step_count += 1
-        self.nimg += n
+        self.nimg += cfg.batch
         self.update_ema()
+
+    def all_stats(self) -> StepStats:
+        """The running loss sums of every rank (collective: all ranks call it at the same step)."""
+        if not self.group.active:
+            return self.stats
+        names = sorted(self.stats.sums)
+        totals = self.group.sum_values(*(self.stats.sums[k] for k in names), *(self.stats.counts[k] for k in names))
+        return StepStats(dict(zip(names, totals[:len(names)])), {k: int(c) for k, c in zip(names, totals[len(names):])})
 
     @torch.no_grad()
     def update_ema(self) -> None:
@@ -260,13 +340,16 @@ class Trainer:
         t_d, m_d = flatten_optimizer(self.opt_D, "opt_D")
         tensors.update(t_g)
         tensors.update(t_d)
-        for name, gen in self.rng.items():
-            tensors[f"rng.{name}"] = gen.get_state()
+        tensors["rng.data"] = self.rng_data.get_state()
+        for s in self.shares:  # every rank's streams, gathered: rank 0 writes them all
+            for name, gen in self.rngs[s].items():
+                for rank, state in enumerate(self.group.gather(gen.get_state())):
+                    tensors[rng_key(name, s + (rank - self.group.rank) * len(self.shares))] = state
         tensors["rng.torch_global"] = torch.get_rng_state()
         tensors["pl_mean"] = self.pl_mean.clone()
         meta = {"kind": SNAPSHOT_KIND, "config": self.cfg.to_dict(), "opt_G": m_g, "opt_D": m_d,
                 "state": {"step": self.step_count, "nimg": self.nimg, "train_seconds": self.train_seconds,
-                          "ada": self.ada.state()}}
+                          "ada": self.ada.state(), "shares": self.num_shares}}
         return tensors, meta
 
     def load_state(self, tensors: dict[str, torch.Tensor], meta: dict) -> None:
@@ -276,8 +359,11 @@ class Trainer:
             module.load_state_dict(sd)
         unflatten_optimizer(self.opt_G, "opt_G", tensors, meta["opt_G"])
         unflatten_optimizer(self.opt_D, "opt_D", tensors, meta["opt_D"])
-        for name, gen in self.rng.items():
-            gen.set_state(tensors[f"rng.{name}"])
+        self.rng_data.set_state(tensors["rng.data"])
+        for s in self.shares:  # a share the snapshot lacks (another world size) keeps fresh streams
+            for name, gen in self.rngs[s].items():
+                if rng_key(name, s) in tensors:
+                    gen.set_state(tensors[rng_key(name, s)])
         torch.set_rng_state(tensors["rng.torch_global"])
         self.pl_mean = tensors["pl_mean"].clone()
         state = meta["state"]
@@ -304,11 +390,12 @@ def latest_snapshot(training_dir: Path) -> Path | None:
         raise TrainingError(f"{pointer}: not a valid snapshot pointer ({e})") from None
 
 
-def save_snapshot(trainer: Trainer, training_dir: Path, keep: int = 2) -> Path:
-    """Write a snapshot, then point latest.json at it, then delete all but the ``keep`` newest."""
+def save_snapshot(trainer: Trainer, training_dir: Path, keep: int = 2, state=None) -> Path:
+    """Write a snapshot, then point latest.json at it, then delete all but the ``keep`` newest.
+    ``state``: the (tensors, meta) of ``trainer.state_tensors()`` when already gathered."""
     training_dir = Path(training_dir)
     path = training_dir / snapshot_name(trainer.nimg)
-    tensors, meta = trainer.state_tensors()
+    tensors, meta = state or trainer.state_tensors()
     checkpoint.save_tensors(path, tensors, meta)
     atomic_write_text(training_dir / "latest.json", json.dumps({"snapshot": path.name, "nimg": trainer.nimg}))
     older = sorted(training_dir.glob("snapshot-*.safetensors"))
@@ -382,10 +469,14 @@ def train(trainer: Trainer, run_dir, opts: LoopOptions, reals_grid: np.ndarray |
 
     run = RunFolder(run_dir)
     tdir = run.training
-    tdir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(tdir / "config.json", trainer.cfg.to_json())
-    if reals_grid is not None and not (tdir / "reals.png").exists():
-        save_grid(tdir / "reals.png", reals_grid)
+    main = trainer.group.main  # only rank 0 writes into the run folder
+    fresh = trainer.nimg == 0 and not (tdir / "latest.json").exists()
+    trainer.group.barrier()  # every rank has looked before rank 0 writes
+    if main:
+        tdir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(tdir / "config.json", trainer.cfg.to_json())
+        if reals_grid is not None and not (tdir / "reals.png").exists():
+            save_grid(tdir / "reals.png", reals_grid)
     log_path = tdir / "log.jsonl"
     total = int(round(opts.kimg * 1000))
     snap = max(int(round(opts.snap_kimg * 1000)), 1)
@@ -393,19 +484,23 @@ def train(trainer: Trainer, run_dir, opts: LoopOptions, reals_grid: np.ndarray |
     grid_seeds = list(range(opts.grid_seeds))
 
     def write_outputs(fid: float | None):
-        save_snapshot(trainer, tdir, opts.keep_snapshots)
+        state = trainer.state_tensors()  # on every rank: it gathers their random streams
+        if not main:
+            return
+        save_snapshot(trainer, tdir, opts.keep_snapshots, state)
         export_generator(trainer, run.generator, opts.data)
         grid = to_uint8(render(trainer.G_ema, grid_seeds, noise_mode="const"))
         save_grid(tdir / f"grid-{trainer.nimg:09d}.png", grid)
         plot_curves(log_path, tdir / "curves.png")
 
-    if trainer.nimg == 0 and not (tdir / "latest.json").exists():
-        append_log(log_path, log_row(trainer, StepStats(), 0.0, fid=None))
+    if fresh:
+        if main:
+            append_log(log_path, log_row(trainer, StepStats(), 0.0, fid=None))
         write_outputs(None)
-    elif not export_is_current(run.generator, trainer.nimg):  # stopped between snapshot and export
+    elif main and not export_is_current(run.generator, trainer.nimg):  # stopped between snapshot and export
         export_generator(trainer, run.generator, opts.data)
 
-    bar = tqdm(total=total, initial=min(trainer.nimg, total), unit="img", disable=not opts.progress,
+    bar = tqdm(total=total, initial=min(trainer.nimg, total), unit="img", disable=not (opts.progress and main),
                dynamic_ncols=True, smoothing=0.1)
     tick_start, tick_nimg = time.perf_counter(), trainer.nimg
     try:
@@ -423,8 +518,10 @@ def train(trainer: Trainer, run_dir, opts: LoopOptions, reals_grid: np.ndarray |
             if crossed_log or crossed_snap:
                 now = time.perf_counter()
                 speed = (trainer.nimg - tick_nimg) / max(now - tick_start, 1e-9)
-                fid = opts.fid(trainer.G_ema) if (crossed_snap and opts.fid is not None) else None
-                append_log(log_path, log_row(trainer, trainer.stats, speed, fid))
+                stats = trainer.all_stats()  # every rank's losses
+                fid = opts.fid(trainer.G_ema) if (crossed_snap and opts.fid is not None and main) else None
+                if main:
+                    append_log(log_path, log_row(trainer, stats, speed, fid))
                 trainer.stats = StepStats()
                 if crossed_snap:
                     write_outputs(fid)

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from datasetgan.atomic import atomic_write_bytes, atomic_write_text
-from datasetgan.encoding import ShardFile, encode_parts, kept_seeds
+from datasetgan.encoding import PART_KEYS, ShardFile, encode_parts, kept_seeds
 from datasetgan.errors import DatasetganError
 
 from .schemas import JobRequest
@@ -38,6 +38,7 @@ from .streaming import Metrics
 
 log = logging.getLogger("service.jobs")
 ACTIVE = ("queued", "running")
+SHARD_FIELDS = ("pairs", "bytes", "sha256", "first_seed", "last_seed")
 JOB_ID_CHARS = set("0123456789abcdef")
 
 
@@ -155,8 +156,8 @@ class JobRunner:
     """Worker threads that take queued jobs in order and write their shards."""
 
     def __init__(self, store: JobStore, registry, batch_size: int, workers: int = 1,
-                 metrics: Metrics | None = None):
-        self.store, self.registry = store, registry
+                 metrics: Metrics | None = None, ray_pools=None):
+        self.store, self.registry, self.ray_pools = store, registry, ray_pools  # ray_pools: raygen.RayPools
         self.batch_size, self.metrics = batch_size, metrics
         self.queue: queue.Queue[str | None] = queue.Queue()
         self.stopping = threading.Event()
@@ -263,35 +264,63 @@ class JobRunner:
             order = seeds
         total = len(order)
 
-        # continue after the last shard that is complete on disk
-        done = []
-        for rec in store.get(job_id)["shards"]:
-            p = store.shard_path(job_id, rec["index"])
-            if p.exists() and p.stat().st_size == rec["bytes"]:
-                done.append(rec)
-            else:
-                break
+        # continue with the shards not complete on disk
+        done = [rec for rec in store.get(job_id)["shards"]
+                if (p := store.shard_path(job_id, rec["index"])).exists() and p.stat().st_size == rec["bytes"]]
         store.update(job_id, shards=done, pairs_done=sum(r["pairs"] for r in done), phase="generating")
-        classes = factory.classes
-        for k in range(len(done), math.ceil(total / size)):
+        finished = {r["index"] for r in done}
+        todo = [k for k in range(math.ceil(total / size)) if k not in finished]
+        if self.ray_pools is not None:
+            self._generate_on_ray(job_id, info, order, size, todo, req)
+        else:
+            self._generate_here(job_id, factory, order, size, todo, req)
+        store.update(job_id, state="done", phase="done", pairs_done=total, pairs_total=total)
+        log.info("job %s done: %d pairs in %d shards", job_id, total, math.ceil(total / size))
+
+    def _generate_here(self, job_id: str, factory, order, size: int, todo: list[int], req: JobRequest) -> None:
+        """The job's missing shards, one after the other, in this process."""
+        store, should_stop = self.store, self._should_stop(job_id)
+        for k in todo:
             shard_seeds = order[k * size:(k + 1) * size]
-            path = store.shard_path(job_id, k)
-            with ShardFile(path) as shard:
+            base = store.get(job_id)["pairs_done"]
+            with ShardFile(store.shard_path(job_id, k)) as shard:
                 for pair in factory.pairs(shard_seeds, truncation=req.truncation, batch_size=self.batch_size,
                                           should_stop=should_stop):
                     if self.metrics:
                         self.metrics.add("generated_pairs_total")
-                    shard.add(pair.seed, encode_parts(pair, classes, req.include))
-                    store.update(job_id, persist=False, pairs_done=k * size + len(shard.seeds))
+                    shard.add(pair.seed, encode_parts(pair, factory.classes, req.include))
+                    store.update(job_id, persist=False, pairs_done=base + len(shard.seeds))
                 self._check(job_id)  # raising here discards the partial shard
                 if len(shard.seeds) != len(shard_seeds):
                     raise RuntimeError(f"the factory returned {len(shard.seeds)} of {len(shard_seeds)} pairs")
-            with store.lock:
-                self._check(job_id)
-                rec = {"index": k, **shard.record}
-                store.update(job_id, shards=store.jobs[job_id]["shards"] + [rec], pairs_done=k * size + rec["pairs"])
-        store.update(job_id, state="done", phase="done", pairs_done=total, pairs_total=total)
-        log.info("job %s done: %d pairs in %d shards", job_id, total, math.ceil(total / size))
+            self._record(job_id, {"index": k, **shard.record})
+
+    def _record(self, job_id: str, rec: dict) -> None:
+        """A complete shard joins the job's list (kept in index order)."""
+        with self.store.lock:
+            self._check(job_id)
+            shards = sorted(self.store.jobs[job_id]["shards"] + [rec], key=lambda r: r["index"])
+            self.store.update(job_id, shards=shards, pairs_done=sum(r["pairs"] for r in shards))
+
+    def _generate_on_ray(self, job_id: str, info, order, size: int, todo: list[int], req: JobRequest) -> None:
+        """The job's missing shards as tasks on the Ray cluster's workers for this model; a cancelled
+        job cancels its tasks."""
+        from datasetgan.shards import ShardRequest, ShardTask
+
+        workers = self.ray_pools.get(info.path, (info.generator_sha256, info.interpreter_sha256))
+        keys = tuple(PART_KEYS[p] for p in req.include) + ("json",)
+        sreq = ShardRequest([], req.truncation, keys, batch_size=self.batch_size)  # the tasks hold the seeds
+        tasks = [ShardTask(k, [int(s) for s in order[k * size:(k + 1) * size]], str(self.store.shard_path(job_id, k)))
+                 for k in todo]
+        try:
+            for task, rec in workers.write(tasks, sreq, should_stop=self._should_stop(job_id)):
+                if self.metrics:
+                    self.metrics.add("generated_pairs_total", rec["pairs"])
+                self._record(job_id, {"index": task.index, **{k: rec[k] for k in SHARD_FIELDS}})
+        finally:
+            if self.store.cancel_events[job_id].is_set():  # shards that tasks finished after the cancel
+                shutil.rmtree(self.store.dir(job_id) / "shards", ignore_errors=True)
+        self._check(job_id)
 
 
 def _save_npy(path: Path, array: np.ndarray) -> None:

@@ -21,6 +21,8 @@ class Settings:
     device: str = "cpu"
     torch_threads: int | None = None     # torch.set_num_threads in the server, if given
     retry_after_s: int = 2               # Retry-After of a 429
+    ray_address: str | None = None       # run jobs' shards on this Ray cluster (serve --ray)
+    ray_workers: int | None = None       # Ray workers per model (default: one per CPU, or GPU on cuda)
 
     def __post_init__(self):
         self.runs_dir = Path(self.runs_dir)

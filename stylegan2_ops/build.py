@@ -2,20 +2,30 @@
 
 Builds go to a per-user cache folder (``$XDG_CACHE_HOME/datasetgan/torch_extensions``, by default
 ``~/.cache/datasetgan/torch_extensions``; ``STYLEGAN2_OPS_CACHE`` overrides it), one sub-folder per
-Python / torch / CPU-feature combination so a cache shared between machines never hands out a binary
-built for another one, and one per source content, so work trees with different versions of the
-sources never rebuild over each other. A file lock serialises builds between processes; ninja
-rebuilds only when a source or a flag changed.
+compile configuration: the folder's name carries a hash of everything in the compile command (torch's
+installation and include paths, Python's headers, the compiler, flags, CPU features, CUDA toolkit and
+architectures) and of the sources. Two virtual environments, machines or work trees therefore never
+share a folder unless they would compile the very same thing, and never rebuild over each other.
+
+Inside the folder, ``<name>.so`` is the installed module. A build runs under a file lock in a private
+sub-folder ``build-<pid>-<token>/`` and its module is installed with one atomic rename, so a build
+whose parent was killed (an orphaned ninja keeps compiling for a while) can only write into its own
+private folder: it never corrupts the installed module nor a later build, and the next build removes
+private folders whose process is gone.
 """
 from __future__ import annotations
 
 import functools
 import hashlib
+import importlib.util
+import json
 import os
 import platform
+import secrets
 import shutil
 import subprocess
 import sys
+import sysconfig
 from pathlib import Path
 
 import torch
@@ -66,15 +76,35 @@ def source_hash(kind: str) -> str:
     return digest.hexdigest()[:12]
 
 
-def build_dir(kind: str) -> Path:
-    """One folder per source content and toolchain: checkouts with the same sources share a build,
-    and different versions (other branches, other work trees) never rebuild over each other."""
-    tag = f"{kind}-py{sys.version_info[0]}{sys.version_info[1]}-torch{torch.__version__}"
+def compiler() -> str:
+    """The C++ compiler torch's build will run (CXX, else c++), resolved to its real file."""
+    name = os.environ.get("CXX") or "c++"
+    found = shutil.which(name)
+    return str(Path(found).resolve()) if found else name
+
+
+def compile_config(kind: str) -> dict:
+    """Everything that goes into the compile and link commands, except paths inside the build folder."""
+    from torch.utils import cpp_extension
+
+    config = {"kind": kind, "python": sys.version, "python_include": sysconfig.get_paths()["include"],
+              "torch": torch.__version__, "torch_path": str(Path(torch.__file__).resolve().parent),
+              "torch_include": cpp_extension.include_paths(), "cxx": compiler(),
+              "sources": source_hash(kind)}
     if kind == "cpu":
-        tag += f"-{cpu_signature()}"
+        config.update(cflags=cpu_flags(), ldflags=["-fopenmp"], cpu=cpu_signature())
     else:
-        tag += f"-cu{torch.version.cuda}"
-    return cache_root() / f"{tag}-{source_hash(kind)}".replace("+", "_")
+        config.update(cflags=["-O3"], cuda_cflags=["-O3", "-lineinfo"] + gencode_flags(),
+                      cuda=torch.version.cuda, nvcc=str(find_nvcc().resolve()), cuda_include=cuda_include_dirs(),
+                      cudart=str(cudart_library()))
+    return config
+
+
+def build_dir(kind: str) -> Path:
+    """The cache folder of this compile configuration (see the module's docstring)."""
+    digest = hashlib.sha256(json.dumps(compile_config(kind), sort_keys=True).encode()).hexdigest()[:16]
+    tag = f"{kind}-py{sys.version_info[0]}{sys.version_info[1]}-torch{torch.__version__}-{digest}"
+    return cache_root() / tag.replace("+", "_")
 
 
 def stage_sources(kind: str, where: Path) -> Path:
@@ -82,12 +112,7 @@ def stage_sources(kind: str, where: Path) -> Path:
     src = where / "src"
     src.mkdir(parents=True, exist_ok=True)
     for name in SOURCES[kind]:
-        data = (CSRC / name).read_bytes()
-        target = src / name
-        if not target.exists() or target.read_bytes() != data:
-            tmp = src / f".{name}.{os.getpid()}"
-            tmp.write_bytes(data)
-            os.replace(tmp, target)
+        (src / name).write_bytes((CSRC / name).read_bytes())
     return src
 
 
@@ -126,12 +151,8 @@ def cuda_toolkit_root() -> Path:
     return nvcc.resolve().parent.parent
 
 
-def cudart_link_dir(where: Path) -> Path:
-    """A folder holding ``libcudart.so`` for the linker.
-
-    pip-installed CUDA runtimes ship only ``libcudart.so.<major>``; the linker's ``-lcudart`` wants the
-    unversioned name, so we make a folder with a symlink to the runtime that torch itself uses.
-    """
+def cudart_library() -> Path:
+    """The CUDA runtime torch itself uses (pip's nvidia package), else the toolkit's."""
     candidates = []
     try:
         import nvidia  # the pip CUDA runtime packages
@@ -147,15 +168,18 @@ def cudart_link_dir(where: Path) -> Path:
     candidates = [c for c in candidates if c.resolve().exists()]
     if not candidates:
         raise BuildError("no libcudart.so* found next to torch or nvcc")
+    return candidates[0].resolve()
+
+
+def cudart_link_dir(where: Path) -> Path:
+    """A folder holding ``libcudart.so`` for the linker.
+
+    pip-installed CUDA runtimes ship only ``libcudart.so.<major>``; the linker's ``-lcudart`` wants the
+    unversioned name, so we make a folder with a symlink to the runtime that torch itself uses.
+    """
     link = where / "cudart"
     link.mkdir(parents=True, exist_ok=True)
-    target = candidates[0].resolve()
-    so = link / "libcudart.so"
-    if not so.exists() or so.resolve() != target:
-        tmp = link / f".libcudart.so.{os.getpid()}"
-        tmp.unlink(missing_ok=True)
-        tmp.symlink_to(target)
-        os.replace(tmp, so)
+    (link / "libcudart.so").symlink_to(cudart_library())
     return link
 
 
@@ -187,6 +211,52 @@ def gencode_flags() -> list[str]:
     return flags
 
 
+def stale_builds(where: Path) -> list[Path]:
+    """Private build folders whose process is gone (killed, or finished without cleaning up)."""
+    out = []
+    for d in where.glob("build-*-*"):
+        pid = d.name.split("-")[1]
+        if not pid.isdigit() or not pid_alive(int(pid)):
+            out.append(d)
+    return out
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process
+    return True
+
+
+def import_module(name: str, path: Path):
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def compile_into(kind: str, name: str, private: Path, verbose: bool):
+    """Compile the extension in ``private`` (a fresh folder of this process) and import it."""
+    from torch.utils import cpp_extension
+
+    config = compile_config(kind)
+    src = stage_sources(kind, private)
+    kwargs: dict = dict(name=name, build_directory=str(private), verbose=verbose,
+                        sources=[str(src / n) for n in SOURCES[kind] if not n.endswith(".h")],
+                        extra_cflags=config["cflags"], extra_include_paths=[str(src)])
+    if kind == "cpu":
+        kwargs.update(extra_ldflags=config["ldflags"])
+    else:
+        if cpp_extension.CUDA_HOME is None:
+            raise BuildError("torch found no CUDA toolkit (set CUDA_HOME)")
+        kwargs.update(extra_cuda_cflags=config["cuda_cflags"], extra_include_paths=[str(src)] + config["cuda_include"],
+                      extra_ldflags=[f"-L{cudart_link_dir(private)}", "-lcudart"])
+    return cpp_extension.load(**kwargs)
+
+
 @functools.cache
 def load(kind: str, verbose: bool = False):
     """Build (if needed) and import the ``cpu`` or ``cuda`` extension; raises BuildError."""
@@ -196,26 +266,24 @@ def load(kind: str, verbose: bool = False):
         raise ValueError(f"no compiled backend named {kind!r}")
     if shutil.which("ninja") is None and not cpp_extension.is_ninja_available():
         raise BuildError("ninja is not installed")
-    where = build_dir(kind)
-    where.mkdir(parents=True, exist_ok=True)
     name = f"stylegan2_ops_{kind}"
-    src = where / "src"
-    compiled = [str(src / n) for n in SOURCES[kind] if not n.endswith(".h")]
-    kwargs: dict = dict(name=name, build_directory=str(where), verbose=verbose, sources=compiled,
-                        extra_include_paths=[str(src)])
-    if kind == "cpu":
-        kwargs.update(extra_cflags=cpu_flags(), extra_ldflags=["-fopenmp"])
-    else:
-        find_nvcc()
-        if cpp_extension.CUDA_HOME is None:
-            raise BuildError("torch found no CUDA toolkit (set CUDA_HOME)")
-        kwargs.update(extra_cflags=["-O3"],
-                      extra_cuda_cflags=["-O3", "-lineinfo"] + gencode_flags(),
-                      extra_include_paths=[str(src)] + cuda_include_dirs(),
-                      extra_ldflags=[f"-L{cudart_link_dir(where)}", "-lcudart"])
     try:
+        where = build_dir(kind)
+        installed = where / f"{name}.so"
+        where.mkdir(parents=True, exist_ok=True)
         with FileLock(str(where / "build.lock"), timeout=1800):
-            stage_sources(kind, where)
-            return cpp_extension.load(**kwargs)
+            if installed.is_file():
+                return import_module(name, installed)
+            for stale in stale_builds(where):
+                shutil.rmtree(stale, ignore_errors=True)
+            private = where / f"build-{os.getpid()}-{secrets.token_hex(4)}"
+            try:
+                module = compile_into(kind, name, private, verbose)
+                os.replace(private / f"{name}.so", installed)  # the loaded module keeps its mapping
+            finally:
+                shutil.rmtree(private, ignore_errors=True)
+            return module
+    except BuildError:
+        raise
     except Exception as exc:  # compiler errors, missing toolchain, import errors
-        raise BuildError(f"building the {kind} backend in {where} failed: {exc}") from exc
+        raise BuildError(f"building the {kind} backend in {cache_root()} failed: {exc}") from exc

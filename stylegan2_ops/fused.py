@@ -134,6 +134,44 @@ def modulate_activations(weight_shape, x_shape, up=1, down=1) -> bool:
     return o * i * kh * kw >= i * h * w + o * (h * up // down) * (w * up // down)
 
 
+def down_at_low_resolution(w, x, f, down, padding) -> bool:
+    """Whether conv2d_resample convolves at the low resolution (:meth:`FusedBackend.conv_down`): for
+    square odd kernels with 'same' padding, a filter at least ``down + 2`` taps long (so the border
+    ring exists on both sides) and images of at least MIN_DOWN_SIDE pixels, below which the border
+    strips cost more than the low resolution saves. Measured on the project's CPU (forward + backward
+    and double backward, batch 8-16): 1.4-1.9x faster with 64-256 channels at 32-64 pixels, about
+    even with 16-64 channels, 0.5-0.9x at 8-16 pixels."""
+    kh, kw = w.shape[2:]
+    k = f.shape[-1] if f is not None else 0
+    return (kh == kw and kh % 2 == 1 and padding == kh // 2 and padding > 0 and k >= down + 2
+            and min(x.shape[2], x.shape[3]) >= MIN_DOWN_SIDE)
+
+
+MIN_DOWN_SIDE = 32
+
+
+def window_padding(pad, h, w, r0, r1, c0, c1):
+    """The padding (x0, x1, y0, y1) that yields rows [r0, r1) and columns [c0, c1) of an image padded
+    by ``pad`` to h x w (negative values crop)."""
+    x0, x1, y0, y1 = pad
+    return x0 - c0, x1 - (w - c1), y0 - r0, y1 - (h - r1)
+
+
+def subtract_border(y, top, bottom, left, right):
+    """y minus corrections on its border (in place): ``top`` / ``bottom`` on its first / last rows,
+    ``left`` / ``right`` on its first / last columns (None: nothing)."""
+    h, w = y.shape[2:]
+    if top is not None:
+        y[:, :, :top.shape[2]] -= top
+    if bottom is not None:
+        y[:, :, h - bottom.shape[2]:] -= bottom
+    if left is not None:
+        y[:, :, :, :left.shape[3]] -= left
+    if right is not None:
+        y[:, :, :, w - right.shape[3]:] -= right
+    return y
+
+
 class FusedBackend:
     """The ``cpu`` or ``cuda`` backend: same interface as :mod:`stylegan2_ops.ref`."""
 
@@ -180,10 +218,54 @@ class FusedBackend:
         if down > 1 and pointwise:  # downsample first: the convolution then sees 1/down^2 pixels
             x = self.upfirdn2d(x, f, down=down, padding=down_padding(f, down))
             return F.conv2d(x, w, groups=groups)
+        if down > 1 and down_at_low_resolution(w, x, f, down, padding):
+            return self.conv_down(x, w, f, down, padding, groups)
         x = F.conv2d(x, w, padding=padding, groups=groups)
         if down > 1:
             x = self.upfirdn2d(x, f, down=down, padding=down_padding(f, down))
         return x
+
+    def conv_down(self, x, w, f, down, p, groups):
+        """conv2d_resample's convolve-then-downsample, with the convolution at the low resolution.
+
+        The reference convolves (zero padding) and then FIR-filters and subsamples; both steps are
+        linear and shift invariant, so on an unbounded image they commute: FIR first, then a strided
+        convolution (1/down^2 of the multiply-adds). Only the border differs: the reference's FIR
+        sees zeros outside the convolution's output, where the swapped order sees the convolution's
+        spill-over on a ring b0 / b1 pixels wide. We compute that ring alone (thin strips) and
+        subtract its FIR, which reaches only the outermost output rows and columns; the result is
+        the reference's, to rounding, and differentiable to any order like its parts.
+        """
+        h, wd = x.shape[2:]
+        kh, kw = w.shape[2:]
+        b0, b1, _, _ = down_padding(f, down)
+        # Main term: FIR over x (extended by the convolution's and the FIR's padding), then a
+        # strided convolution.
+        ext = (p + b0, p + b1, p + b0, p + b1)
+        y = F.conv2d(self.upfirdn2d(x, f, padding=ext), w, stride=down, groups=groups)
+        # Border: the convolution's output on the ring outside the image (b0 / b1 wide), which the
+        # reference treats as zero: computed from windows of the padded x; subtract its FIR.
+        ph, pw = h + ext[2] + ext[3], wd + ext[0] + ext[1]
+
+        def conv(r0, r1, c0, c1):
+            return F.conv2d(F.pad(x, window_padding(ext, ph, pw, r0, r1, c0, c1)), w, groups=groups)
+
+        # Each strip's FIR reaches only the outputs whose filter window overlaps it.
+        k = f.shape[-1]
+        nt, nl = -(-b0 // down), -(-b0 // down)  # output rows / columns reached by the top / left
+        ib, jb = (b0 + h - k + down) // down, (b0 + wd - k + down) // down  # first reached by bottom / right
+
+        def fir(t, pad):  # None where the strip reaches no output
+            x0, x1, y0, y1 = pad
+            if t.shape[2] + y0 + y1 < k or t.shape[3] + x0 + x1 < k:
+                return None
+            return self.upfirdn2d(t, f, down=down, padding=pad)
+
+        return subtract_border(
+            y, fir(conv(0, b0 + kh - 1, 0, pw), (0, 0, 0, down * (nt - 1) + k - b0)),
+            fir(conv(b0 + h, ph, 0, pw), (0, 0, b0 + h - down * ib, 0)),
+            fir(conv(b0, b0 + h + kh - 1, 0, b0 + kw - 1), (0, down * (nl - 1) + k - b0, b0, b1)),
+            fir(conv(b0, b0 + h + kh - 1, b0 + wd, pw), (b0 + wd - down * jb, 0, b0, b1)))
 
     def modulated_conv2d(self, x, weight, styles, demodulate=True, f=None, up=1, down=1, padding=0):
         if not self.supports(x):

@@ -42,21 +42,23 @@ TINY_G = dict(resolution=16, img_channels=1, z_dim=32, w_dim=32, mapping_layers=
 
 
 def build_tiny_run(root, resolution=16, img_channels=1, num_classes=3, annotated=4, members=3,
-                   hidden=(16, 8), seed=0) -> Path:
-    """A random-weight generator, ``annotated`` seeds with masks cut from image intensity into classes,
-    and an interpreter trained on them for a few steps."""
+                   hidden=(16, 8), seed=0, generator: dict | None = None) -> Path:
+    """A random-weight generator (``generator``: its configuration instead of TINY_G's), ``annotated``
+    seeds with masks cut from image intensity into classes, and an interpreter trained on them for a
+    few steps."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny tensors: extra threads only contend for the shared cores
     try:
-        return _build(RunFolder(root), resolution, img_channels, num_classes, annotated, members, hidden, seed)
+        return _build(RunFolder(root), resolution, img_channels, num_classes, annotated, members, hidden, seed,
+                      generator or TINY_G)
     finally:
         torch.set_num_threads(threads)
 
 
-def _build(run, resolution, img_channels, num_classes, annotated, members, hidden, seed) -> Path:
+def _build(run, resolution, img_channels, num_classes, annotated, members, hidden, seed, generator) -> Path:
     run.root.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
-    G = Generator(GeneratorConfig(**{**TINY_G, "resolution": resolution, "img_channels": img_channels}))
+    G = Generator(GeneratorConfig(**{**generator, "resolution": resolution, "img_channels": img_channels}))
     with torch.no_grad():  # random noise strengths, so the stored constant noise matters
         for name, p in G.named_parameters():
             if name.endswith("noise_strength"):

@@ -21,3 +21,20 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def wait_ready(client, server, log: Path | None = None, timeout: float = 300) -> None:
+    """Until the `datasetgan serve` process ``server`` answers /readyz (or it died: then fail with its log)."""
+    import time
+
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if client.get("/readyz").status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        assert server.poll() is None and time.monotonic() < deadline, log.read_text() if log else "server died"
+        time.sleep(0.5)

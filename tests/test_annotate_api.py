@@ -337,12 +337,13 @@ def test_failed_write_answers_with_message_and_keeps_previous(client, run, monke
 
     def failing_replace(src, dst):
         if str(dst).endswith("seed_00000011.mask.png"):
-            raise OSError(28, "No space left on device")
+            raise OSError(28, "No space left on device", str(dst))  # as the kernel's would, with the path
         return real_replace(src, dst)
 
     monkeypatch.setattr(atomic.os, "replace", failing_replace)
     r = client.put("/api/items/seed_00000011/mask", content=png_bytes(random_mask(14)))
     assert r.status_code == 500 and "previous version is unchanged" in r.json()["detail"]
+    assert "No space left on device" in r.json()["detail"] and str(run) not in r.json()["detail"]  # no server paths
     monkeypatch.undo()
     np.testing.assert_array_equal(AnnotationSet(RunFolder(run).annotations).mask("seed_00000011"), good)
     assert not list(RunFolder(run).annotations.glob(".*.tmp"))

@@ -17,6 +17,7 @@ from torch.autograd import gradcheck, gradgradcheck
 import stylegan2_ops as ops
 from stylegan2_ops import backend as backend_mod
 from stylegan2_ops.build import BuildError
+from stylegan2_ops import fused
 from stylegan2_ops.fused import modulate_activations
 from stylegan2_ops.ref import ACTIVATIONS
 
@@ -173,6 +174,37 @@ def test_conv2d_resample_matches_ref_and_gradchecks(case):
     assert gradgradcheck(fn, (xd, wd))
 
 
+@pytest.mark.parametrize("case", [
+    dict(k=3, groups=1, hw=(7, 6), f=[1, 3, 3, 1]),
+    dict(k=3, groups=2, hw=(9, 11), f=[1, 3, 3, 1]),
+    dict(k=5, groups=1, hw=(8, 8), f=[1, 3, 3, 1]),
+    dict(k=3, groups=1, hw=(6, 7), f=[1, 4, 6, 4, 1]),
+    dict(k=3, groups=1, hw=(8, 7), f=[[1, 2, 1, 1], [2, 4, 2, 1], [1, 2, 3, 1], [0, 1, 1, 1]]),
+])
+def test_conv_down_matches_ref_to_second_order(case, monkeypatch):
+    """The low-resolution downsampling convolution (FIR, strided convolution, border correction) is
+    the reference's convolve-then-downsample: outputs, gradients and double-backward gradients."""
+    monkeypatch.setattr(fused, "MIN_DOWN_SIDE", 1)  # the default takes it only for large images
+    torch.manual_seed(9)
+    g, k = case["groups"], case["k"]
+    f = ops.setup_filter(case["f"]).double()
+    x = torch.randn(2, 2 * g, *case["hw"], dtype=torch.float64, requires_grad=True)
+    w = torch.randn(3 * g, 2, k, k, dtype=torch.float64, requires_grad=True)
+    kwargs = dict(f=f, down=2, padding=k // 2, groups=g)
+    assert fused.down_at_low_resolution(w, x, f, 2, k // 2)
+
+    def outputs(backend):
+        y = ops.conv2d_resample(x, w, backend=backend, **kwargs)
+        dy = torch.linspace(-1, 1, y.numel(), dtype=y.dtype).reshape(y.shape)
+        gx, gw = torch.autograd.grad((y * dy).sum(), (x, w), create_graph=True)
+        return [y, gx, gw, *torch.autograd.grad(gx.square().sum() + (gw * gw.detach()).sum(), (x, w))]
+
+    for got, expected in zip(outputs("cpu"), outputs("ref")):
+        torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-10)
+    small = (x[:1, :, :6, :5].detach().clone().requires_grad_(), w)
+    assert gradgradcheck(lambda a, b: ops.conv2d_resample(a, b, backend="cpu", **kwargs), small)
+
+
 @pytest.mark.parametrize("shape", [
     dict(n=2, i=4, o=4, hw=4, k=3, up=1, act_mod=True),     # many weights, few pixels
     dict(n=2, i=4, o=3, hw=2, k=3, up=2, act_mod=True),
@@ -240,7 +272,10 @@ def training_step(g, d, z, real, backend, monkeypatch):
     return [img, fake_logits, real_logits, r1_grad] + list(grads)
 
 
-def test_generator_and_discriminator_match_ref(monkeypatch):
+@pytest.mark.parametrize("low_res_down", [False, True])
+def test_generator_and_discriminator_match_ref(monkeypatch, low_res_down):
+    if low_res_down:  # the discriminator's downsampling convolutions at the low resolution
+        monkeypatch.setattr(fused, "MIN_DOWN_SIDE", 1)
     g, d = small_networks()
     torch.manual_seed(8)
     z = torch.randn(4, 16)

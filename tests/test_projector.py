@@ -15,9 +15,9 @@ from datasetgan.cli import main
 from datasetgan.demo import bundled_run
 from datasetgan.interpreter import load_interpreter
 from datasetgan.networks import Discriminator, DiscriminatorConfig, Generator, GeneratorConfig
-from datasetgan.projector import (DiscriminatorFeatures, ProjectionError, ProjectorConfig, load_projection,
-                                  noise_regularization, project, quality, read_images, reconstruct,
-                                  save_projection)
+from datasetgan.projector import (DiscriminatorFeatures, ProjectionError, ProjectorConfig, load_discriminator,
+                                  load_projection, noise_regularization, project, quality, read_images,
+                                  reconstruct, save_projection)
 from datasetgan.render import render_one, to_uint8
 from datasetgan.runfolder import RunFolder
 
@@ -125,6 +125,18 @@ def test_noise_optimisation_and_perceptual_losses_run():
     assert mean_psnr(G, images, with_inception) > 20
 
 
+@pytest.mark.parametrize("resolution,channels", [(64, 3), (256, 1)])
+def test_larger_preset_resolutions_run_with_the_perceptual_loss(resolution, channels):
+    """cpu-small's 64 and paper256's 256 (16 and 32 are above): shapes and the Inception path hold."""
+    G = tiny_generator(resolution, channels)
+    images = seed_images(G, [1, 2])
+    projections = project(G, images, ProjectorConfig(steps=3, batch=2))
+    recon = reconstruct(G, projections[1])
+    assert recon.shape == (resolution, resolution, channels) and recon.dtype == np.uint8
+    assert {k: tuple(v.shape) for k, v in projections[1].noise.items()} == \
+        {k: (layer.resolution, layer.resolution) for k, layer in G.synthesis.noise_layers().items()}
+
+
 def test_noise_regularization_sees_spatial_structure():
     g = torch.Generator().manual_seed(0)
     white = torch.randn(1, 1, 32, 32, generator=g)
@@ -179,3 +191,28 @@ def test_project_command(tmp_path):
                                     str(tmp_path / "out2"), "--steps", "2"])
     assert bad.exit_code == 1 and "c.png: has 3 channel(s), the generator makes 1" in bad.output
     assert not (tmp_path / "out2").exists()
+
+
+def test_discriminator_features_come_from_the_runs_newest_snapshot(tmp_path):
+    from datasetgan.presets import make_config
+    from datasetgan.training import Trainer, save_snapshot
+
+    run = RunFolder(tmp_path / "run")
+    cfg = make_config("cpu-tiny", channel_base=128, channel_max=16, mapping_layers=1, batch=4, resolution=16)
+    trainer = Trainer(cfg, np.zeros((4, 1, 16, 16), np.uint8))
+    save_snapshot(trainer, run.training)
+    save_generator(run.generator, trainer.G_ema)
+    D = load_discriminator(run.root)
+    for (name, a), b in zip(trainer.D.state_dict().items(), D.state_dict().values()):
+        assert torch.equal(a, b), name
+    G = load_generator(run.generator)
+    write_png(tmp_path / "real" / "a.png", seed_images(G, [1])[0, 0])
+    args = ["project", str(run.root), str(tmp_path / "real"), "--steps", "3", "--perceptual", "discriminator"]
+    result = CliRunner().invoke(main, args + ["--out", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "out" / "a.json").read_text())["config"]["perceptual"] == "discriminator"
+    # a run without training snapshots (like the bundled demo run) has no discriminator: one line says so
+    run.training.joinpath("latest.json").unlink()
+    result = CliRunner().invoke(main, args + ["--out", str(tmp_path / "out2")])
+    assert result.exit_code == 1 and "no training snapshot, so no discriminator" in result.output
+    assert len(result.output.strip().splitlines()) == 1

@@ -138,3 +138,33 @@ def test_annotate_finds_the_classes_of_the_training_data(run):
     from datasetgan.data import read_labels
 
     assert AnnotationSet(run / "annotations").classes() == read_labels(ACDC.parent / "labels.json")
+
+
+def test_dry_run_prints_the_resolved_configuration(tmp_path):
+    from datasetgan.presets import make_config
+
+    r = CliRunner().invoke(main, ["train", str(tmp_path), "--out", str(tmp_path / "run"), "--preset", "cpu-small",
+                                  "--batch", "8", "--dry-run"])
+    assert r.exit_code == 0, r.output
+    printed = json.loads(r.stdout)
+    assert printed == json.loads(make_config("cpu-small", batch=8).to_json())
+    assert printed["r1_gamma"] == pytest.approx(0.0002 * 64 ** 2 / 8)
+    assert "automatic" in r.stderr and "batch=8" in r.stderr
+    assert not (tmp_path / "run").exists()  # nothing written
+    r = CliRunner().invoke(main, ["train", str(tmp_path), "--out", str(tmp_path / "run"), "--gamma", "2", "--dry-run"])
+    assert json.loads(r.stdout)["r1_gamma"] == 2 and "automatic" not in r.stderr
+
+
+def test_train_and_interpret_defaults_come_from_the_dataclasses():
+    from datasetgan.cli.interpret import command as interpret
+    from datasetgan.cli.train import command as train_command
+    from datasetgan.interpreter import InterpreterConfig
+    from datasetgan.training import LoopOptions
+
+    opts = {p.name: p.default for p in interpret.params}
+    cfg = InterpreterConfig()
+    assert (opts["members"], opts["epochs"], opts["lr"], opts["batch_size"], opts["holdout"], opts["seed"]) == \
+        (cfg.members, cfg.epochs, cfg.lr, cfg.batch_size, cfg.holdout, cfg.seed)
+    assert tuple(int(h) for h in opts["hidden"].split(",")) == cfg.hidden
+    opts = {p.name: p.default for p in train_command.params}
+    assert (opts["grid_seeds"], opts["keep_snapshots"]) == (LoopOptions.grid_seeds, LoopOptions.keep_snapshots)

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from service.app import thread_iter
+from service.routers.models import thread_iter
 from service.guards import Slots, presented_key
 from service.registry import ModelRegistry, UnknownModel
 from service.schemas import JobRequest, PairsRequest

@@ -5,12 +5,14 @@ anywhere below it become a one-line click error here, so no command catches them
 """
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import importlib.util
 
 import click
 
 from ..errors import DatasetganError
+from ..seeds import parse_seeds
 
 # name -> module under datasetgan.cli defining a click command called ``command``
 COMMANDS = {
@@ -39,6 +41,27 @@ class ReportsErrors:
 class Command(ReportsErrors, click.Command):
     """The class of every sub-command (``@click.command(cls=Command)``), so it reports errors when
     invoked alone too (tests invoke sub-commands without the group)."""
+
+
+class Seeds(click.ParamType):
+    """An option value like ``1,2,5-9``: a list of distinct seeds (see :func:`datasetgan.seeds.parse_seeds`)."""
+    name = "seeds"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, list):
+            return value
+        try:
+            return parse_seeds(value)
+        except ValueError as e:
+            self.fail(str(e), param, ctx)
+
+
+SEEDS = Seeds()
+
+
+def defaults(cls) -> dict:
+    """The field defaults of a dataclass: the one place a command's option defaults come from."""
+    return {f.name: f.default for f in dataclasses.fields(cls) if f.default is not dataclasses.MISSING}
 
 
 class LazyGroup(ReportsErrors, click.Group):

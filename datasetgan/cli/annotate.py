@@ -13,8 +13,8 @@ from ..annotation_sources import (diverse_seeds, import_masks, import_real, pre_
 from ..annotations import AnnotationSet, item_id, render_items
 from ..atomic import remove_stale_temps
 from ..runfolder import RunFolder
-from ..seeds import parse_seeds, random_seeds
-from . import Command
+from ..seeds import random_seeds
+from . import SEEDS, Command
 from .project import make_config, perceptual_network, projector_options
 
 
@@ -42,7 +42,7 @@ def run_generator(rf: RunFolder, device: str):
 @click.option("--n", "n", type=click.IntRange(1, 10_000), default=None,
               help="Number of seed images to render (default 30 for a new set; a set that already has "
                    "images is only served unless --n or --seeds is given).")
-@click.option("--seeds", default=None, help="Explicit seeds, e.g. 1,2,5-9 (instead of random ones).")
+@click.option("--seeds", type=SEEDS, default=None, help="Explicit seeds, e.g. 1,2,5-9 (instead of random ones).")
 @click.option("--diverse", is_flag=True, help="Pick seeds spread over the latent space (farthest-point "
               "sampling on w over a pool of random candidates) instead of purely random ones.")
 @click.option("--random-seed", type=int, default=0, show_default=True,
@@ -97,21 +97,17 @@ def command(run, n, seeds, diverse, random_seed, truncation, noise_mode, labels,
         if classes is not None:
             aset.set_classes(classes)
 
-    try:
-        explicit = parse_seeds(seeds) if seeds else None
-    except ValueError as e:
-        raise click.BadParameter(str(e), param_hint="--seeds") from None
-    if explicit is not None and n is not None:
+    if seeds is not None and n is not None:
         raise click.UsageError("give either --n or --seeds, not both")
-    wanted = explicit is not None or n is not None or (not aset.ids() and import_real_dir is None)
+    wanted = seeds is not None or n is not None or (not aset.ids() and import_real_dir is None)
     G = run_generator(rf, device) if wanted or auto_model or import_real_dir is not None else None
     if wanted or auto_model:
         stale = [r.id for r in aset.records() if r.generator_sha256 and r.generator_sha256 != G.sha256]
         if stale:
             click.echo(f"warning: {len(stale)} item(s) (e.g. {stale[0]}) were rendered by a different generator; "
                        "their images are kept as annotated", err=True)
-        if explicit is not None:
-            chosen = explicit
+        if seeds is not None:
+            chosen = seeds
         else:
             count = n or 30
             chosen = diverse_seeds(G, count, random_seed) if diverse else random_seeds(count, random_seed)

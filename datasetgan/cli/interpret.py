@@ -5,26 +5,30 @@ import time
 
 import click
 
-from . import Command
+from ..interpreter import InterpreterConfig
+from . import Command, defaults
+
+D = defaults(InterpreterConfig)
 
 
 @click.command(name="interpret", cls=Command)
 @click.argument("run", type=click.Path(file_okay=False, path_type=str))
-@click.option("--members", default=10, show_default=True, type=click.IntRange(1, 100), help="Ensemble size.")
-@click.option("--epochs", default=10, show_default=True, type=click.IntRange(1), help="Epochs per member (upper bound).")
-@click.option("--patience", default=2, show_default=True, type=click.IntRange(1),
+@click.option("--members", default=D["members"], show_default=True, type=click.IntRange(1, 100), help="Ensemble size.")
+@click.option("--epochs", default=D["epochs"], show_default=True, type=click.IntRange(1), help="Epochs per member (upper bound).")
+@click.option("--patience", default=D["patience"], show_default=True, type=click.IntRange(1),
               help="Stop a member after this many epochs without held-out improvement.")
-@click.option("--lr", default=1e-4, show_default=True, type=click.FloatRange(0, min_open=True), help="Adam learning rate.")
-@click.option("--batch-size", default=1024, show_default=True, type=click.IntRange(2), help="Pixels per step.")
+@click.option("--lr", default=D["lr"], show_default=True, type=click.FloatRange(0, min_open=True), help="Adam learning rate.")
+@click.option("--batch-size", default=D["batch_size"], show_default=True, type=click.IntRange(2), help="Pixels per step.")
 @click.option("--pixels-per-epoch", default=None, type=click.IntRange(1),
               help="Pixels per epoch (default: every training pixel once).")
-@click.option("--hidden", default="256,128", show_default=True, help="Hidden widths, comma separated.")
-@click.option("--holdout", default=0.1, show_default=True, type=click.FloatRange(0, 1, max_open=True),
+@click.option("--hidden", default=",".join(map(str, D["hidden"])), show_default=True, help="Hidden widths, comma separated.")
+@click.option("--holdout", default=D["holdout"], show_default=True, type=click.FloatRange(0, 1, max_open=True),
               help="Share of annotated pixels held out for early stopping.")
-@click.option("--balanced/--no-balanced", default=False, show_default=True, help="Class-balanced pixel sampling.")
+@click.option("--balanced/--no-balanced", default=D["balanced"], show_default=True, help="Class-balanced pixel sampling.")
 @click.option("--include-pre-annotated", is_flag=True,
               help="Also train on pre-annotated (model-made, unreviewed) masks.")
-@click.option("--seed", default=0, show_default=True, type=int, help="Seed of the held-out split and the members.")
+@click.option("--seed", default=D["seed"], show_default=True, type=int,
+              help="Seed of the held-out split and the members.")
 @click.option("--device", default="cpu", show_default=True, help="torch device, e.g. cpu or cuda.")
 @click.option("--threads", default=None, type=click.IntRange(1), help="CPU threads (default: torch's choice).")
 def command(run, members, epochs, patience, lr, batch_size, pixels_per_epoch, hidden, holdout, balanced,
@@ -47,7 +51,7 @@ def command(run, members, epochs, patience, lr, batch_size, pixels_per_epoch, hi
     from ..atomic import remove_stale_temps
     from ..checkpoint import load_generator
     from ..features import render_annotated
-    from ..interpreter import InterpreterConfig, InterpreterInfo, save_interpreter, train_interpreter
+    from ..interpreter import InterpreterInfo, save_interpreter, train_interpreter
     from ..runfolder import RunFolder
 
     if threads:

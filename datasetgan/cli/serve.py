@@ -33,8 +33,13 @@ from . import Command
 @click.option("--threads", "torch_threads", default=None, type=click.IntRange(1), help="torch CPU threads.")
 @click.option("--log-level", default="info", show_default=True,
               type=click.Choice(["critical", "error", "warning", "info", "debug"]))
+@click.option("--ray", "ray_address", default=None,
+              help="Run jobs on this Ray cluster ('auto': the one `ray start` made here; or its address); each "
+                   "shard is a task on a worker holding the model. Needs pip install 'datasetgan[ray]'.")
+@click.option("--ray-workers", default=None, type=click.IntRange(1),
+              help="Ray workers per model (default: one per CPU of the cluster, one per GPU with --device cuda).")
 def command(runs_dir, host, port, api_key_env, api_key, max_n, max_job_n, max_concurrent, jobs_dir, shard_size,
-            batch_size, max_body_bytes, device, torch_threads, log_level):
+            batch_size, max_body_bytes, device, torch_threads, log_level, ray_address, ray_workers):
     """Serve synthetic image + mask pairs of the runs in RUNS over REST (FastAPI on uvicorn).
 
     \b
@@ -44,6 +49,7 @@ def command(runs_dir, host, port, api_key_env, api_key, max_n, max_job_n, max_co
     \b
     Example:
       DATASETGAN_API_KEY=secret datasetgan serve --runs runs --port 8000
+      datasetgan serve --runs /shared/runs --ray auto     # jobs on the Ray cluster of `ray start`
       curl -H 'X-API-Key: secret' localhost:8000/v1/models
       curl -H 'X-API-Key: secret' -H 'Content-Type: application/json' \\
            -d '{"n": 50, "seed_start": 0, "format": "tar"}' \\
@@ -61,7 +67,8 @@ def command(runs_dir, host, port, api_key_env, api_key, max_n, max_job_n, max_co
     try:
         settings = Settings(runs_dir=runs_dir, jobs_dir=jobs_dir, api_key=api_key, max_n=max_n, max_job_n=max_job_n,
                             max_concurrent=max_concurrent, max_body_bytes=max_body_bytes, batch_size=batch_size,
-                            shard_size=shard_size, device=device, torch_threads=torch_threads)
+                            shard_size=shard_size, device=device, torch_threads=torch_threads,
+                            ray_address=ray_address, ray_workers=ray_workers)
     except ValueError as e:
         raise click.UsageError(str(e)) from None
     try:
@@ -70,6 +77,10 @@ def command(runs_dir, host, port, api_key_env, api_key, max_n, max_job_n, max_co
         raise click.ClickException(f"cannot create the jobs folder {settings.jobs_dir} ({e.strerror}); "
                                    "choose another with --jobs-dir") from None
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if ray_address:
+        from datasetgan.raygen import connect
+
+        connect(ray_address)  # fails here, in one line, when Ray is missing or the cluster is not there
     app = create_app(settings)
     click.echo(f"serving {runs_dir} on http://{host}:{port} (API key {'required' if api_key else 'off'}; docs at /docs)")
     uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=5)

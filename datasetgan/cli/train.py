@@ -5,8 +5,11 @@ from pathlib import Path
 
 import click
 
-from ..presets import PRESETS
-from . import Command
+from ..presets import PRESETS, TrainConfig
+from ..training import LoopOptions
+from . import Command, defaults
+
+CONFIG, LOOP = defaults(TrainConfig), defaults(LoopOptions)
 
 
 @click.command("train", cls=Command)
@@ -22,34 +25,43 @@ from . import Command
 @click.option("--resume", is_flag=True, help="Continue from RUN/training's newest snapshot.")
 @click.option("--aug", type=click.Choice(["ada", "fixed", "none"]), default=None,
               help="Augmentation: adaptive p (default), a fixed --p, or none.")
-@click.option("--p", "aug_p", type=float, default=None, help="Augmentation probability (fixed mode) or start value.")
-@click.option("--target", "ada_target", type=float, default=None, help="ADA's target for r_t (default 0.6).")
-@click.option("--augpipe", type=str, default=None, help="Augmentation groups: letters of 'bgc' (default bgc).")
+@click.option("--p", "--aug-p", "aug_p", type=float, default=None,
+              help="Augmentation probability (fixed mode) or start value (write --aug-p under torchrun, "
+                   "which takes --p for its own --print-completion).")
+@click.option("--target", "ada_target", type=float, default=None,
+              help=f"ADA's target for r_t (default {CONFIG['ada_target']}).")
+@click.option("--augpipe", type=str, default=None,
+              help=f"Augmentation groups: letters of 'bgc' (default {CONFIG['augpipe']}).")
 @click.option("--batch", type=int, default=None, help="Minibatch size (default from the preset).")
 @click.option("--gamma", "r1_gamma", type=float, default=None, help="R1 weight (default from the preset).")
 @click.option("--cbase", "channel_base", type=int, default=None, help="Channel base (default from the preset).")
 @click.option("--cmax", "channel_max", type=int, default=None, help="Channel maximum (default from the preset).")
 @click.option("--map", "mapping_layers", type=int, default=None, help="Mapping network depth (default from the preset).")
 @click.option("--ada-kimg", type=float, default=None,
-              help="ADA speed: thousands of images for p to go from 0 to 1 (preset default: 100 for "
-                   "cpu-tiny and cpu-small, else the paper's 500).")
+              help="ADA speed: thousands of images for p to go from 0 to 1 (default from the preset: "
+                   + ", ".join(f"{name} {PRESETS[name].get('ada_kimg', CONFIG['ada_kimg']):g}" for name in PRESETS)
+                   + ").")
 @click.option("--resolution", type=int, default=None, help="Override the preset's resolution (power of two).")
 @click.option("--mirror/--no-mirror", default=None, help="Also train on x-flipped copies of the images.")
-@click.option("--seed", type=int, default=None, help="Random seed of the run (default 0).")
+@click.option("--seed", type=int, default=None, help=f"Random seed of the run (default {CONFIG['seed']}).")
 @click.option("--fid", "fid_images", type=int, default=1000, show_default=True,
               help="Generated images for the FID at each snapshot (0: no FID). Few images bias FID up; "
                    "1000 takes a few minutes on a CPU, the papers use 50000.")
 @click.option("--log-kimg", type=float, default=None, help="A log.jsonl line every this many kimg (default snap/4).")
-@click.option("--grid", "grid_seeds", type=int, default=32, show_default=True, help="Seeds 0..N-1 in the sample grid.")
-@click.option("--keep", "keep_snapshots", type=int, default=2, show_default=True, help="Snapshots kept on disk (0: all).")
+@click.option("--grid", "grid_seeds", type=int, default=LOOP["grid_seeds"], show_default=True,
+              help="Seeds 0..N-1 in the sample grid.")
+@click.option("--keep", "keep_snapshots", type=int, default=LOOP["keep_snapshots"], show_default=True,
+              help="Snapshots kept on disk (0: all).")
 @click.option("--limit", type=int, default=None, help="Use only the first N images (sorted by name).")
 @click.option("--threads", type=int, default=None, help="CPU threads for PyTorch (default: PyTorch's choice).")
 @click.option("--device", default="cpu", show_default=True,
               help="torch device for G and D, e.g. cuda (the paper256 preset is meant for a GPU).")
 @click.option("--progress/--no-progress", default=True, help="Show a progress bar.")
+@click.option("--dry-run", is_flag=True,
+              help="Print the resolved configuration (preset, overrides, automatic R1 gamma) and stop.")
 def command(data, run_dir, preset, kimg, snap_kimg, resume, aug, aug_p, ada_target, augpipe, batch, r1_gamma,
-            channel_base, channel_max, mapping_layers, ada_kimg, resolution, mirror, seed, fid_images, log_kimg, grid_seeds, keep_snapshots, limit, threads, device,
-            progress):
+            channel_base, channel_max, mapping_layers, ada_kimg, resolution, mirror, seed, fid_images, log_kimg,
+            grid_seeds, keep_snapshots, limit, threads, device, progress, dry_run):
     """Train a StyleGAN2-ADA generator on the images in DATA.
 
     DATA is a folder of PNG/JPEG images (or DATA/images/). Images are cropped to a square and
@@ -63,21 +75,38 @@ def command(data, run_dir, preset, kimg, snap_kimg, resume, aug, aug_p, ada_targ
       datasetgan train ../shared/data/acdc/train --out runs/acdc64 --preset cpu-small --kimg 50 --snap 5
       datasetgan train ../shared/data/acdc/train --out runs/acdc64 --kimg 100 --resume   # later: continue
     """
+    overrides = dict(aug=aug, aug_p=aug_p, ada_target=ada_target, augpipe=augpipe, batch=batch, r1_gamma=r1_gamma,
+                     channel_base=channel_base, channel_max=channel_max, mapping_layers=mapping_layers,
+                     ada_kimg=ada_kimg, resolution=resolution, mirror=mirror, seed=seed)
+    if dry_run:
+        return print_config(run_dir, preset, resume, overrides)
     from stylegan2_ops import tune_allocator
 
     tune_allocator()  # before the first large allocation; nearly halves step time on the CPU
 
     import torch
 
-    from .. import training
-    from ..atomic import remove_stale_temps
-    from ..data import load_image_folder
-    from ..presets import TrainConfig, make_config
+    from .. import distributed
 
     if threads:
         torch.set_num_threads(threads)
     if kimg <= 0 or snap_kimg <= 0:
         raise click.UsageError("--kimg and --snap must be positive")
+    group = distributed.join(device)  # one rank of a torchrun launch, or the only process
+    try:
+        _train(group, data, run_dir, preset, kimg, snap_kimg, resume, fid_images, log_kimg, grid_seeds,
+               keep_snapshots, limit, progress, overrides)
+    finally:
+        distributed.leave()
+
+
+def resolve_config(run_dir, preset: str, resume: bool, overrides: dict, say):
+    """The run's configuration: the snapshot's when resuming (with --preset checked and ignored
+    overrides named), else the preset with the overrides; returns (config, snapshot path, its tensors
+    and metadata)."""
+    from .. import training
+    from ..presets import make_config
+
     run = training.RunFolder(run_dir)
     snapshot = training.latest_snapshot(run.training)
     if resume and snapshot is None:
@@ -85,24 +114,58 @@ def command(data, run_dir, preset, kimg, snap_kimg, resume, aug, aug_p, ada_targ
     if not resume and snapshot is not None:
         raise click.UsageError(f"{run_dir} already holds a training run; pass --resume to continue it "
                                "or choose another --out")
+    if not resume:
+        return make_config(preset, **overrides), None, None, None
+    tensors, meta = training.load_snapshot(snapshot)
+    cfg = TrainConfig.from_dict(meta["config"])
+    if click.get_current_context().get_parameter_source("preset").name != "DEFAULT" and preset != cfg.preset:
+        raise click.UsageError(f"--preset {preset}: the run was trained with preset {cfg.preset}, which "
+                               "resuming keeps; drop --preset, or train a new run with another --out")
+    ignored = [k for k, v in overrides.items() if v is not None and v != getattr(cfg, k)]
+    if ignored:
+        say(f"note: resuming keeps the run's configuration; ignoring --{', --'.join(ignored)}")
+    return cfg, snapshot, tensors, meta
 
-    overrides = dict(aug=aug, aug_p=aug_p, ada_target=ada_target, augpipe=augpipe, batch=batch,
-                     r1_gamma=r1_gamma, channel_base=channel_base,
-                     channel_max=channel_max, mapping_layers=mapping_layers, ada_kimg=ada_kimg, resolution=resolution, mirror=mirror, seed=seed)
-    # what a killed run left half-written (this run's own files only: other stages may be writing)
-    for folder, names in ((run.training, "*"), (run.root, "generator.*")):
-        remove_stale_temps(folder, names)
+
+def print_config(run_dir, preset: str, resume: bool, overrides: dict) -> None:
+    """``--dry-run``: where the values come from (on stderr), then the configuration as JSON on stdout
+    (what train would save as RUN/training/config.json)."""
+    import json
+
+    from ..presets import auto_r1_gamma, gamma_is_automatic
+
+    def note(text):
+        click.echo(text, err=True)
+
+    cfg = resolve_config(run_dir, preset, resume, overrides, say=note)[0]
+    given = {k: v for k, v in overrides.items() if v is not None}
     if resume:
-        tensors, meta = training.load_snapshot(snapshot)
-        cfg = TrainConfig.from_dict(meta["config"])
-        if click.get_current_context().get_parameter_source("preset").name != "DEFAULT" and preset != cfg.preset:
-            raise click.UsageError(f"--preset {preset}: the run was trained with preset {cfg.preset}, which "
-                                   "resuming keeps; drop --preset, or train a new run with another --out")
-        ignored = [k for k, v in overrides.items() if v is not None and v != getattr(cfg, k)]
-        if ignored:
-            click.echo(f"note: resuming keeps the run's configuration; ignoring --{', --'.join(ignored)}", err=True)
+        note(f"resuming {run_dir}: the configuration of its newest snapshot")
     else:
-        cfg = make_config(preset, **overrides)
+        note(f"preset {preset}; overrides: {', '.join(f'{k}={v}' for k, v in given.items()) or 'none'}")
+        if gamma_is_automatic(preset, overrides):
+            note(f"r1_gamma is automatic: 0.0002 * resolution^2 / batch = 0.0002 * {cfg.resolution}^2 / {cfg.batch}"
+                 f" = {auto_r1_gamma(cfg.resolution, cfg.batch):g}")
+        note("img_channels is set from the images in DATA when training starts")
+    click.echo(cfg.to_json())
+
+
+def _train(group, data, run_dir, preset, kimg, snap_kimg, resume, fid_images, log_kimg, grid_seeds, keep_snapshots,
+           limit, progress, overrides):
+    from .. import training
+    from ..atomic import remove_stale_temps
+    from ..data import load_image_folder
+
+    def say(text: str) -> None:  # rank 0 speaks for all
+        if group.main:
+            click.echo(text, err=True)
+
+    device = group.device
+    run = training.RunFolder(run_dir)
+    cfg, snapshot, tensors, meta = resolve_config(run_dir, preset, resume, overrides, say)
+    # what a killed run left half-written (this run's own files only: other stages may be writing)
+    for folder, names in ((run.training, "*"), (run.root, "generator.*")) if group.main else ():
+        remove_stale_temps(folder, names)
 
     ds = load_image_folder(data, cfg.resolution, masks="ignore", limit=limit)
     if not resume:
@@ -110,24 +173,30 @@ def command(data, run_dir, preset, kimg, snap_kimg, resume, aug, aug_p, ada_targ
     elif ds.channels != cfg.img_channels:
         raise click.ClickException(f"{data} has {ds.channels}-channel images but the run was trained on "
                                    f"{cfg.img_channels}-channel images")
-    click.echo(f"{len(ds)} images {ds.resolution}x{ds.resolution}x{ds.channels} from {data}; preset {cfg.preset}, "
-               f"batch {cfg.batch}, augmentation {cfg.aug}", err=True)
+    ranks = f" over {group.world_size} ranks ({cfg.batch // group.world_size} each)" if group.active else ""
+    say(f"{len(ds)} images {ds.resolution}x{ds.resolution}x{ds.channels} from {data}; preset {cfg.preset}, "
+        f"batch {cfg.batch}{ranks}, augmentation {cfg.aug}")
 
     try:
-        trainer = training.Trainer(cfg, ds.images, device=device)
+        trainer = training.Trainer(cfg, ds.images, device=device, group=group)
+    except training.TrainingError:
+        raise
     except (RuntimeError, AssertionError) as e:  # no such device, or no driver for it
         raise click.ClickException(f"--device {device}: {e}") from None
     if resume:
         trainer.load_state(tensors, meta)
-        torn = training.truncate_log(run.training / "log.jsonl", trainer.nimg)
+        saved = meta["state"].get("shares", 1)
+        if saved != trainer.num_shares:
+            say(f"note: the run was saved by {saved} rank(s) and continues on {trainer.num_shares}: training "
+                "goes on from the snapshot, but no longer bit-exactly as the original run would have")
+        torn = training.truncate_log(run.training / "log.jsonl", trainer.nimg) if group.main else []
         if torn:
-            click.echo(f"note: dropped {len(torn)} torn line(s) (line {', '.join(map(str, torn))}) of "
-                       f"{run.training / 'log.jsonl'}, cut short when the run was stopped", err=True)
-        click.echo(f"resumed from {snapshot.name}: {trainer.nimg} images seen, step {trainer.step_count}, "
-                   f"p {trainer.p:.3f}", err=True)
+            say(f"note: dropped {len(torn)} torn line(s) (line {', '.join(map(str, torn))}) of "
+                f"{run.training / 'log.jsonl'}, cut short when the run was stopped")
+        say(f"resumed from {snapshot.name}: {trainer.nimg} images seen, step {trainer.step_count}, p {trainer.p:.3f}")
 
     fid = None
-    if fid_images > 0:
+    if fid_images > 0 and group.main:  # rank 0 alone scores snapshots
         from ..fid import FIDEvaluator
 
         fid = FIDEvaluator(ds.images, fid_images, device=device)
@@ -141,4 +210,4 @@ def command(data, run_dir, preset, kimg, snap_kimg, resume, aug, aug_p, ada_targ
     except KeyboardInterrupt:
         raise click.ClickException(f"interrupted at {trainer.nimg} images; `--resume` continues from the "
                                    "last snapshot") from None
-    click.echo(f"done: {trainer.nimg} images seen; generator in {run.generator}", err=True)
+    say(f"done: {trainer.nimg} images seen; generator in {run.generator}")
