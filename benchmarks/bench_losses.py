@@ -118,7 +118,7 @@ def fmt_load(load: list[float]) -> str:
     return " / ".join(f"{x:.2f}" for x in load)
 
 
-def report(suite: str, out: Path, log: Path | None) -> None:
+def report(suite: str, out: Path, log: Path | None, note: str = "") -> None:
     from datasetgan.bench.compare import METRICS, compare
 
     doc = json.loads((out / "bench/results.json").read_text())
@@ -139,7 +139,8 @@ def report(suite: str, out: Path, log: Path | None) -> None:
              f"Command: `{doc.get('command', '')}` (via `benchmarks/bench_losses.py run {suite}`); "
              f"report: `benchmarks/bench_losses.py report {suite}`.", "",
              f"Machine: shared 2-core CPU (other engineers' jobs running), 1 thread, load average (1/5/15 min) "
-             + (f"{fmt_load(la[0])} at start, {fmt_load(la[-1])} at the end" if la else "not logged") + ". "
+             + (f"{fmt_load(la[0])} at start, {fmt_load(la[-1])} at the end (1-min values logged during the run: "
+                f"{', '.join(f'{x[0]:.1f}' for x in la)})" if la else "not logged") + ". "
              f"{prof['resolution']}x{prof['resolution']}, {prof['train']['epochs']} epochs "
              f"(the cpu profile has 20; reduced to fit the session), batch {prof['train']['batch_size']}, "
              f"{prof['train']['optimizer']} lr {prof['train']['lr']}, U-Net widths {prof['unet_channels']}; "
@@ -163,6 +164,8 @@ def report(suite: str, out: Path, log: Path | None) -> None:
                       f"{np.mean(gate):.3f} ± {np.std(gate):.3f} over folds."]
     if areas:
         lines.append(f"Small-component area chosen on each fold's held-out part (pixels): {areas}.")
+    if note:
+        lines += ["", note]
     lines.append("")
     text = "\n".join(lines)
     print(text)
@@ -181,12 +184,13 @@ def main() -> None:
     ap.add_argument("suite", choices=sorted(SUITES))
     ap.add_argument("--out", type=Path, required=True, help="the benchmark's RUN folder")
     ap.add_argument("--log", type=Path, help="log holding the run's `uptime` lines (default OUT/../SUITE.log)")
+    ap.add_argument("--note", default="", help="report: text put under the table (what the figures show)")
     ap.add_argument("extra", nargs="*", help="more `datasetgan bench run` options (after --)")
     a = ap.parse_args()
     if a.action == "run":
         run(a.suite, a.out, a.extra)
     else:
-        report(a.suite, a.out, a.log or a.out.parent / f"{a.suite}.log")
+        report(a.suite, a.out, a.log or a.out.parent / f"{a.suite}.log", a.note)
 
 
 if __name__ == "__main__":
