@@ -9,8 +9,8 @@ texture, 0-3 nodules of 2-6 px radius anywhere in the image, a quarter of the im
 
 `run` is resumable (folds in OUT/bench/results.json are skipped, so a loss added to a suite later trains
 only that loss' rows) and logs `uptime` before and after;
-`report` writes the "## Losses and post-processing (SUITE)" section of benchmarks/RESULTS.md and
-benchmarks/results/bench_losses_SUITE.json from OUT/bench/results.json and the load averages in the
+`report` writes the "## Losses and post-processing: ..." section of benchmarks/RESULTS.md, its chart
+benchmarks/bench_losses_SUITE.png and benchmarks/results/bench_losses_SUITE.json from OUT/bench/results.json and the load averages in the
 log, recomputing nothing.
 """
 from __future__ import annotations
@@ -119,8 +119,11 @@ def fmt_load(load: list[float]) -> str:
 
 
 def report(suite: str, out: Path, log: Path | None, note: str = "") -> None:
-    from datasetgan.bench.compare import METRICS, compare
+    from datasetgan.bench.compare import METRICS, compare, write_comparison
 
+    write_comparison(out / "bench")  # methods.md/.json/.png from results.json
+    chart = Path(__file__).resolve().parent / f"bench_losses_{suite}.png"
+    chart.write_bytes((out / "bench/methods.png").read_bytes())
     doc = json.loads((out / "bench/results.json").read_text())
     comp = compare(doc)
     prof = doc["profile"]
@@ -166,7 +169,7 @@ def report(suite: str, out: Path, log: Path | None, note: str = "") -> None:
         lines.append(f"Small-component area chosen on each fold's held-out part (pixels): {areas}.")
     if note:
         lines += ["", note]
-    lines.append("")
+    lines += ["", f"![foreground Dice per row, mean ± std over folds]({chart.name})", ""]
     text = "\n".join(lines)
     print(text)
     write_section(text)
@@ -175,7 +178,7 @@ def report(suite: str, out: Path, log: Path | None, note: str = "") -> None:
         "load_average_start_end": [la[0], la[-1]] if la else None, "machine": "shared 2-core CPU, 1 thread",
         "profile": prof, "comparison": comp, "wall_seconds_per_fold": {k: v for k, v in secs.items() if v},
         "cpu_seconds_per_fold": {k: v for k, v in cpu.items() if v}, "gate_accuracy_test_r": gate,
-        "min_area_per_fold": areas, "metric_notes": doc.get("metric_notes"), "cwd": os.getcwd()})
+        "min_area_per_fold": areas, "metric_notes": doc.get("metric_notes"), "reading": note, "cwd": os.getcwd()})
 
 
 def main() -> None:
