@@ -156,12 +156,12 @@ def report(suite: str, out: Path, log: Path | None, note: str = "") -> None:
              "|" + "---|" * (len(cols) + 4)]
     for r in comp["methods"]:
         v = r.get("vs_best")
-        note = "best" if r["key"] == comp["best"] else "-" if not v else (
+        vs = "best" if r["key"] == comp["best"] else "-" if not v else (
             f"{v['mean_diff']:+.3f} (p={v['p']:.3f}{', significant' if v['p'] < comp['alpha'] else ''})")
         c = cpu.get(r["key"])
         cells = ["-" if k not in r["metrics"] else f"{r['metrics'][k][0]:.3f} ± {r['metrics'][k][1]:.3f}"
                  for k, _, _ in cols]
-        lines.append(" | ".join([f"| {r['key']}", str(r["folds"])] + cells + [note, f"{np.mean(c):.0f} |" if c else "- |"]))
+        lines.append(" | ".join([f"| {r['key']}", str(r["folds"])] + cells + [vs, f"{np.mean(c):.0f} |" if c else "- |"]))
     if gate:
         lines += ["", f"Classifier gate accuracy on test-R (image shows foreground or not): "
                       f"{np.mean(gate):.3f} ± {np.std(gate):.3f} over folds."]
