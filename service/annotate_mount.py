@@ -21,7 +21,7 @@ log = logging.getLogger("service.annotate")
 def load_annotate_factory():
     """``annotate.api.create_app``, or None (logged) when the annotate package lacks it."""
     try:
-        return importlib.import_module("annotate.api").create_app
+        return importlib.import_module("datasetgan.annotate.api").create_app
     except (ImportError, AttributeError) as e:
         log.warning("annotation pages disabled: annotate.api.create_app is not available (%s)", e)
         return None

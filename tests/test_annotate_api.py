@@ -23,7 +23,7 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from PIL import Image, PngImagePlugin
 
-from annotate.api import create_app
+from datasetgan.annotate.api import create_app
 from datasetgan.annotations import AnnotationSet, render_items
 from datasetgan.png import png_bytes
 from datasetgan.checkpoint import save_generator

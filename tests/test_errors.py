@@ -12,7 +12,8 @@ ERRORS = {"datasetgan.annotations": "AnnotationError", "datasetgan.checkpoint": 
           "datasetgan.data": "DataError", "datasetgan.demo": "DemoError", "datasetgan.factory": "FactoryError",
           "datasetgan.features": "FeatureError", "datasetgan.fid": "FIDError", "datasetgan.training": "TrainingError",
           "datasetgan.errors": "ConfigError", "datasetgan.seeds": "SeedError", "stylegan2_ops.build": "BuildError",
-          "service.registry": "UnknownModel", "service.jobs": "JobConflict", "annotate.api": "ApiError"}
+          "datasetgan.service.registry": "UnknownModel", "datasetgan.service.jobs": "JobConflict",
+          "datasetgan.annotate.api": "ApiError"}
 
 
 @pytest.mark.parametrize("module,name", sorted(ERRORS.items()))

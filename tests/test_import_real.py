@@ -106,7 +106,7 @@ def test_import_real_stores_projected_items_and_interpret_trains_on_the_mix(run,
 def test_the_page_api_serves_real_items(run, tmp_path):
     from fastapi.testclient import TestClient
 
-    from annotate.api import create_app
+    from datasetgan.annotate.api import create_app
 
     real_folder(tmp_path / "real", load_generator(run.generator), seeds=(3,))
     assert annotate(run.root, "--import-real", tmp_path / "real", *FAST).exit_code == 0

@@ -22,7 +22,7 @@ import torch
 from PIL import Image
 
 import datasetgan
-import service
+import datasetgan.service as service
 from support import free_port
 
 from datasetgan.encoding import drop_most_uncertain, encode_pair
@@ -337,7 +337,7 @@ def test_annotation_page_mount(server):
     with server.client() as c:
         r = c.get("/annotate/run/")
     try:
-        import annotate.api  # noqa: F401
+        import datasetgan.annotate.api  # noqa: F401
     except ImportError:
         assert r.status_code == 404 and "annotate" in r.json()["detail"]
     else:

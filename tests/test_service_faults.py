@@ -5,8 +5,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from datasetgan.weightfiles import write_pair
-from service.app import create_app
-from service.settings import Settings
+from datasetgan.service.app import create_app
+from datasetgan.service.settings import Settings
 
 CLASSES = [{"id": 0, "name": "bg", "color": "#000000"}, {"id": 1, "name": "fg", "color": "#ff0000"}]
 
@@ -61,7 +61,7 @@ def test_models_lists_damaged_runs_as_unavailable_with_a_reason(client, tmp_path
 
 def test_a_model_that_fails_to_load_is_a_503_without_server_paths(tmp_path):
     from datasetgan.checkpoint import CheckpointError
-    from service.registry import BrokenModel, ModelRegistry
+    from datasetgan.service.registry import BrokenModel, ModelRegistry
 
     runs = tmp_path / "runs"
     make_run(runs, "good")

@@ -13,13 +13,13 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from service.routers.models import thread_iter
-from service.guards import Slots, presented_key
-from service.registry import ModelRegistry, UnknownModel
-from service.schemas import JobRequest, PairsRequest
+from datasetgan.service.routers.models import thread_iter
+from datasetgan.service.guards import Slots, presented_key
+from datasetgan.service.registry import ModelRegistry, UnknownModel
+from datasetgan.service.schemas import JobRequest, PairsRequest
 from datasetgan.encoding import RECORD, drop_most_uncertain, tar_end, tar_member
 from datasetgan.weightfiles import write_pair
-from service.streaming import pair_chunks
+from datasetgan.service.streaming import pair_chunks
 
 
 def test_tar_members_are_deterministic_and_readable():
@@ -169,7 +169,7 @@ class FakeRegistry:
 
 def run_jobs(store, registry, timeout=30):
     import time
-    from service.jobs import JobRunner
+    from datasetgan.service.jobs import JobRunner
     runner = JobRunner(store, registry, batch_size=4)
     runner.start()
     deadline = time.monotonic() + timeout
@@ -179,7 +179,7 @@ def run_jobs(store, registry, timeout=30):
 
 
 def test_job_of_a_replaced_model_is_reported_not_mixed(tmp_path):
-    from service.jobs import JobStore
+    from datasetgan.service.jobs import JobStore
     store = JobStore(tmp_path)
     job, created = store.create("m", JobRequest(n=10), ("g1", "i1"), 4, None)
     run_jobs(JobStore(tmp_path), FakeRegistry(("g2", "i1")))  # a restarted server sees another generator
@@ -192,7 +192,7 @@ def test_worker_survives_a_job_whose_failure_cannot_be_recorded(tmp_path):
     report the service not ready for good."""
     import threading
     import time
-    from service.jobs import JobRunner, JobStore
+    from datasetgan.service.jobs import JobRunner, JobStore
     store = JobStore(tmp_path)
     job, _ = store.create("m", JobRequest(n=10), ("g1", "i1"), 4, None)  # fails: the model changed
     tried = threading.Event()
@@ -216,7 +216,7 @@ def test_worker_survives_a_job_whose_failure_cannot_be_recorded(tmp_path):
 
 
 def test_job_resumes_after_its_last_complete_shard(tmp_path):
-    from service.jobs import JobStore
+    from datasetgan.service.jobs import JobStore
     store = JobStore(tmp_path)
     job, _ = store.create("m", JobRequest(n=10, seed_start=3), ("g", "i"), 4, "key")
     reg = FakeRegistry(("g", "i"))

@@ -148,7 +148,7 @@ def command(run, n, seeds, diverse, random_seed, truncation, noise_mode, labels,
     port = check_port(host, port)
     import uvicorn
 
-    from annotate.api import create_app
+    from datasetgan.annotate.api import create_app
 
     shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
     click.echo(f"Annotation page: http://{shown}:{port}/   (Ctrl+C to stop)")

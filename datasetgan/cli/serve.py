@@ -57,8 +57,8 @@ def command(runs_dir, host, port, api_key_env, api_key, max_n, max_job_n, max_co
     """
     import uvicorn
 
-    from service.app import create_app
-    from service.settings import Settings
+    from datasetgan.service.app import create_app
+    from datasetgan.service.settings import Settings
 
     if not runs_dir.is_dir():
         raise click.UsageError(f"--runs {runs_dir}: no such folder")
