@@ -7,9 +7,10 @@ texture, 0-3 nodules of 2-6 px radius anywhere in the image, a quarter of the im
     PYTHONPATH=$PWD python benchmarks/bench_losses.py run lesions --out /work/runs/bench19/lesions
     PYTHONPATH=$PWD python benchmarks/bench_losses.py report acdc --out ... [--log LOG]
 
-`run` is resumable (folds in OUT/bench/results.json are skipped) and logs `uptime` before and after;
-`report` writes the "## Losses and post-processing (SUITE)" section of benchmarks/RESULTS.md and
-benchmarks/results/bench_losses_SUITE.json from OUT/bench/results.json and the load averages in the
+`run` is resumable (folds in OUT/bench/results.json are skipped, so a loss added to a suite later trains
+only that loss' rows) and logs `uptime` before and after;
+`report` writes the "## Losses and post-processing: ..." section of benchmarks/RESULTS.md, its chart
+benchmarks/bench_losses_SUITE.png and benchmarks/results/bench_losses_SUITE.json from OUT/bench/results.json and the load averages in the
 log, recomputing nothing.
 """
 from __future__ import annotations
@@ -27,19 +28,19 @@ import numpy as np
 from results import write_json, write_section  # benchmarks/results.py, next to this script
 
 ROOT = Path(__file__).resolve().parents[1]
-LOSSES = "dice_ce,ce,focal,jaccard,lovasz,tversky,boundary"
+LOSSES = "dice_ce,ce,focal,jaccard,lovasz,tversky,boundary,gambling"
 SUITES = {
     "acdc": ["--models", "unet", "--sets", "real", "--folds", "5", "--fold-groups", r"patient\d+", "--epochs", "15",
              "--threads", "1", "--loss", LOSSES, "--min-component", "auto", "--classifier-gate", "--swa"],
     "lesions": ["--models", "unet", "--sets", "real", "--folds", "5", "--epochs", "10", "--threads", "1",
-                "--real-limit", "all", "--loss", "dice_ce,ce,focal,lovasz,tversky", "--min-component", "auto",
+                "--real-limit", "all", "--loss", "dice_ce,ce,focal,lovasz,tversky,gambling", "--min-component", "auto",
                 "--classifier-gate", "--swa"],
 }
 LESION_CLASSES = [{"id": 0, "name": "background", "color": "#000000"}, {"id": 1, "name": "nodule", "color": "#e6194b"}]
 
 
 def acdc() -> Path:
-    for base in (ROOT.parent, ROOT.parents[1]):  # main checkout, or a worktree one level deeper
+    for base in ROOT.parents:  # beside the main checkout, a worktree one level deeper, or a copy elsewhere
         if (base / "shared/data/acdc").is_dir():
             return base / "shared/data/acdc"
     sys.exit("ACDC not found at ../shared/data/acdc")
@@ -113,9 +114,16 @@ def loads(log: Path | None) -> list[list[float]]:
             re.finditer(r"load average: ([\d.]+), ([\d.]+), ([\d.]+)", log.read_text())]
 
 
-def report(suite: str, out: Path, log: Path | None) -> None:
-    from datasetgan.bench.compare import METRICS, compare
+def fmt_load(load: list[float]) -> str:
+    return " / ".join(f"{x:.2f}" for x in load)
 
+
+def report(suite: str, out: Path, log: Path | None, note: str = "") -> None:
+    from datasetgan.bench.compare import METRICS, compare, write_comparison
+
+    write_comparison(out / "bench")  # methods.md/.json/.png from results.json
+    chart = Path(__file__).resolve().parent / f"bench_losses_{suite}.png"
+    chart.write_bytes((out / "bench/methods.png").read_bytes())
     doc = json.loads((out / "bench/results.json").read_text())
     comp = compare(doc)
     prof = doc["profile"]
@@ -134,7 +142,8 @@ def report(suite: str, out: Path, log: Path | None) -> None:
              f"Command: `{doc.get('command', '')}` (via `benchmarks/bench_losses.py run {suite}`); "
              f"report: `benchmarks/bench_losses.py report {suite}`.", "",
              f"Machine: shared 2-core CPU (other engineers' jobs running), 1 thread, load average (1/5/15 min) "
-             + (f"{la[0]} at start, {la[-1]} at the end" if la else "not logged") + ". "
+             + (f"{fmt_load(la[0])} at start, {fmt_load(la[-1])} at the end (1-min values logged during the run: "
+                f"{', '.join(f'{x[0]:.1f}' for x in la)})" if la else "not logged") + ". "
              f"{prof['resolution']}x{prof['resolution']}, {prof['train']['epochs']} epochs "
              f"(the cpu profile has 20; reduced to fit the session), batch {prof['train']['batch_size']}, "
              f"{prof['train']['optimizer']} lr {prof['train']['lr']}, U-Net widths {prof['unet_channels']}; "
@@ -147,18 +156,20 @@ def report(suite: str, out: Path, log: Path | None) -> None:
              "|" + "---|" * (len(cols) + 4)]
     for r in comp["methods"]:
         v = r.get("vs_best")
-        note = "best" if r["key"] == comp["best"] else "-" if not v else (
+        vs = "best" if r["key"] == comp["best"] else "-" if not v else (
             f"{v['mean_diff']:+.3f} (p={v['p']:.3f}{', significant' if v['p'] < comp['alpha'] else ''})")
         c = cpu.get(r["key"])
         cells = ["-" if k not in r["metrics"] else f"{r['metrics'][k][0]:.3f} ± {r['metrics'][k][1]:.3f}"
                  for k, _, _ in cols]
-        lines.append(" | ".join([f"| {r['key']}", str(r["folds"])] + cells + [note, f"{np.mean(c):.0f} |" if c else "- |"]))
+        lines.append(" | ".join([f"| {r['key']}", str(r["folds"])] + cells + [vs, f"{np.mean(c):.0f} |" if c else "- |"]))
     if gate:
         lines += ["", f"Classifier gate accuracy on test-R (image shows foreground or not): "
                       f"{np.mean(gate):.3f} ± {np.std(gate):.3f} over folds."]
     if areas:
         lines.append(f"Small-component area chosen on each fold's held-out part (pixels): {areas}.")
-    lines.append("")
+    if note:
+        lines += ["", note]
+    lines += ["", f"![foreground Dice per row, mean ± std over folds]({chart.name})", ""]
     text = "\n".join(lines)
     print(text)
     write_section(text)
@@ -167,7 +178,7 @@ def report(suite: str, out: Path, log: Path | None) -> None:
         "load_average_start_end": [la[0], la[-1]] if la else None, "machine": "shared 2-core CPU, 1 thread",
         "profile": prof, "comparison": comp, "wall_seconds_per_fold": {k: v for k, v in secs.items() if v},
         "cpu_seconds_per_fold": {k: v for k, v in cpu.items() if v}, "gate_accuracy_test_r": gate,
-        "min_area_per_fold": areas, "metric_notes": doc.get("metric_notes"), "cwd": os.getcwd()})
+        "min_area_per_fold": areas, "metric_notes": doc.get("metric_notes"), "reading": note, "cwd": os.getcwd()})
 
 
 def main() -> None:
@@ -176,12 +187,13 @@ def main() -> None:
     ap.add_argument("suite", choices=sorted(SUITES))
     ap.add_argument("--out", type=Path, required=True, help="the benchmark's RUN folder")
     ap.add_argument("--log", type=Path, help="log holding the run's `uptime` lines (default OUT/../SUITE.log)")
+    ap.add_argument("--note", default="", help="report: text put under the table (what the figures show)")
     ap.add_argument("extra", nargs="*", help="more `datasetgan bench run` options (after --)")
     a = ap.parse_args()
     if a.action == "run":
         run(a.suite, a.out, a.extra)
     else:
-        report(a.suite, a.out, a.log or a.out.parent / f"{a.suite}.log")
+        report(a.suite, a.out, a.log or a.out.parent / f"{a.suite}.log", a.note)
 
 
 if __name__ == "__main__":

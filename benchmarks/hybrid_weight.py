@@ -22,7 +22,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
-from bench_losses import acdc, loads, uptime  # benchmarks/bench_losses.py, next to this script
+from bench_losses import acdc, fmt_load, loads, uptime  # benchmarks/bench_losses.py, next to this script
 from results import write_json, write_section
 
 WEIGHTS = ("natural", "0.1", "0.25", "0.5")
@@ -80,11 +80,13 @@ def report(out: Path, log: Path) -> None:
     la = loads(log)
     text = "\n".join([
         "## Hybrid sets: share of real images per minibatch (`--hybrid-real-weight`)", "",
-        f"U-Net, 64x64, {N_SYNTHETIC} synthetic + {N_REAL} real ACDC train slices, 3 folds, 5 epochs (sized for a "
-        "shared 2-core machine), 1 thread, scored on ACDC test (test-R). Synthetic pairs: procedural phantom "
+        f"U-Net, 64x64, {N_SYNTHETIC} synthetic + {N_REAL} real ACDC train slices (drawn at random, seed 0), "
+        "3 folds (each fold trains on two thirds of this hybrid set, the same images for every W), 5 epochs "
+        "(sized for a shared 2-core machine), 1 thread, scored on ACDC test (test-R). W = natural is plain "
+        "shuffling (the real images' share of the set). Synthetic pairs: procedural phantom "
         "slices (`datasetgan.phantom`), not a generator's output. Commands: `benchmarks/hybrid_weight.py run` "
         f"(each row's command is in benchmarks/results/hybrid_weight.json). Load average (1/5/15 min) "
-        + (f"{la[0]} at start, {la[-1]} at the end." if la else "not logged."), "",
+        + (f"{fmt_load(la[0])} at start, {fmt_load(la[-1])} at the end." if la else "not logged."), "",
         "| real share W | row | folds | test-R mIoU | test-R Dice (fg) | test-R HD95 (px) |", "|---|---|---|---|---|---|",
         *rows, ""])
     print(text)

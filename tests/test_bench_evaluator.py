@@ -22,8 +22,7 @@ def test_remove_small_components_by_hand():
     pred[0, 0:3, 0:3] = 1          # 9 px of class 1
     pred[0, 6, 6] = 1              # 1 px of class 1
     pred[0, 4:6, 0:2] = 2          # 4 px of class 2
-    pred[0, 7, 0] = 2              # 1 px, diagonal to the class-2 block: one 8-connected component with it? no:
-    # (7,0) touches (6,0)? (6,0) is background, (5,0)/(5,1) are class 2 two rows up: not adjacent
+    pred[0, 7, 0] = 2              # 1 px of class 2, two rows below the block: a component of its own
     out = P.remove_small_components(pred, 2)
     assert out[0, 6, 6] == 0 and out[0, 7, 0] == 0 and (out[0, 0:3, 0:3] == 1).all() and (out[0, 4:6, 0:2] == 2).all()
     out = P.remove_small_components(pred, 5)

@@ -93,3 +93,52 @@ def test_parse_specs():
     with pytest.raises(LossSpecError):
         parse_losses("ce,ce")
     assert math.isfinite(value("boundary"))
+
+
+def test_gambling_bets_and_weighted_cross_entropy():
+    from datasetgan.bench.gambling import betting_map, weighted_ce
+
+    g = torch.tensor([[[0.0, 1.0], [2.0, 3.0]]])
+    bets = betting_map(g, 0.2)
+    soft = torch.softmax(g.reshape(-1), 0).reshape(1, 2, 2)
+    assert bets.sum().item() == pytest.approx(1.0) and torch.allclose(bets, 0.8 * soft + 0.05)
+    assert torch.allclose(betting_map(g, 1.0), torch.full((1, 2, 2), 0.25))
+    even = betting_map(torch.zeros(1, 2, 2), 0.1)      # even bets: plain cross-entropy
+    assert weighted_ce(LOGITS, TARGET, even).item() == pytest.approx(value("ce"), abs=1e-6)
+    ce = -torch.log(PT).reshape(1, 2, 2)
+    assert weighted_ce(LOGITS, TARGET, bets).item() == pytest.approx((bets * ce).sum().item(), abs=1e-6)
+
+
+def test_gambler_learns_to_bet_on_wrong_pixels():
+    """A fixed prediction wrong in one corner: the gambler's winnings grow and its bets move there."""
+    from datasetgan.bench.gambling import GamblingLoss, betting_map
+
+    torch.manual_seed(0)
+    target = torch.zeros(4, 16, 16, dtype=torch.long)
+    target[:, 2:8, 2:8] = 1
+    logits = torch.zeros(4, 2, 16, 16)
+    logits[:, 0] = 3.0                    # says background everywhere: wrong on the 6x6 square
+    images = torch.rand(4, 1, 16, 16)
+    g = GamblingLoss(beta=0.1, lr=1e-2)
+    first = g.update(logits, target, images)
+    for _ in range(60):
+        last = g.update(logits, target, images)
+    assert last > 2 * first
+    g.gambler.eval()
+    bets = betting_map(g.gambler(images, logits.softmax(1)), 0.1)
+    assert bets[:, 2:8, 2:8].sum((1, 2)).mean().item() > 0.5    # 36 of 256 pixels (14 %) hold most of the bets
+
+
+def test_gambling_trains_a_segmenter_and_its_gambler():
+    from datasetgan.bench.segmenters import Segmenter, SegmenterConfig
+    from datasetgan.bench.profiles import SegmenterTrainConfig
+    from datasetgan.bench.trainer import train_segmenter
+
+    rng = np.random.default_rng(0)
+    images = (rng.random((8, 1, 16, 16)) * 255).astype(np.uint8)
+    masks = (rng.random((8, 16, 16)) > 0.7).astype(np.uint8)
+    torch.manual_seed(0)
+    model = Segmenter(SegmenterConfig(arch="unet", resolution=16, unet_channels=(4, 8)))
+    losses = train_segmenter(model, images, masks, SegmenterTrainConfig(epochs=2, batch_size=4, loss="gambling"),
+                             progress=False)
+    assert len(losses) == 2 and all(np.isfinite(losses))

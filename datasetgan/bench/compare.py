@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from ..atomic import atomic_write_bytes, atomic_write_text
+from .report import figure_png
 
 # (key in a fold's split record, column title, higher is better)
 METRICS = (("mdice_fg", "Dice (fg)", True), ("miou_fg", "IoU (fg)", True), ("miou", "mIoU", True),
@@ -38,7 +39,8 @@ def paired(a: dict[int, float], b: dict[int, float]) -> dict | None:
 
 
 def compare(doc: dict, split: str = "test_r", key: str = "mdice_fg") -> dict:
-    """The comparison document: methods with mean/std per metric, each paired with the best on ``key``."""
+    """The comparison document: methods with mean/std per metric, best first on ``key`` (Dice over the
+    foreground classes by default), each paired with the best."""
     exps = doc.get("experiments", {})
     rows = []
     for name, e in exps.items():
@@ -50,8 +52,8 @@ def compare(doc: dict, split: str = "test_r", key: str = "mdice_fg") -> dict:
         if metrics:
             rows.append({"key": name, "set": e.get("set"), "method": e.get("method", e.get("model_name")),
                          "folds": len(fold_values(e, split, "miou")), "metrics": metrics})
-    ranked = [r for r in rows if key in r["metrics"]]
-    best = max(ranked, key=lambda r: r["metrics"][key][0], default=None)
+    rows.sort(key=lambda r: -r["metrics"][key][0] if key in r["metrics"] else float("inf"))  # best first
+    best = rows[0] if rows and key in rows[0]["metrics"] else None
     for r in rows:
         if best is not None and r is not best and key in r["metrics"]:
             r["vs_best"] = paired(fold_values(exps[r["key"]], split, key), fold_values(exps[best["key"]], split, key))
@@ -81,8 +83,6 @@ def table(comp: dict) -> str:
 
 
 def bar_chart(comp: dict) -> bytes | None:
-    import io
-
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -99,10 +99,9 @@ def bar_chart(comp: dict) -> bytes | None:
     ax.set_ylim(0, 1)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    data = figure_png(fig)
     plt.close(fig)
-    return buf.getvalue()
+    return data
 
 
 def write_comparison(bench_dir, split: str = "test_r", key: str = "mdice_fg") -> list[Path]:

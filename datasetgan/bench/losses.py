@@ -20,6 +20,8 @@ probabilities, section 5.1) and are MONAI's where MONAI has them:
               and foreground classes of phi_G(x) p(x), phi_G the signed distance to the class'
               boundary (negative inside, from MONAI's distance transform; all zeros for a class absent
               from the image); alpha=0.01, constant
+    gambling  cross-entropy weighted by a gambler network's bets, the gambler trained to maximise its
+              winnings (gambling adversarial nets, :mod:`.gambling`); beta=0.1 is the evenly spread share
 
 Every loss takes logits [B, K, H, W] and integer targets [B, H, W] and returns a scalar.
 """
@@ -36,7 +38,7 @@ from ..errors import ConfigError
 
 DEFAULTS: dict[str, dict[str, float]] = {
     "ce": {}, "dice": {}, "dice_ce": {}, "focal": {"gamma": 2.0}, "jaccard": {},
-    "tversky": {"alpha": 0.7, "beta": 0.3}, "lovasz": {}, "boundary": {"alpha": 0.01},
+    "tversky": {"alpha": 0.7, "beta": 0.3}, "lovasz": {}, "boundary": {"alpha": 0.01}, "gambling": {"beta": 0.1},
 }
 LOSSES = tuple(DEFAULTS)
 SMOOTH = 1.0
@@ -138,8 +140,18 @@ def boundary_term(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return (logits.float().softmax(1)[:, 1:] * phi[:, 1:]).mean()
 
 
+def make_loss(spec: LossSpec, lr: float):
+    """The loss object of a spec: :class:`Loss`, or for ``gambling`` the adversarial pair (its gambler
+    trains with Adam at ``lr``)."""
+    if spec.name == "gambling":
+        from .gambling import GamblingLoss
+
+        return GamblingLoss(spec.params["beta"], lr)
+    return Loss(spec)
+
+
 class Loss:
-    """A callable loss built from a :class:`LossSpec`."""
+    """A callable loss built from a :class:`LossSpec` (``images`` is accepted and unused)."""
 
     def __init__(self, spec: LossSpec):
         from monai.losses import DiceCELoss, DiceLoss, FocalLoss, TverskyLoss
@@ -158,7 +170,7 @@ class Loss:
                                        gamma=p.get("gamma", 0), reduction="none"),
         }.get(spec.name, lambda: None)()
 
-    def __call__(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    def __call__(self, logits: torch.Tensor, target: torch.Tensor, images: torch.Tensor | None = None) -> torch.Tensor:
         name = self.spec.name
         if name == "ce":
             return F.cross_entropy(logits, target)

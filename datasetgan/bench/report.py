@@ -154,7 +154,7 @@ def build_tables(doc: dict) -> str:
     return "\n".join(out) + "\n"
 
 
-def _png(fig) -> bytes:
+def figure_png(fig) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
     return buf.getvalue()
@@ -183,7 +183,7 @@ def plot_bars(doc: dict) -> bytes | None:
     ax.legend(fontsize=8)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
-    data = _png(fig)
+    data = figure_png(fig)
     plt.close(fig)
     return data
 
@@ -235,7 +235,7 @@ def plot_predictions(doc: dict, bench_dir: Path) -> bytes | None:
                 ax.set_title(title, fontsize=6)
     fig.suptitle("test-R: predictions (first completed fold) over ground truth", fontsize=8)
     fig.tight_layout()
-    data = _png(fig)
+    data = figure_png(fig)
     plt.close(fig)
     return data
 

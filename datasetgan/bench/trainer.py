@@ -9,8 +9,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..errors import ConfigError
-
-from .losses import Loss, parse_loss
+from .losses import make_loss, parse_loss
 from .profiles import SegmenterTrainConfig
 from .segmenters import Segmenter
 
@@ -100,7 +99,7 @@ def train_segmenter(model: Segmenter, images: np.ndarray, masks: np.ndarray, cfg
         sched = torch.optim.lr_scheduler.LambdaLR(
             opt, lambda s: (1 - min(s, total - 1) / total) ** cfg.poly_power if cfg.poly_power else 1.0)
     mixed = cfg.hybrid_real_weight is not None and is_real is not None and np.any(is_real)
-    loss_fn = Loss(parse_loss(cfg.loss))
+    loss_fn = make_loss(parse_loss(cfg.loss), cfg.lr)
     model.train()
     losses = []
     bar = tqdm(total=total, desc=desc, disable=not progress, leave=False, dynamic_ncols=True)
@@ -112,12 +111,14 @@ def train_segmenter(model: Segmenter, images: np.ndarray, masks: np.ndarray, cfg
             x = model.normalise(images[idx]).to(device)
             y = torch.as_tensor(masks[idx].astype(np.int64)).to(device)
             out = model(x)
-            loss = loss_fn(out["out"], y)
+            loss = loss_fn(out["out"], y, x)
             if "aux" in out:
-                loss = loss + cfg.aux_weight * loss_fn(out["aux"], y)
+                loss = loss + cfg.aux_weight * loss_fn(out["aux"], y, x)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            if hasattr(loss_fn, "update"):  # an adversarial loss trains its own network after each step
+                loss_fn.update(out["out"], y, x)
             if epoch < swa_from:
                 sched.step()
             running += loss.item() * len(idx)

@@ -16,7 +16,6 @@ from ..bench.profiles import PROFILES, Profile, SegmenterTrainConfig
 from ..bench.runner import PostProcessing
 from . import Command, ReportsErrors
 
-SUBCOMMANDS = ("run", "annotator", "grade", "report")
 RUN_DIR = click.Path(exists=True, file_okay=False, path_type=Path)
 DATA_DIR = click.Path(exists=True, file_okay=False, path_type=Path)
 
@@ -129,8 +128,9 @@ RUN_OPTIONS = _options(
                                      "their manifest.json does not say (Table II)."),
     click.option("--loss", "loss_specs", multiple=True, metavar="LOSS[:K=V,...]",
                  help="Training loss: ce, dice, dice_ce, focal[:gamma=2], jaccard, tversky[:alpha=0.7,beta=0.3] "
-                      "(alpha weights false negatives), lovasz, boundary[:alpha=0.01]. Repeat it (or separate by "
-                      f"commas) for one row per loss ({_defaults('loss')})."),
+                      "(alpha weights false negatives), lovasz, boundary[:alpha=0.01], gambling[:beta=0.1] (adversarial "
+                      "gambler network). Repeat it (or separate by commas) for one row per loss "
+                      f"({_defaults('loss')})."),
     click.option("--min-component", metavar="AREA|auto",
                  help="Add a row with connected components below AREA pixels removed from the first loss' "
                       "predictions ('auto': the area chosen on each fold's held-out part)."),
