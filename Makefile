@@ -17,5 +17,8 @@ chromium:
 demo: $(VENV)/.installed
 	$(VENV)/bin/datasetgan demo
 
+# Lint and format check first (ruff, configured in pyproject.toml), then the default suite.
 test: $(VENV)/.installed chromium
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 	$(PY) -m pytest

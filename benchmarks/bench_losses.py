@@ -10,9 +10,11 @@ texture, 0-3 nodules of 2-6 px radius anywhere in the image, a quarter of the im
 `run` is resumable (folds in OUT/bench/results.json are skipped, so a loss added to a suite later trains
 only that loss' rows) and logs `uptime` before and after;
 `report` writes the "## Losses and post-processing: ..." section of benchmarks/RESULTS.md, its chart
-benchmarks/bench_losses_SUITE.png and benchmarks/results/bench_losses_SUITE.json from OUT/bench/results.json and the load averages in the
+benchmarks/bench_losses_SUITE.png and benchmarks/results/bench_losses_SUITE.json from OUT/bench/results.json and
+the load averages in the
 log, recomputing nothing.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,11 +32,46 @@ from results import write_json, write_section  # benchmarks/results.py, next to 
 ROOT = Path(__file__).resolve().parents[1]
 LOSSES = "dice_ce,ce,focal,jaccard,lovasz,tversky,boundary,gambling"
 SUITES = {
-    "acdc": ["--models", "unet", "--sets", "real", "--folds", "5", "--fold-groups", r"patient\d+", "--epochs", "15",
-             "--threads", "1", "--loss", LOSSES, "--min-component", "auto", "--classifier-gate", "--swa"],
-    "lesions": ["--models", "unet", "--sets", "real", "--folds", "5", "--epochs", "10", "--threads", "1",
-                "--real-limit", "all", "--loss", "dice_ce,ce,focal,lovasz,tversky,gambling", "--min-component", "auto",
-                "--classifier-gate", "--swa"],
+    "acdc": [
+        "--models",
+        "unet",
+        "--sets",
+        "real",
+        "--folds",
+        "5",
+        "--fold-groups",
+        r"patient\d+",
+        "--epochs",
+        "15",
+        "--threads",
+        "1",
+        "--loss",
+        LOSSES,
+        "--min-component",
+        "auto",
+        "--classifier-gate",
+        "--swa",
+    ],
+    "lesions": [
+        "--models",
+        "unet",
+        "--sets",
+        "real",
+        "--folds",
+        "5",
+        "--epochs",
+        "10",
+        "--threads",
+        "1",
+        "--real-limit",
+        "all",
+        "--loss",
+        "dice_ce,ce,focal,lovasz,tversky,gambling",
+        "--min-component",
+        "auto",
+        "--classifier-gate",
+        "--swa",
+    ],
 }
 LESION_CLASSES = [{"id": 0, "name": "background", "color": "#000000"}, {"id": 1, "name": "nodule", "color": "#e6194b"}]
 
@@ -60,10 +97,10 @@ def lesion_slice(rng: np.random.Generator, size: int = 64) -> tuple[np.ndarray, 
         t = rng.uniform(0, np.pi)
         u = ((xx - cx) * np.cos(t) + (yy - cy) * np.sin(t)) / a
         v = (-(xx - cx) * np.sin(t) + (yy - cy) * np.cos(t)) / b
-        r = np.sqrt(u ** 2 + v ** 2)
+        r = np.sqrt(u**2 + v**2)
         inside = r <= 1
         mask[inside] = 1
-        echo = np.where(inside, rng.uniform(0.35, 0.6), echo)          # hypoechoic nodule
+        echo = np.where(inside, rng.uniform(0.35, 0.6), echo)  # hypoechoic nodule
         echo = np.where((r > 1) & (r <= 1.35), np.maximum(echo, 1.35), echo)  # brighter halo
     speckle = rng.rayleigh(0.8, (size, size))
     image = gaussian_filter(np.clip(tissue, 0.1, 1) * echo * speckle, 0.7)
@@ -110,8 +147,10 @@ def run(suite: str, out: Path, extra: list[str]) -> None:
 def loads(log: Path | None) -> list[list[float]]:
     if not log or not log.is_file():
         return []
-    return [[float(x) for x in m.groups()] for m in
-            re.finditer(r"load average: ([\d.]+), ([\d.]+), ([\d.]+)", log.read_text())]
+    return [
+        [float(x) for x in m.groups()]
+        for m in re.finditer(r"load average: ([\d.]+), ([\d.]+), ([\d.]+)", log.read_text())
+    ]
 
 
 def fmt_load(load: list[float]) -> str:
@@ -130,41 +169,71 @@ def report(suite: str, out: Path, log: Path | None, note: str = "") -> None:
     exps = doc["experiments"]
     secs = {k: [f.get("seconds") for f in e["folds"] if f.get("seconds") is not None] for k, e in exps.items()}
     cpu = {k: [f.get("cpu_seconds") for f in e["folds"] if f.get("cpu_seconds") is not None] for k, e in exps.items()}
-    gate = [f[s]["gate_accuracy"] for e in exps.values() if e.get("post") == "gate" for f in e["folds"]
-            for s in ("test_r",) if (f.get(s) or {}).get("gate_accuracy") is not None]
+    gate = [
+        f[s]["gate_accuracy"]
+        for e in exps.values()
+        if e.get("post") == "gate"
+        for f in e["folds"]
+        for s in ("test_r",)
+        if (f.get(s) or {}).get("gate_accuracy") is not None
+    ]
     areas = [f.get("min_area") for e in exps.values() if e.get("post") == "mincomp" for f in e["folds"]]
     la = loads(log)
     test = (doc.get("test_sets") or {}).get("test_r") or {}
     cols = [m for m in METRICS if any(m[0] in r["metrics"] for r in comp["methods"])]
-    title = {"acdc": "ACDC (U-Net, real training slices)",
-             "lesions": "generated ultrasound-like nodules (binary, small structures)"}[suite]
-    lines = [f"## Losses and post-processing: {title}", "",
-             f"Command: `{doc.get('command', '')}` (via `benchmarks/bench_losses.py run {suite}`); "
-             f"report: `benchmarks/bench_losses.py report {suite}`.", "",
-             f"Machine: shared 2-core CPU (other engineers' jobs running), 1 thread, load average (1/5/15 min) "
-             + (f"{fmt_load(la[0])} at start, {fmt_load(la[-1])} at the end (1-min values logged during the run: "
-                f"{', '.join(f'{x[0]:.1f}' for x in la)})" if la else "not logged") + ". "
-             f"{prof['resolution']}x{prof['resolution']}, {prof['train']['epochs']} epochs "
-             f"(the cpu profile has 20; reduced to fit the session), batch {prof['train']['batch_size']}, "
-             f"{prof['train']['optimizer']} lr {prof['train']['lr']}, U-Net widths {prof['unet_channels']}; "
-             f"{next(iter(exps.values()))['n_train']} training images in {prof['folds']} folds; test-R: "
-             f"{test.get('n')} images. Every loss trains the same steps per fold; the +mincomp and +gate rows "
-             f"post-process the first loss' model of the same fold, +swa retrains it with a cosine schedule and "
-             f"SWA of the last quarter of the epochs; prior = per-pixel majority class of the fold's training masks.",
-             "", f"Scores on test-R, mean ± std over folds. {comp['note']}.", "",
-             "| row | folds | " + " | ".join(t for _, t, _ in cols) + " | vs best | CPU s / fold |",
-             "|" + "---|" * (len(cols) + 4)]
+    title = {
+        "acdc": "ACDC (U-Net, real training slices)",
+        "lesions": "generated ultrasound-like nodules (binary, small structures)",
+    }[suite]
+    lines = [
+        f"## Losses and post-processing: {title}",
+        "",
+        f"Command: `{doc.get('command', '')}` (via `benchmarks/bench_losses.py run {suite}`); "
+        f"report: `benchmarks/bench_losses.py report {suite}`.",
+        "",
+        "Machine: shared 2-core CPU (other engineers' jobs running), 1 thread, load average (1/5/15 min) "
+        + (
+            f"{fmt_load(la[0])} at start, {fmt_load(la[-1])} at the end (1-min values logged during the run: "
+            f"{', '.join(f'{x[0]:.1f}' for x in la)})"
+            if la
+            else "not logged"
+        )
+        + ". "
+        f"{prof['resolution']}x{prof['resolution']}, {prof['train']['epochs']} epochs "
+        f"(the cpu profile has 20; reduced to fit the session), batch {prof['train']['batch_size']}, "
+        f"{prof['train']['optimizer']} lr {prof['train']['lr']}, U-Net widths {prof['unet_channels']}; "
+        f"{next(iter(exps.values()))['n_train']} training images in {prof['folds']} folds; test-R: "
+        f"{test.get('n')} images. Every loss trains the same steps per fold; the +mincomp and +gate rows "
+        f"post-process the first loss' model of the same fold, +swa retrains it with a cosine schedule and "
+        f"SWA of the last quarter of the epochs; prior = per-pixel majority class of the fold's training masks.",
+        "",
+        f"Scores on test-R, mean ± std over folds. {comp['note']}.",
+        "",
+        "| row | folds | " + " | ".join(t for _, t, _ in cols) + " | vs best | CPU s / fold |",
+        "|" + "---|" * (len(cols) + 4),
+    ]
     for r in comp["methods"]:
         v = r.get("vs_best")
-        vs = "best" if r["key"] == comp["best"] else "-" if not v else (
-            f"{v['mean_diff']:+.3f} (p={v['p']:.3f}{', significant' if v['p'] < comp['alpha'] else ''})")
+        vs = (
+            "best"
+            if r["key"] == comp["best"]
+            else "-"
+            if not v
+            else (f"{v['mean_diff']:+.3f} (p={v['p']:.3f}{', significant' if v['p'] < comp['alpha'] else ''})")
+        )
         c = cpu.get(r["key"])
-        cells = ["-" if k not in r["metrics"] else f"{r['metrics'][k][0]:.3f} ± {r['metrics'][k][1]:.3f}"
-                 for k, _, _ in cols]
-        lines.append(" | ".join([f"| {r['key']}", str(r["folds"])] + cells + [vs, f"{np.mean(c):.0f} |" if c else "- |"]))
+        cells = [
+            "-" if k not in r["metrics"] else f"{r['metrics'][k][0]:.3f} ± {r['metrics'][k][1]:.3f}" for k, _, _ in cols
+        ]
+        lines.append(
+            " | ".join([f"| {r['key']}", str(r["folds"])] + cells + [vs, f"{np.mean(c):.0f} |" if c else "- |"])
+        )
     if gate:
-        lines += ["", f"Classifier gate accuracy on test-R (image shows foreground or not): "
-                      f"{np.mean(gate):.3f} ± {np.std(gate):.3f} over folds."]
+        lines += [
+            "",
+            f"Classifier gate accuracy on test-R (image shows foreground or not): "
+            f"{np.mean(gate):.3f} ± {np.std(gate):.3f} over folds.",
+        ]
     if areas:
         lines.append(f"Small-component area chosen on each fold's held-out part (pixels): {areas}.")
     if note:
@@ -173,12 +242,24 @@ def report(suite: str, out: Path, log: Path | None, note: str = "") -> None:
     text = "\n".join(lines)
     print(text)
     write_section(text)
-    write_json(f"bench_losses_{suite}", {
-        "command": doc.get("command"), "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "load_average_start_end": [la[0], la[-1]] if la else None, "machine": "shared 2-core CPU, 1 thread",
-        "profile": prof, "comparison": comp, "wall_seconds_per_fold": {k: v for k, v in secs.items() if v},
-        "cpu_seconds_per_fold": {k: v for k, v in cpu.items() if v}, "gate_accuracy_test_r": gate,
-        "min_area_per_fold": areas, "metric_notes": doc.get("metric_notes"), "reading": note, "cwd": os.getcwd()})
+    write_json(
+        f"bench_losses_{suite}",
+        {
+            "command": doc.get("command"),
+            "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "load_average_start_end": [la[0], la[-1]] if la else None,
+            "machine": "shared 2-core CPU, 1 thread",
+            "profile": prof,
+            "comparison": comp,
+            "wall_seconds_per_fold": {k: v for k, v in secs.items() if v},
+            "cpu_seconds_per_fold": {k: v for k, v in cpu.items() if v},
+            "gate_accuracy_test_r": gate,
+            "min_area_per_fold": areas,
+            "metric_notes": doc.get("metric_notes"),
+            "reading": note,
+            "cwd": os.getcwd(),
+        },
+    )
 
 
 def main() -> None:

@@ -9,6 +9,7 @@ torch.cuda.max_memory_allocated of each part. Writes benchmarks/results/gpu.json
 
     PYTHONPATH=$PWD python benchmarks/gpu.py [--steps 20] [--pairs 64]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -47,8 +48,12 @@ def training(steps: int, warmup: int) -> dict:
         trainer.train_step()
     torch.cuda.synchronize()
     dt = time.perf_counter() - t0
-    return {"train_images_per_s": round(steps * cfg.batch / dt, 2), "train_batch": cfg.batch,
-            "train_steps_timed": steps, "train_peak_memory_gib": round(torch.cuda.max_memory_allocated() / 2 ** 30, 2)}
+    return {
+        "train_images_per_s": round(steps * cfg.batch / dt, 2),
+        "train_batch": cfg.batch,
+        "train_steps_timed": steps,
+        "train_peak_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2),
+    }
 
 
 def build_run(folder: Path) -> Path:
@@ -69,8 +74,11 @@ def pairs(run: Path, n: int) -> dict:
     made = sum(1 for _ in factory.pairs(range(100, 100 + n)))
     torch.cuda.synchronize()
     dt = time.perf_counter() - t0
-    return {"pairs_per_s_256": round(made / dt, 2), "pairs_timed": made,
-            "pairs_peak_memory_gib": round(torch.cuda.max_memory_allocated() / 2 ** 30, 2)}
+    return {
+        "pairs_per_s_256": round(made / dt, 2),
+        "pairs_timed": made,
+        "pairs_peak_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2),
+    }
 
 
 def main():
@@ -83,10 +91,16 @@ def main():
         sys.exit("benchmarks/gpu.py needs a CUDA device")
     with tempfile.TemporaryDirectory(prefix="dg-gpu-") as tmp:
         figures = {**training(args.steps, args.warmup), **pairs(build_run(Path(tmp) / "run"), args.pairs)}
-    doc = {"command": "PYTHONPATH=$PWD python benchmarks/gpu.py " + " ".join(sys.argv[1:]),
-           "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "gpu": torch.cuda.get_device_name(),
-           "gpus": torch.cuda.device_count(), "machine": f"{platform.machine()}, {os.cpu_count()} cores",
-           "torch": torch.__version__, "load_average": [round(x, 2) for x in os.getloadavg()], **figures}
+    doc = {
+        "command": "PYTHONPATH=$PWD python benchmarks/gpu.py " + " ".join(sys.argv[1:]),
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "gpu": torch.cuda.get_device_name(),
+        "gpus": torch.cuda.device_count(),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+        "torch": torch.__version__,
+        "load_average": [round(x, 2) for x in os.getloadavg()],
+        **figures,
+    }
     path = write_json("gpu", doc)
     print(json.dumps(doc, indent=2))
     print(f"written to {path}")

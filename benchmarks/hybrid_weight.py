@@ -12,6 +12,7 @@ question measured is only how the minibatch share of the few real images moves t
 the "## Hybrid sets: share of real images per minibatch" section of benchmarks/RESULTS.md and
 benchmarks/results/hybrid_weight.json from the results.json files.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,8 +28,24 @@ from results import write_json, write_section
 
 WEIGHTS = ("natural", "0.1", "0.25", "0.5")
 N_SYNTHETIC, N_REAL = 600, 30
-OPTIONS = ["--models", "unet", "--sets", "hybrid", "--hybrid-real", str(N_REAL), "--synthetic-sizes",
-           str(N_SYNTHETIC), "--folds", "3", "--epochs", "5", "--threads", "1", "--no-prior", "--no-progress"]
+OPTIONS = [
+    "--models",
+    "unet",
+    "--sets",
+    "hybrid",
+    "--hybrid-real",
+    str(N_REAL),
+    "--synthetic-sizes",
+    str(N_SYNTHETIC),
+    "--folds",
+    "3",
+    "--epochs",
+    "5",
+    "--threads",
+    "1",
+    "--no-prior",
+    "--no-progress",
+]
 
 
 def phantom_folder(out: Path) -> Path:
@@ -54,9 +71,25 @@ def run(out: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)
         weight = [] if w == "natural" else ["--hybrid-real-weight", w]
         print(uptime(), flush=True)
-        subprocess.run([sys.executable, "-m", "datasetgan", "bench", "run", str(folder), "--synthetic", str(synth),
-                        "--real", str(data / "train"), "--test-real", str(data / "test")] + OPTIONS + weight,
-                       check=True)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "datasetgan",
+                "bench",
+                "run",
+                str(folder),
+                "--synthetic",
+                str(synth),
+                "--real",
+                str(data / "train"),
+                "--test-real",
+                str(data / "test"),
+            ]
+            + OPTIONS
+            + weight,
+            check=True,
+        )
     print(uptime(), flush=True)
 
 
@@ -70,30 +103,50 @@ def report(out: Path, log: Path) -> None:
         for key, e in doc["experiments"].items():
             vals = {k: [f["test_r"][k] for f in e["folds"] if f.get("test_r")] for k in ("miou", "mdice_fg", "hd95")}
             share = N_REAL / (N_REAL + N_SYNTHETIC) if w == "natural" else float(w)
-            rec = {"weight": w, "real_share_of_batches": share, "row": key, "folds": len(e["folds"]),
-                   "command": doc.get("command"),
-                   **{f"test_r_{k}": [float(np.mean(v)), float(np.std(v))] if v else None for k, v in vals.items()}}
+            rec = {
+                "weight": w,
+                "real_share_of_batches": share,
+                "row": key,
+                "folds": len(e["folds"]),
+                "command": doc.get("command"),
+                **{f"test_r_{k}": [float(np.mean(v)), float(np.std(v))] if v else None for k, v in vals.items()},
+            }
             records.append(rec)
             cell = lambda k: "-" if not rec[f"test_r_{k}"] else "{:.3f} ± {:.3f}".format(*rec[f"test_r_{k}"])  # noqa: E731
-            rows.append(f"| {w} ({share:.0%}) | {key} | {rec['folds']}/{e['folds_k']} | {cell('miou')} | "
-                        f"{cell('mdice_fg')} | {cell('hd95')} |")
+            rows.append(
+                f"| {w} ({share:.0%}) | {key} | {rec['folds']}/{e['folds_k']} | {cell('miou')} | "
+                f"{cell('mdice_fg')} | {cell('hd95')} |"
+            )
     la = loads(log)
-    text = "\n".join([
-        "## Hybrid sets: share of real images per minibatch (`--hybrid-real-weight`)", "",
-        f"U-Net, 64x64, {N_SYNTHETIC} synthetic + {N_REAL} real ACDC train slices (drawn at random, seed 0), "
-        "3 folds (each fold trains on two thirds of this hybrid set, the same images for every W), 5 epochs "
-        "(sized for a shared 2-core machine), 1 thread, scored on ACDC test (test-R). W = natural is plain "
-        "shuffling (the real images' share of the set). Synthetic pairs: procedural phantom "
-        "slices (`datasetgan.phantom`), not a generator's output. Commands: `benchmarks/hybrid_weight.py run` "
-        f"(each row's command is in benchmarks/results/hybrid_weight.json). Load average (1/5/15 min) "
-        + (f"{fmt_load(la[0])} at start, {fmt_load(la[-1])} at the end." if la else "not logged."), "",
-        "| real share W | row | folds | test-R mIoU | test-R Dice (fg) | test-R HD95 (px) |", "|---|---|---|---|---|---|",
-        *rows, ""])
+    text = "\n".join(
+        [
+            "## Hybrid sets: share of real images per minibatch (`--hybrid-real-weight`)",
+            "",
+            f"U-Net, 64x64, {N_SYNTHETIC} synthetic + {N_REAL} real ACDC train slices (drawn at random, seed 0), "
+            "3 folds (each fold trains on two thirds of this hybrid set, the same images for every W), 5 epochs "
+            "(sized for a shared 2-core machine), 1 thread, scored on ACDC test (test-R). W = natural is plain "
+            "shuffling (the real images' share of the set). Synthetic pairs: procedural phantom "
+            "slices (`datasetgan.phantom`), not a generator's output. Commands: `benchmarks/hybrid_weight.py run` "
+            f"(each row's command is in benchmarks/results/hybrid_weight.json). Load average (1/5/15 min) "
+            + (f"{fmt_load(la[0])} at start, {fmt_load(la[-1])} at the end." if la else "not logged."),
+            "",
+            "| real share W | row | folds | test-R mIoU | test-R Dice (fg) | test-R HD95 (px) |",
+            "|---|---|---|---|---|---|",
+            *rows,
+            "",
+        ]
+    )
     print(text)
     write_section(text)
-    write_json("hybrid_weight", {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                                 "load_average_start_end": [la[0], la[-1]] if la else None,
-                                 "machine": "shared 2-core CPU, 1 thread", "records": records})
+    write_json(
+        "hybrid_weight",
+        {
+            "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "load_average_start_end": [la[0], la[-1]] if la else None,
+            "machine": "shared 2-core CPU, 1 thread",
+            "records": records,
+        },
+    )
 
 
 def main() -> None:

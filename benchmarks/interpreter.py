@@ -14,6 +14,7 @@ with what the original design's full-resolution feature volume alone needs (30 x
 
     PYTHONPATH=$PWD python benchmarks/interpreter.py --threads 2 --rounds 3
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,14 +29,20 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from results import write_section  # benchmarks/results.py, next to this script
 from torch.utils.flop_counter import FlopCounterMode
 
-from datasetgan.interpreter import Interpreter, InterpreterConfig, InterpreterInfo, init_member, \
-    predict_from_logits, member_seed
 from datasetgan.data import default_classes
+from datasetgan.interpreter import (
+    Interpreter,
+    InterpreterConfig,
+    InterpreterInfo,
+    init_member,
+    member_seed,
+    predict_from_logits,
+)
 from datasetgan.networks import Generator, GeneratorConfig
 from datasetgan.render import render_one, to_uint8
-from results import write_section  # benchmarks/results.py, next to this script
 
 SECTION = "## Interpreter and pair factory"
 
@@ -87,11 +94,18 @@ def speed(res: int, rounds: int) -> dict:
     def interp_only(fast):
         predict_from_logits(interp.fast_logits(taps) if fast else interp.reference_logits(taps))
 
-    macs = {"generator": count_macs(lambda: gen(0)),
-            "fast_interp": count_macs(lambda: interp_only(True)) + upsample_macs(interp, True),
-            "ref_interp": count_macs(lambda: interp_only(False)) + upsample_macs(interp, False)}
-    paths = {"generator": gen, "fast": lambda s: pair(s, True), "reference": lambda s: pair(s, False),
-             "fast_interp_only": lambda s: interp_only(True), "ref_interp_only": lambda s: interp_only(False)}
+    macs = {
+        "generator": count_macs(lambda: gen(0)),
+        "fast_interp": count_macs(lambda: interp_only(True)) + upsample_macs(interp, True),
+        "ref_interp": count_macs(lambda: interp_only(False)) + upsample_macs(interp, False),
+    }
+    paths = {
+        "generator": gen,
+        "fast": lambda s: pair(s, True),
+        "reference": lambda s: pair(s, False),
+        "fast_interp_only": lambda s: interp_only(True),
+        "ref_interp_only": lambda s: interp_only(False),
+    }
     times = {k: [] for k in paths}
     for name in ("generator", "fast", "fast_interp_only"):  # warm-up (the reference path is too slow to repeat)
         paths[name](1000)
@@ -101,8 +115,14 @@ def speed(res: int, rounds: int) -> dict:
             fn(r + 1)
             times[name].append(time.perf_counter() - t0)
     med = {k: statistics.median(v) for k, v in times.items()}
-    out = {"resolution": res, "channels": sum(t.channels for t in G.feature_taps()), "rounds": rounds,
-           "seconds": med, "all_seconds": times, "macs": macs}
+    out = {
+        "resolution": res,
+        "channels": sum(t.channels for t in G.feature_taps()),
+        "rounds": rounds,
+        "seconds": med,
+        "all_seconds": times,
+        "macs": macs,
+    }
     out["pairs_per_s"] = {k: 1 / med[k] for k in ("generator", "fast", "reference")}
     out["fast_over_ref_pairs"] = med["reference"] / med["fast"]
     out["fast_over_ref_interp"] = med["ref_interp_only"] / med["fast_interp_only"]
@@ -143,26 +163,45 @@ def train_memory_child(n: int, res: int, steps: int) -> dict:
             mask = np.zeros((res, res), np.uint8)
             for k in (1, 2, 3):
                 cy, cx, rad = rng.uniform(0.2, 0.8) * res, rng.uniform(0.2, 0.8) * res, rng.uniform(0.05, 0.2) * res
-                mask[(yy - cy) ** 2 + (xx - cx) ** 2 < rad ** 2] = k
+                mask[(yy - cy) ** 2 + (xx - cx) ** 2 < rad**2] = k
             aset.save_mask(item, mask)
         t1 = time.time()
         feats, masks, records = render_annotated(G, aset)
         t2 = time.time()
         info = InterpreterInfo(feats.taps, aset.classes(), res, 1, G.sha256)
-        cfg = InterpreterConfig(members=10, batch_size=1024, epochs=1, pixels_per_epoch=steps * 1024,
-                                val_pixels=8192)
+        cfg = InterpreterConfig(members=10, batch_size=1024, epochs=1, pixels_per_epoch=steps * 1024, val_pixels=8192)
         train_interpreter(feats, masks, info, cfg)
         t3 = time.time()
-    return {"images": n, "resolution": res, "feature_bytes": feats.nbytes(), "channels": feats.channels,
-            "steps_per_member": steps, "peak_rss_bytes": vm_hwm(),
-            "ru_maxrss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
-            "rss_after_generator_bytes": rss_model, "render_annotations_s": t1 - t0, "features_s": t2 - t1,
-            "train_s": t3 - t2, "train_s_per_step": (t3 - t2) / (10 * steps)}
+    return {
+        "images": n,
+        "resolution": res,
+        "feature_bytes": feats.nbytes(),
+        "channels": feats.channels,
+        "steps_per_member": steps,
+        "peak_rss_bytes": vm_hwm(),
+        "ru_maxrss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        "rss_after_generator_bytes": rss_model,
+        "render_annotations_s": t1 - t0,
+        "features_s": t2 - t1,
+        "train_s": t3 - t2,
+        "train_s_per_step": (t3 - t2) / (10 * steps),
+    }
 
 
 def train_memory(n: int, res: int, steps: int, threads: int) -> dict:
-    cmd = [sys.executable, __file__, "--child", "--train-images", str(n), "--train-res", str(res),
-           "--train-steps", str(steps), "--threads", str(threads)]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--child",
+        "--train-images",
+        str(n),
+        "--train-res",
+        str(res),
+        "--train-steps",
+        str(steps),
+        "--threads",
+        str(threads),
+    ]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -180,71 +219,107 @@ def report(speeds: list[dict], mem: dict | None, args) -> str:
 
     speed_cmd = cmd(speeds[0].get("argv", sys.argv[1:])) if speeds else ""
     mem_cmd = cmd(mem.get("argv", sys.argv[1:])) if mem else ""
-    lines = [SECTION, "",
-             f"Commands: speed {speed_cmd}; training memory {mem_cmd} (torch {torch.__version__}, "
-             f"{args.threads} thread(s), a 2-core machine shared with other jobs{args.note}; medians of {speeds[0]['rounds'] if speeds else args.rounds} interleaved rounds). "
-             "Random-weight paper generator (channel base 16384, max 512, 1 channel) and a random 10-member "
-             "interpreter (hidden 256, 128; 4 classes).", "",
-             "| res | feature ch | generator pairs/s | fast pairs/s | reference pairs/s | fast/ref (pairs) "
-             "| MAC bound (pairs) | fast/ref (interpreter only) | MAC bound (interpreter) | fast / generator-only |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        SECTION,
+        "",
+        f"Commands: speed {speed_cmd}; training memory {mem_cmd} (torch {torch.__version__}, "
+        f"{args.threads} thread(s), a 2-core machine shared with other jobs{args.note}; medians of {speeds[0]['rounds'] if speeds else args.rounds} interleaved rounds). "
+        "Random-weight paper generator (channel base 16384, max 512, 1 channel) and a random 10-member "
+        "interpreter (hidden 256, 128; 4 classes).",
+        "",
+        "| res | feature ch | generator pairs/s | fast pairs/s | reference pairs/s | fast/ref (pairs) "
+        "| MAC bound (pairs) | fast/ref (interpreter only) | MAC bound (interpreter) | fast / generator-only |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for s in speeds:
         p = s["pairs_per_s"]
-        lines.append(f"| {s['resolution']} | {s['channels']} | {p['generator']:.3f} | {p['fast']:.3f} | "
-                     f"{p['reference']:.4f} | {s['fast_over_ref_pairs']:.1f}x | {s['mac_bound_pairs']:.1f}x | "
-                     f"{s['fast_over_ref_interp']:.1f}x | {s['mac_bound_interp']:.1f}x | {s['fast_vs_generator']:.2f} |")
-    lines += ["", "Multiply-adds per pair (G = 10^9):", "",
-              "| res | generator | fast interpreter | reference interpreter |", "|---|---|---|---|"]
+        lines.append(
+            f"| {s['resolution']} | {s['channels']} | {p['generator']:.3f} | {p['fast']:.3f} | "
+            f"{p['reference']:.4f} | {s['fast_over_ref_pairs']:.1f}x | {s['mac_bound_pairs']:.1f}x | "
+            f"{s['fast_over_ref_interp']:.1f}x | {s['mac_bound_interp']:.1f}x | {s['fast_vs_generator']:.2f} |"
+        )
+    lines += [
+        "",
+        "Multiply-adds per pair (G = 10^9):",
+        "",
+        "| res | generator | fast interpreter | reference interpreter |",
+        "|---|---|---|---|",
+    ]
     for s in speeds:
         m = s["macs"]
-        lines.append(f"| {s['resolution']} | {m['generator'] / 1e9:.1f} G | {m['fast_interp'] / 1e9:.1f} G | "
-                     f"{m['ref_interp'] / 1e9:.1f} G |")
+        lines.append(
+            f"| {s['resolution']} | {m['generator'] / 1e9:.1f} G | {m['fast_interp'] / 1e9:.1f} G | "
+            f"{m['ref_interp'] / 1e9:.1f} G |"
+        )
     for s in speeds:
         m, sec = s["macs"], s["seconds"]
-        eff = {k: m[km] / sec[ks] / 1e9 for k, km, ks in (("generator", "generator", "generator"),
-                                                          ("fast", "fast_interp", "fast_interp_only"),
-                                                          ("reference", "ref_interp", "ref_interp_only"))}
+        eff = {
+            k: m[km] / sec[ks] / 1e9
+            for k, km, ks in (
+                ("generator", "generator", "generator"),
+                ("fast", "fast_interp", "fast_interp_only"),
+                ("reference", "ref_interp", "ref_interp_only"),
+            )
+        }
         ceiling = m["generator"] / (m["generator"] + m["fast_interp"])
-        lines += ["", f"At {s['resolution']}: fast/reference reaches {s['fast_over_ref_interp'] / s['mac_bound_interp']:.0%} "
-                  f"of the multiply-add bound for the interpreter alone ({s['fast_over_ref_pairs'] / s['mac_bound_pairs']:.0%} "
-                  f"for whole pairs). Achieved rates: generator {eff['generator']:.1f}, fast interpreter "
-                  f"{eff['fast']:.1f}, reference interpreter {eff['reference']:.1f} G multiply-adds/s. At equal rates "
-                  f"the exact fast path could reach at most {ceiling:.2f}x the generator-only pairs/s "
-                  f"(measured {s['fast_vs_generator']:.2f}x)."]
+        lines += [
+            "",
+            f"At {s['resolution']}: fast/reference reaches {s['fast_over_ref_interp'] / s['mac_bound_interp']:.0%} "
+            f"of the multiply-add bound for the interpreter alone ({s['fast_over_ref_pairs'] / s['mac_bound_pairs']:.0%} "
+            f"for whole pairs). Achieved rates: generator {eff['generator']:.1f}, fast interpreter "
+            f"{eff['fast']:.1f}, reference interpreter {eff['reference']:.1f} G multiply-adds/s. At equal rates "
+            f"the exact fast path could reach at most {ceiling:.2f}x the generator-only pairs/s "
+            f"(measured {s['fast_vs_generator']:.2f}x).",
+        ]
     if mem:
         ref_bytes = mem["images"] * mem["resolution"] ** 2 * mem["channels"] * 4
-        lines += ["", f"Training memory ({mem['images']} annotated {mem['resolution']}x{mem['resolution']} images, "
-                  f"{mem['channels']} channels, 10 members, {mem['steps_per_member']} steps of 1024 pixels each, "
-                  "measured in a child process):", "",
-                  f"- peak RSS of the child (VmHWM): **{fmt_bytes(mem['peak_rss_bytes'])}** "
-                  f"({mem['peak_rss_bytes'] / 1e9:.2f} GB), of which {fmt_bytes(mem['rss_after_generator_bytes'])} "
-                  f"after importing torch and building the generator; its ru_maxrss "
-                  f"{fmt_bytes(mem.get('ru_maxrss_bytes', 0))} (Linux carries ru_maxrss over from the parent at "
-                  "fork + exec, so it is only an upper bound when the parent is larger)",
-                  f"- native-resolution float16 taps of all {mem['images']} images: {fmt_bytes(mem['feature_bytes'])}",
-                  f"- the original design's full-resolution concatenated volume alone: {mem['images']} x "
-                  f"{mem['resolution']} x {mem['resolution']} x {mem['channels']} x 4 B = **{fmt_bytes(ref_bytes)}** "
-                  f"({ref_bytes / mem['peak_rss_bytes']:.0f}x our whole peak)",
-                  f"- time: rendering features {mem['features_s']:.0f} s, training "
-                  f"{mem['train_s_per_step'] * 1000:.0f} ms per step of 1024 pixels per member"]
+        lines += [
+            "",
+            f"Training memory ({mem['images']} annotated {mem['resolution']}x{mem['resolution']} images, "
+            f"{mem['channels']} channels, 10 members, {mem['steps_per_member']} steps of 1024 pixels each, "
+            "measured in a child process):",
+            "",
+            f"- peak RSS of the child (VmHWM): **{fmt_bytes(mem['peak_rss_bytes'])}** "
+            f"({mem['peak_rss_bytes'] / 1e9:.2f} GB), of which {fmt_bytes(mem['rss_after_generator_bytes'])} "
+            f"after importing torch and building the generator; its ru_maxrss "
+            f"{fmt_bytes(mem.get('ru_maxrss_bytes', 0))} (Linux carries ru_maxrss over from the parent at "
+            "fork + exec, so it is only an upper bound when the parent is larger)",
+            f"- native-resolution float16 taps of all {mem['images']} images: {fmt_bytes(mem['feature_bytes'])}",
+            f"- the original design's full-resolution concatenated volume alone: {mem['images']} x "
+            f"{mem['resolution']} x {mem['resolution']} x {mem['channels']} x 4 B = **{fmt_bytes(ref_bytes)}** "
+            f"({ref_bytes / mem['peak_rss_bytes']:.0f}x our whole peak)",
+            f"- time: rendering features {mem['features_s']:.0f} s, training "
+            f"{mem['train_s_per_step'] * 1000:.0f} ms per step of 1024 pixels per member",
+        ]
     top = max(speeds, key=lambda s: s["resolution"]) if speeds else None
     lines += ["", "Goals:"]
     if top:
-        lines += [f"- fast >= 10x reference at {top['resolution']}: **not met** for whole pairs "
-                  f"({top['fast_over_ref_pairs']:.1f}x; the multiply-add bound itself is {top['mac_bound_pairs']:.1f}x "
-                  f"because the generator's work is common to both paths); interpreter alone "
-                  f"{top['fast_over_ref_interp']:.1f}x of a {top['mac_bound_interp']:.1f}x bound. The gap to the bound is "
-                  "memory traffic the count does not show: the 2560 projected channels are upsampled and summed "
-                  "at full size (more than 1 GB written per 256x256 image), while the reference is one large matrix product.",
-                  "- fast >= 0.5x generator-only pairs/s: " + ", ".join(
-                      f"{s['fast_vs_generator']:.2f}x at {s['resolution']}" for s in speeds)
-                  + " (met at: " + (", ".join(str(s["resolution"]) for s in speeds if s["fast_vs_generator"] >= 0.5)
-                                      or "none") + "; where the exact interpreter needs more multiply-adds than "
-                  "the generator, 0.5x is out of reach at equal arithmetic rates)."]
+        lines += [
+            f"- fast >= 10x reference at {top['resolution']}: **not met** for whole pairs "
+            f"({top['fast_over_ref_pairs']:.1f}x; the multiply-add bound itself is {top['mac_bound_pairs']:.1f}x "
+            f"because the generator's work is common to both paths); interpreter alone "
+            f"{top['fast_over_ref_interp']:.1f}x of a {top['mac_bound_interp']:.1f}x bound. The gap to the bound is "
+            "memory traffic the count does not show: the 2560 projected channels are upsampled and summed "
+            "at full size (more than 1 GB written per 256x256 image), while the reference is one large matrix product.",
+            "- fast >= 0.5x generator-only pairs/s: "
+            + ", ".join(f"{s['fast_vs_generator']:.2f}x at {s['resolution']}" for s in speeds)
+            + " (met at: "
+            + (", ".join(str(s["resolution"]) for s in speeds if s["fast_vs_generator"] >= 0.5) or "none")
+            + "; where the exact interpreter needs more multiply-adds than "
+            "the generator, 0.5x is out of reach at equal arithmetic rates).",
+        ]
     if mem:
-        lines.append(f"- training peak RSS <= 2 GB: {fmt_bytes(mem['peak_rss_bytes'])} = "
-                     f"{mem['peak_rss_bytes'] / 1e9:.2f} GB: " + ("met" if mem["peak_rss_bytes"] <= 2e9 else
-                     "met if GB means GiB, just over in decimal GB" if mem["peak_rss_bytes"] <= 2 ** 31 else "not met"))
+        lines.append(
+            f"- training peak RSS <= 2 GB: {fmt_bytes(mem['peak_rss_bytes'])} = "
+            f"{mem['peak_rss_bytes'] / 1e9:.2f} GB: "
+            + (
+                "met"
+                if mem["peak_rss_bytes"] <= 2e9
+                else "met if GB means GiB, just over in decimal GB"
+                if mem["peak_rss_bytes"] <= 2**31
+                else "not met"
+            )
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -259,8 +334,12 @@ def main():
     ap.add_argument("--skip-memory", action="store_true")
     ap.add_argument("--skip-speed", action="store_true")
     ap.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md alone")
-    ap.add_argument("--reuse", type=Path, default=None,
-                    help="stdout of an earlier run: its JSON lines fill in the parts skipped now")
+    ap.add_argument(
+        "--reuse",
+        type=Path,
+        default=None,
+        help="stdout of an earlier run: its JSON lines fill in the parts skipped now",
+    )
     ap.add_argument("--note", default="", help="text added after the machine description, e.g. the load seen")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()

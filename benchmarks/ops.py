@@ -9,6 +9,7 @@ cpu backend is faster). Prints a table and replaces its own section of benchmark
 
     PYTHONPATH=$PWD python benchmarks/ops.py --threads 2 --rounds 7 --network-rounds 5
 """
+
 from __future__ import annotations
 
 import argparse
@@ -19,10 +20,10 @@ import time
 
 import torch
 import torch.nn.functional as F
+from results import RESULTS, write_section  # benchmarks/results.py, next to this script
 
 import stylegan2_ops as ops
 from datasetgan.networks import Discriminator, DiscriminatorConfig, Generator, GeneratorConfig
-from results import RESULTS, write_section  # benchmarks/results.py, next to this script
 
 SECTION = "## stylegan2_ops: fused cpu backend vs ref"
 BACKENDS = ("ref", "cpu")
@@ -63,6 +64,7 @@ def op_cases():
                 xs = [t.detach().requires_grad_() for t in inputs]
                 y = run(be, *xs)
                 torch.autograd.grad(y, xs, torch.ones_like(y))
+
             return step
 
         cases.append((f"{label} forward", make_fwd))
@@ -70,35 +72,59 @@ def op_cases():
 
     x = torch.randn(n, 128, 64, 64)
     b = torch.randn(128)
-    fwd_and_bwd("bias_act lrelu+clamp [4,128,64,64]", [x, b],
-                lambda be, x, b: ops.bias_act(x, b, act="lrelu", gain=2 ** 0.5, clamp=256, backend=be))
+    fwd_and_bwd(
+        "bias_act lrelu+clamp [4,128,64,64]",
+        [x, b],
+        lambda be, x, b: ops.bias_act(x, b, act="lrelu", gain=2**0.5, clamp=256, backend=be),
+    )
     x = torch.randn(n, 128, 32, 32)
-    fwd_and_bwd("upfirdn2d up=2 [4,128,32,32]", [x],
-                lambda be, x: ops.upfirdn2d(x, f, up=2, padding=ops.up_padding(f, 2), gain=4, backend=be))
+    fwd_and_bwd(
+        "upfirdn2d up=2 [4,128,32,32]",
+        [x],
+        lambda be, x: ops.upfirdn2d(x, f, up=2, padding=ops.up_padding(f, 2), gain=4, backend=be),
+    )
     x = torch.randn(n, 128, 64, 64)
-    fwd_and_bwd("upfirdn2d down=2 [4,128,64,64]", [x],
-                lambda be, x: ops.upfirdn2d(x, f, down=2, padding=ops.down_padding(f, 2), backend=be))
+    fwd_and_bwd(
+        "upfirdn2d down=2 [4,128,64,64]",
+        [x],
+        lambda be, x: ops.upfirdn2d(x, f, down=2, padding=ops.down_padding(f, 2), backend=be),
+    )
     x, w = torch.randn(n, 64, 64, 64), torch.randn(128, 64, 3, 3)
-    fwd_and_bwd("conv2d_resample 3x3 down=2 64->128 ch [4,64,64,64]", [x, w],
-                lambda be, x, w: ops.conv2d_resample(x, w, f=f, down=2, padding=1, backend=be))
+    fwd_and_bwd(
+        "conv2d_resample 3x3 down=2 64->128 ch [4,64,64,64]",
+        [x, w],
+        lambda be, x, w: ops.conv2d_resample(x, w, f=f, down=2, padding=1, backend=be),
+    )
     w1 = torch.randn(128, 64, 1, 1)
-    fwd_and_bwd("conv2d_resample 1x1 down=2 64->128 ch [4,64,64,64]", [x, w1],
-                lambda be, x, w: ops.conv2d_resample(x, w, f=f, down=2, backend=be))
-    for (i, o, res, up) in ((256, 256, 8, 1), (256, 256, 16, 2), (128, 64, 64, 2), (64, 64, 64, 1)):
+    fwd_and_bwd(
+        "conv2d_resample 1x1 down=2 64->128 ch [4,64,64,64]",
+        [x, w1],
+        lambda be, x, w: ops.conv2d_resample(x, w, f=f, down=2, backend=be),
+    )
+    for i, o, res, up in ((256, 256, 8, 1), (256, 256, 16, 2), (128, 64, 64, 2), (64, 64, 64, 1)):
         x = torch.randn(n, i, res // up, res // up)
         w, s = torch.randn(o, i, 3, 3), torch.randn(n, i)
-        fwd_and_bwd(f"modulated_conv2d 3x3 up={up} {i}->{o} ch at {res}x{res}", [x, w, s],
-                    lambda be, x, w, s, up=up: ops.modulated_conv2d(x, w, s, f=f, up=up, padding=1, backend=be))
+        fwd_and_bwd(
+            f"modulated_conv2d 3x3 up={up} {i}->{o} ch at {res}x{res}",
+            [x, w, s],
+            lambda be, x, w, s, up=up: ops.modulated_conv2d(x, w, s, f=f, up=up, padding=1, backend=be),
+        )
     # R1 needs the double backward of D's convolutions.
     x, w = torch.randn(n, 64, 64, 64), torch.randn(128, 64, 3, 3)
 
     def make_double(be):
         def step():
             xs = x.detach().requires_grad_()
-            y = ops.bias_act(ops.conv2d_resample(xs, w, f=f, down=2, padding=1, backend=be), torch.zeros(128),
-                             act="lrelu", clamp=256, backend=be)
+            y = ops.bias_act(
+                ops.conv2d_resample(xs, w, f=f, down=2, padding=1, backend=be),
+                torch.zeros(128),
+                act="lrelu",
+                clamp=256,
+                backend=be,
+            )
             (g,) = torch.autograd.grad(y.square().sum(), xs, create_graph=True)
             g.square().sum().backward()
+
         return step
 
     cases.append(("conv 3x3 down=2 + bias_act, double backward (R1)", make_double))
@@ -119,6 +145,7 @@ def network_cases(res: int, batch: int):
                 fn()
             finally:
                 del os.environ[ops.backend.ENV_VAR]
+
         return run
 
     def g_forward():
@@ -136,16 +163,22 @@ def network_cases(res: int, batch: int):
         for p in list(g.parameters()) + list(d.parameters()):
             p.grad = None
 
-    return [(f"G forward {res}x{res} (batch {batch})", lambda be: with_backend(be, g_forward)),
-            (f"training step G+D+R1 {res}x{res} (batch {batch})", lambda be: with_backend(be, train_step))]
+    return [
+        (f"G forward {res}x{res} (batch {batch})", lambda be: with_backend(be, g_forward)),
+        (f"training step G+D+R1 {res}x{res} (batch {batch})", lambda be: with_backend(be, train_step)),
+    ]
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=7, help="interleaved rounds per operation (median)")
-    parser.add_argument("--network-rounds", type=int, default=5,
-                        help="interleaved rounds per whole-network item (median; no warm-up round)")
+    parser.add_argument(
+        "--network-rounds",
+        type=int,
+        default=5,
+        help="interleaved rounds per whole-network item (median; no warm-up round)",
+    )
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--resolutions", type=int, nargs="+", default=[64, 128])
     parser.add_argument("--no-tune-allocator", action="store_true", help="leave glibc malloc at its defaults")
@@ -168,27 +201,32 @@ def main():
             t = compare(make, args.rounds, inner=3 if label.endswith(" forward") else 1)
         ratio = t["ref"] / t["cpu"]
         rows.append((label, t["ref"], t["cpu"], ratio))
-        print(f"{label:60s} ref {t['ref'] * 1e3:9.1f} ms   cpu {t['cpu'] * 1e3:9.1f} ms   ratio {ratio:5.2f}x",
-              flush=True)
+        print(
+            f"{label:60s} ref {t['ref'] * 1e3:9.1f} ms   cpu {t['cpu'] * 1e3:9.1f} ms   ratio {ratio:5.2f}x", flush=True
+        )
 
-    lines = [SECTION, "",
-             f"Command: `PYTHONPATH=$PWD python benchmarks/ops.py --threads {args.threads} --rounds {args.rounds} "
-             f"--network-rounds {args.network_rounds} "
-             f"--batch {args.batch} --resolutions {' '.join(map(str, args.resolutions))}"
-             f"{' --no-tune-allocator' if args.no_tune_allocator else ''}`",
-             "",
-             f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores shared with other jobs (load average "
-             f"{os.getloadavg()[0]:.1f} at the end); torch {torch.__version__}, {args.threads} threads; glibc malloc "
-             f"{'tuned with stylegan2_ops.tune_allocator()' if tuned else 'at its defaults'} for both backends.",
-             "Both backends run in the same process, interleaved round by round; each figure is the median of "
-             f"{args.rounds} rounds ({args.network_rounds} for whole networks); ratio = ref time / cpu time (above 1: the cpu backend is faster). "
-             "Other processes shared the cores, so single figures are noisy (and absolute times inflated "
-             "many times over when the load is high); the ratios are the point. "
-             "modulated_conv2d 64->64 at 64x64 does the same work in both backends (one grouped convolution, "
-             "no resampling), so its ratio shows the noise level.",
-             "Networks: default GeneratorConfig / DiscriminatorConfig (channel_base 4096, channel_max 256, 1 channel).",
-             "",
-             "| item | ref (ms) | cpu (ms) | ref / cpu |", "|---|---:|---:|---:|"]
+    lines = [
+        SECTION,
+        "",
+        f"Command: `PYTHONPATH=$PWD python benchmarks/ops.py --threads {args.threads} --rounds {args.rounds} "
+        f"--network-rounds {args.network_rounds} "
+        f"--batch {args.batch} --resolutions {' '.join(map(str, args.resolutions))}"
+        f"{' --no-tune-allocator' if args.no_tune_allocator else ''}`",
+        "",
+        f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores shared with other jobs (load average "
+        f"{os.getloadavg()[0]:.1f} at the end); torch {torch.__version__}, {args.threads} threads; glibc malloc "
+        f"{'tuned with stylegan2_ops.tune_allocator()' if tuned else 'at its defaults'} for both backends.",
+        "Both backends run in the same process, interleaved round by round; each figure is the median of "
+        f"{args.rounds} rounds ({args.network_rounds} for whole networks); ratio = ref time / cpu time (above 1: the cpu backend is faster). "
+        "Other processes shared the cores, so single figures are noisy (and absolute times inflated "
+        "many times over when the load is high); the ratios are the point. "
+        "modulated_conv2d 64->64 at 64x64 does the same work in both backends (one grouped convolution, "
+        "no resampling), so its ratio shows the noise level.",
+        "Networks: default GeneratorConfig / DiscriminatorConfig (channel_base 4096, channel_max 256, 1 channel).",
+        "",
+        "| item | ref (ms) | cpu (ms) | ref / cpu |",
+        "|---|---:|---:|---:|",
+    ]
     lines += [f"| {label} | {r * 1e3:.1f} | {c * 1e3:.1f} | {ratio:.2f}x |" for label, r, c, ratio in rows]
     section = "\n".join(lines) + "\n"
     if not args.no_write:

@@ -21,6 +21,7 @@ the same way.
 
     PYTHONPATH=$PWD python benchmarks/projector.py --acdc-run /work/runs/i16-acdc32/run --n 8 --threads 1
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from results import write_json, write_section  # benchmarks/results.py, next to this script
 
 from datasetgan.bench.metrics import confusion_matrix, scores_from_confusion
 from datasetgan.checkpoint import load_generator
@@ -42,10 +44,17 @@ from datasetgan.features import TapFeatures
 from datasetgan.interpreter import InterpreterConfig, InterpreterInfo, load_interpreter, train_interpreter
 from datasetgan.phantom import CLASSES as PHANTOM_CLASSES
 from datasetgan.phantom import phantom_slice
-from datasetgan.projector import (DiscriminatorFeatures, InceptionFeatures, ProjectionError, ProjectorConfig,
-                                  load_discriminator, project, quality, reconstruct)
+from datasetgan.projector import (
+    DiscriminatorFeatures,
+    InceptionFeatures,
+    ProjectionError,
+    ProjectorConfig,
+    load_discriminator,
+    project,
+    quality,
+    reconstruct,
+)
 from datasetgan.runfolder import RunFolder
-from results import write_json, write_section  # benchmarks/results.py, next to this script
 
 SECTION = "## Projector (GAN inversion)"
 
@@ -53,8 +62,10 @@ SECTION = "## Projector (GAN inversion)"
 def find_acdc() -> Path:
     """../shared/data/acdc beside the repository (also from a git worktree one level deeper)."""
     here = Path(__file__).resolve()
-    return next((p / "shared/data/acdc" for p in here.parents if (p / "shared/data/acdc/val").is_dir()),
-                here.parents[2] / "shared/data/acdc")
+    return next(
+        (p / "shared/data/acdc" for p in here.parents if (p / "shared/data/acdc/val").is_dir()),
+        here.parents[2] / "shared/data/acdc",
+    )
 
 
 ACDC = find_acdc()
@@ -93,10 +104,16 @@ def run_config(G, images, masks, cfg: ProjectorConfig, features, interpreters: d
     projections = project(G, images, cfg, features=features)
     seconds = (time.perf_counter() - t0) / len(images)
     q = [quality(img.transpose(1, 2, 0), reconstruct(G, p)) for img, p in zip(images, projections)]
-    row = {"steps": cfg.steps, "perceptual": cfg.perceptual, "noise": cfg.optimize_noise,
-           "psnr_db_mean": statistics.mean(x["psnr"] for x in q), "psnr_db_std": statistics.pstdev(x["psnr"] for x in q),
-           "ssim_mean": statistics.mean(x["ssim"] for x in q), "ssim_std": statistics.pstdev(x["ssim"] for x in q),
-           "seconds_per_image": seconds}
+    row = {
+        "steps": cfg.steps,
+        "perceptual": cfg.perceptual,
+        "noise": cfg.optimize_noise,
+        "psnr_db_mean": statistics.mean(x["psnr"] for x in q),
+        "psnr_db_std": statistics.pstdev(x["psnr"] for x in q),
+        "ssim_mean": statistics.mean(x["ssim"] for x in q),
+        "ssim_std": statistics.pstdev(x["ssim"] for x in q),
+        "seconds_per_image": seconds,
+    }
     for name, interp in interpreters.items():
         row[f"miou_{name}"] = interpreter_miou(G, interp, projections, masks)
     print({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}, flush=True)
@@ -127,19 +144,30 @@ def benchmark_set(name, run: Path, images, masks, train, classes, args) -> dict:
                 continue  # measured in the sweep above
             cfg = ProjectorConfig(steps=args.compare_steps, perceptual=perceptual, optimize_noise=noise)
             rows.append(run_config(G, images, masks, cfg, features[perceptual], interpreters)[0])
-    return {"name": name, "run": str(run), "generator_sha256": G.sha256, "resolution": G.cfg.resolution,
-            "images": len(images), "interpreters": sorted(interpreters), "rows": rows}
+    return {
+        "name": name,
+        "run": str(run),
+        "generator_sha256": G.sha256,
+        "resolution": G.cfg.resolution,
+        "images": len(images),
+        "interpreters": sorted(interpreters),
+        "rows": rows,
+    }
 
 
 def table(result: dict) -> list[str]:
     keys = [k for k in result["rows"][0] if k.startswith("miou_")]
-    lines = ["| steps | perceptual loss | noise optimised | PSNR dB (mean ± std) | SSIM (mean ± std) | s / image |"
-             + "".join(f" interpreter mIoU: {k[5:]} |" for k in keys),
-             "|---|---|---|---|---|---|" + "---|" * len(keys)]
+    lines = [
+        "| steps | perceptual loss | noise optimised | PSNR dB (mean ± std) | SSIM (mean ± std) | s / image |"
+        + "".join(f" interpreter mIoU: {k[5:]} |" for k in keys),
+        "|---|---|---|---|---|---|" + "---|" * len(keys),
+    ]
     for r in result["rows"]:
-        lines.append(f"| {r['steps']} | {r['perceptual']} | {'yes' if r['noise'] else 'no'} | "
-                     f"{r['psnr_db_mean']:.2f} ± {r['psnr_db_std']:.2f} | {r['ssim_mean']:.3f} ± {r['ssim_std']:.3f} | "
-                     f"{r['seconds_per_image']:.1f} |" + "".join(f" {r[k]:.3f} |" for k in keys))
+        lines.append(
+            f"| {r['steps']} | {r['perceptual']} | {'yes' if r['noise'] else 'no'} | "
+            f"{r['psnr_db_mean']:.2f} ± {r['psnr_db_std']:.2f} | {r['ssim_mean']:.3f} ± {r['ssim_std']:.3f} | "
+            f"{r['seconds_per_image']:.1f} |" + "".join(f" {r[k]:.3f} |" for k in keys)
+        )
     return lines
 
 
@@ -149,8 +177,12 @@ def main():
     ap.add_argument("--n", type=int, default=8, help="real images projected per data set")
     ap.add_argument("--steps", type=int, nargs="+", default=[50, 100, 200, 400])
     ap.add_argument("--compare-steps", type=int, default=200, help="steps of the loss / noise comparison")
-    ap.add_argument("--train-interpreter", type=int, default=0,
-                    help="also train an interpreter on this many projected real train slices")
+    ap.add_argument(
+        "--train-interpreter",
+        type=int,
+        default=0,
+        help="also train an interpreter on this many projected real train slices",
+    )
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -161,38 +193,63 @@ def main():
     demo = bundled_run()
     res = load_generator(RunFolder(demo).generator).cfg.resolution
     train = phantom_set(args.train_interpreter, res, seed=0) if args.train_interpreter else None
-    results.append(benchmark_set("phantom (demo run)", demo, *phantom_set(args.n, res, seed=1), train,
-                                 PHANTOM_CLASSES, args))
+    results.append(
+        benchmark_set("phantom (demo run)", demo, *phantom_set(args.n, res, seed=1), train, PHANTOM_CLASSES, args)
+    )
     if args.acdc_run is not None and RunFolder(args.acdc_run).generator.is_file():
         from datasetgan.data import read_labels
 
         res = load_generator(RunFolder(args.acdc_run).generator).cfg.resolution
         train = acdc_set("train", args.train_interpreter, res) if args.train_interpreter else None
-        results.append(benchmark_set("ACDC", args.acdc_run, *acdc_set("val", args.n, res), train,
-                                     read_labels(ACDC / "labels.json"), args))
+        results.append(
+            benchmark_set(
+                "ACDC", args.acdc_run, *acdc_set("val", args.n, res), train, read_labels(ACDC / "labels.json"), args
+            )
+        )
     load_end = os.getloadavg()[0]
     command = "PYTHONPATH=$PWD python benchmarks/projector.py " + " ".join(sys.argv[1:])
-    machine = (f"{platform.machine()}, {os.cpu_count()} cores shared with other work, torch {torch.__version__}, "
-               f"{args.threads} thread(s), load average {load_start:.1f} at the start and {load_end:.1f} at the end")
-    lines = [SECTION, "",
-             f"Command: `{command}` ({time.strftime('%Y-%m-%d', time.gmtime(started))}; {machine}; "
-             f"{(time.time() - started) / 60:.0f} minutes). Each row projects the same {args.n} real images "
-             "(never seen in training) into W+ (one w per layer, from the mean w) with Adam, renders each projection "
-             "exactly from its stored tensors and scores it against the real image: PSNR and SSIM are MONAI's "
-             "(SSIM: Gaussian window 11, sigma 1.5, on 0..255). Perceptual loss: `inception` = the first blocks of "
-             "FID's Inception-v3, `discriminator` = the run's own discriminator blocks, `none` = pixel loss only. "
-             "Interpreter mIoU: the masks an interpreter reads from the projections' features, against the real "
-             "masks (all classes, one confusion matrix): `run_interpreter` is the run's own (the demo's was trained "
-             "on 30 model-labelled generated seeds); `projected_real_N` was trained here on N projected real train "
-             "slices with their real masks (3 members), as `annotate --import-real` + `interpret` do. "
-             "Seconds per image are wall time on the shared machine (indicative only).", ""]
+    machine = (
+        f"{platform.machine()}, {os.cpu_count()} cores shared with other work, torch {torch.__version__}, "
+        f"{args.threads} thread(s), load average {load_start:.1f} at the start and {load_end:.1f} at the end"
+    )
+    lines = [
+        SECTION,
+        "",
+        f"Command: `{command}` ({time.strftime('%Y-%m-%d', time.gmtime(started))}; {machine}; "
+        f"{(time.time() - started) / 60:.0f} minutes). Each row projects the same {args.n} real images "
+        "(never seen in training) into W+ (one w per layer, from the mean w) with Adam, renders each projection "
+        "exactly from its stored tensors and scores it against the real image: PSNR and SSIM are MONAI's "
+        "(SSIM: Gaussian window 11, sigma 1.5, on 0..255). Perceptual loss: `inception` = the first blocks of "
+        "FID's Inception-v3, `discriminator` = the run's own discriminator blocks, `none` = pixel loss only. "
+        "Interpreter mIoU: the masks an interpreter reads from the projections' features, against the real "
+        "masks (all classes, one confusion matrix): `run_interpreter` is the run's own (the demo's was trained "
+        "on 30 model-labelled generated seeds); `projected_real_N` was trained here on N projected real train "
+        "slices with their real masks (3 members), as `annotate --import-real` + `interpret` do. "
+        "Seconds per image are wall time on the shared machine (indicative only).",
+        "",
+    ]
     for r in results:
-        lines += [f"**{r['name']}**: generator {r['generator_sha256'][:12]} ({r['resolution']}x{r['resolution']}, "
-                  f"`{r['run']}`), {r['images']} images.", ""] + table(r) + [""]
+        lines += (
+            [
+                f"**{r['name']}**: generator {r['generator_sha256'][:12]} ({r['resolution']}x{r['resolution']}, "
+                f"`{r['run']}`), {r['images']} images.",
+                "",
+            ]
+            + table(r)
+            + [""]
+        )
     write_section("\n".join(lines))
-    write_json("projector", {"command": command, "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
-                             "machine": machine, "load_average_start": load_start, "load_average_end": load_end,
-                             "sets": results})
+    write_json(
+        "projector",
+        {
+            "command": command,
+            "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
+            "machine": machine,
+            "load_average_start": load_start,
+            "load_average_end": load_end,
+            "sets": results,
+        },
+    )
     print("\n".join(lines))
 
 

@@ -6,6 +6,7 @@
 Reads RUN/bench/results.json (benchmark, grading), RUN/annotator.json, RUN/fid.json and RUN/generator.json;
 reports whatever stages have finished, with the number of folds behind every mean.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -41,29 +42,45 @@ def section(run: Path, note: str) -> str:
     gen = json.loads((run / "generator.json").read_text()) if (run / "generator.json").is_file() else {}
     nimg = gen.get("training", {}).get("nimg")
     fid = json.loads((run / "fid.json").read_text()) if (run / "fid.json").is_file() else None
-    lines.append(f"- Run folder `{run}`; generator: cpu-small with ADA"
-                 + (f", {nimg / 1000:.0f} kimg" if nimg else "")
-                 + (f"; FID {fid['fid']:.1f} ({fid['generated']} generated vs {fid['real']} real slices, "
-                    f"pytorch-fid's distance)" if fid else "") + ".")
+    lines.append(
+        f"- Run folder `{run}`; generator: cpu-small with ADA"
+        + (f", {nimg / 1000:.0f} kimg" if nimg else "")
+        + (
+            f"; FID {fid['fid']:.1f} ({fid['generated']} generated vs {fid['real']} real slices, "
+            f"pytorch-fid's distance)"
+            if fid
+            else ""
+        )
+        + "."
+    )
     ann_file = run / "annotator.json"  # the annotator's sidecar records what it learnt from and its test-R score
     if ann_file.is_file():
         ann = json.loads(ann_file.read_text())
-        lines.append(f"- Model-assisted annotator ({ann['config']['arch']}, trained on {ann['trained_on']['n']} "
-                     f"labelled slices of `{ann['trained_on']['path']}`): test-R mIoU {ann['test_r']['miou']:.3f}, "
-                     "the ceiling of this run's labels.")
+        lines.append(
+            f"- Model-assisted annotator ({ann['config']['arch']}, trained on {ann['trained_on']['n']} "
+            f"labelled slices of `{ann['trained_on']['path']}`): test-R mIoU {ann['test_r']['miou']:.3f}, "
+            "the ceiling of this run's labels."
+        )
     g = doc.get("grading")
     if g:
         c, n = g["counts"], g["n"]
-        lines.append(f"- Pair grading of {n} generated pairs against the annotator: good {c['good'] / n:.0%}, "
-                     f"partial {c['partial'] / n:.0%}, bad {c['bad'] / n:.0%} (seed paper: "
-                     + ", ".join(f"{k} {v:.0%}" for k, v in SEED_GRADES.items()) + ").")
+        lines.append(
+            f"- Pair grading of {n} generated pairs against the annotator: good {c['good'] / n:.0%}, "
+            f"partial {c['partial'] / n:.0%}, bad {c['bad'] / n:.0%} (seed paper: "
+            + ", ".join(f"{k} {v:.0%}" for k, v in SEED_GRADES.items())
+            + ")."
+        )
     if doc.get("command"):
         lines.append(f"- Benchmark command: `{doc['command']}`")
-    lines += ["", "test-R = ACDC test (unseen patients), test-G = generated pairs from unseen seeds; mIoU "
-              "includes background; mean ± std over the folds completed.", "",
-              "| model | training set | folds | epochs (steps per fold) | test-R mIoU | test-G mIoU | "
-              "share of real-trained test-R | goal | seed paper test-R (DeepLabV3, 256px) |",
-              "|---|---|---|---|---|---|---|---|---|"]
+    lines += [
+        "",
+        "test-R = ACDC test (unseen patients), test-G = generated pairs from unseen seeds; mIoU "
+        "includes background; mean ± std over the folds completed.",
+        "",
+        "| model | training set | folds | epochs (steps per fold) | test-R mIoU | test-G mIoU | "
+        "share of real-trained test-R | goal | seed paper test-R (DeepLabV3, 256px) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     by_model: dict[str, dict[str, dict]] = {}
     for key, e in doc["experiments"].items():
         by_model.setdefault(e["model_name"], {})[set_kind(e["set"])] = e
@@ -77,8 +94,10 @@ def section(run: Path, note: str) -> str:
             tr = (s.get("test_r") or {}).get("miou")
             share = f"{tr[0] / real:.2f}" if tr and real and kind != "real" else "-"
             goal = f"≥ {GOALS[kind]:.2f}" if kind in GOALS else "-"
-            lines.append(f"| {model} | {e['set']} | {len(e['folds'])}/{e['folds_k']} | {steps(e)} | {fmt(tr)} | "
-                         f"{fmt((s.get('test_g') or {}).get('miou'))} | {share} | {goal} | {SEED[kind]:.3f} |")
+            lines.append(
+                f"| {model} | {e['set']} | {len(e['folds'])}/{e['folds_k']} | {steps(e)} | {fmt(tr)} | "
+                f"{fmt((s.get('test_g') or {}).get('miou'))} | {share} | {goal} | {SEED[kind]:.3f} |"
+            )
     return "\n".join(lines) + "\n"
 
 

@@ -1,10 +1,10 @@
 """Benchmark figures, written twice: a ``## `` section of benchmarks/RESULTS.md for people (each script
 owns one section and replaces only that) and a JSON file under benchmarks/results/ for programs."""
+
 from __future__ import annotations
 
-from pathlib import Path
-
 import json
+from pathlib import Path
 
 from datasetgan.atomic import atomic_write_text
 

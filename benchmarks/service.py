@@ -7,6 +7,7 @@ VmHWM = peak). Writes its section of benchmarks/RESULTS.md.
     PYTHONPATH=$PWD python benchmarks/service.py            # builds a tiny 16x16 run
     PYTHONPATH=$PWD python benchmarks/service.py --runs RUNS --model ID --total 10000
 """
+
 from __future__ import annotations
 
 import argparse
@@ -71,7 +72,7 @@ def stream(base: str, model: str, n: int, seed_start: int, fmt: str = "tar", on_
                         first = time.perf_counter() - t0
                     if on_line:
                         on_line(lines)
-                    pending = pending[pending.rfind(b"\n") + 1:]
+                    pending = pending[pending.rfind(b"\n") + 1 :]
             elif first is None and size >= 512 * 8:  # header + data of the first members
                 first = time.perf_counter() - t0
     return first, time.perf_counter() - t0, size
@@ -93,9 +94,26 @@ def main():
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     env = {**{k: v for k, v in os.environ.items() if k != "DATASETGAN_API_KEY"}, "PYTHONPATH": str(ROOT)}
-    cmd = [sys.executable, "-m", "datasetgan", "serve", "--runs", str(runs), "--jobs-dir", str(tmp / "jobs"),
-           "--port", str(port), "--max-n", str(max(args.total, args.n)), "--max-concurrent", "4",
-           "--threads", str(args.server_threads), "--log-level", "warning"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "datasetgan",
+        "serve",
+        "--runs",
+        str(runs),
+        "--jobs-dir",
+        str(tmp / "jobs"),
+        "--port",
+        str(port),
+        "--max-n",
+        str(max(args.total, args.n)),
+        "--max-concurrent",
+        "4",
+        "--threads",
+        str(args.server_threads),
+        "--log-level",
+        "warning",
+    ]
     server = subprocess.Popen(cmd, env=env)
     try:
         while True:
@@ -115,8 +133,10 @@ def main():
         rate1 = 3 * args.n / sum(t for _, t, _ in one)
 
         results = [None] * 4
+
         def client(i):
             results[i] = stream(base, args.model, args.n, 200_000 + args.n * i)
+
         t0 = time.perf_counter()
         threads = [threading.Thread(target=client, args=(i,)) for i in range(4)]
         for t in threads:
@@ -127,17 +147,21 @@ def main():
 
         before = rss_kib(server.pid)["VmRSS"]
         seen, marks = [0], {}
+
         def on_line(k):
             seen[0] += k
             for mark in (1000, args.total):
                 if seen[0] >= mark and mark not in marks:
                     marks[mark] = rss_kib(server.pid)["VmRSS"]
+
         peak = [0]
         stop = threading.Event()
+
         def sample():
             while not stop.is_set():
                 peak[0] = max(peak[0], rss_kib(server.pid)["VmRSS"])
                 time.sleep(0.1)
+
         sampler = threading.Thread(target=sample)
         sampler.start()
         _, t_total, size = stream(base, args.model, args.total, 1_000_000, "ndjson", on_line)
@@ -148,17 +172,22 @@ def main():
         server.send_signal(signal.SIGTERM)
         server.wait(30)
 
-    mib = lambda k: f"{k / 1024:.0f} MiB"
+    def mib(k):
+        return f"{k / 1024:.0f} MiB"
+
     res = model["resolution"]
     lines = [
-        SECTION, "",
+        SECTION,
+        "",
         f"`PYTHONPATH=$PWD python benchmarks/service.py{' --runs ' + str(args.runs) if args.runs else ''}` "
         f"({time.strftime('%Y-%m-%d')}; model {args.model}: {res}x{res}, {model['channels']} channel(s), "
         f"{len(model['classes'])} classes; server `--threads {args.server_threads} --max-concurrent 4`, "
         f"stylegan2_ops backend {os.environ.get('STYLEGAN2_OPS_BACKEND', 'auto')}, CPU, "
         f"{os.cpu_count()} cores shared with other work, load average {os.getloadavg()[0]:.1f}). "
-        "Every pair carries image, mask, overlay and uncertainty PNGs and its JSON record.", "",
-        "| figure | value |", "|---|---|",
+        "Every pair carries image, mask, overlay and uncertainty PNGs and its JSON record.",
+        "",
+        "| figure | value |",
+        "|---|---|",
         f"| time to first pair, cold (model load + 1 pair) | {cold_first * 1000:.0f} ms |",
         f"| time to first pair, warm (median of 3, n = {args.n}) | {ttfp * 1000:.0f} ms |",
         f"| pairs/s, 1 client (3 x {args.n} pairs, tar) | {rate1:.1f} |",

@@ -11,6 +11,7 @@ of the same kind, at every snapshot on disk (ADA's premise is that the two drift
     PYTHONPATH=$PWD python benchmarks/train_acdc.py /work/runs/acdc64-ada /work/runs/acdc64-noaug \
         --names ada noaug --heldout ../shared/data/acdc/val
 """
+
 from __future__ import annotations
 
 import argparse
@@ -40,15 +41,18 @@ def d_overfit(run: Path, train_dir: str, heldout_dir: str) -> list[tuple]:
         tensors, meta = load_snapshot(snap)
         cfg = TrainConfig.from_dict(meta["config"])
         if not images:  # every snapshot of a run has the same resolution
-            images = {key: torch.from_numpy(load_image_folder(folder, cfg.resolution, masks="ignore").images)
-                      .float() / 127.5 - 1 for key, folder in (("train", train_dir), ("heldout", heldout_dir))}
+            images = {
+                key: torch.from_numpy(load_image_folder(folder, cfg.resolution, masks="ignore").images).float() / 127.5
+                - 1
+                for key, folder in (("train", train_dir), ("heldout", heldout_dir))
+            }
         D = Discriminator(cfg.discriminator_config()).eval()
         D.load_state_dict({k[2:]: v for k, v in tensors.items() if k.startswith("D.")})
         row = [meta["state"]["nimg"] / 1000]
         logits = {}
         for key, imgs in images.items():
             n = len(imgs) - len(imgs) % cfg.batch  # whole minibatches, as in training (minibatch std)
-            logits[key] = torch.cat([D(imgs[i: i + cfg.batch]).flatten() for i in range(0, n, cfg.batch)])
+            logits[key] = torch.cat([D(imgs[i : i + cfg.batch]).flatten() for i in range(0, n, cfg.batch)])
         row += [float(torch.sign(logits[k]).mean()) for k in ("train", "heldout")]
         row += [float(logits[k].mean()) for k in ("train", "heldout")]
         out.append(tuple(row))
@@ -97,8 +101,13 @@ def main():
     print("|---" * (1 + 2 * len(names)) + "|")
     p_at = {n: {r["nimg"]: r["p"] for r in rs} for n, rs in logs.items()}
     for nimg in common:
-        print(f"| {nimg / 1000:.1f} | " + " | ".join(f"{fids[n][nimg]:.1f}" for n in names) + " | "
-              + " | ".join(f"{p_at[n][nimg]:.3f}" for n in names) + " |")
+        print(
+            f"| {nimg / 1000:.1f} | "
+            + " | ".join(f"{fids[n][nimg]:.1f}" for n in names)
+            + " | "
+            + " | ".join(f"{p_at[n][nimg]:.3f}" for n in names)
+            + " |"
+        )
     # Sample grids at the newest snapshot both runs reached.
     grids = [set(int(p.stem.split("-")[1]) for p in (r / "training").glob("grid-*.png")) for r in args.runs]
     last = max(set.intersection(*grids))
@@ -107,8 +116,10 @@ def main():
     shutil.copy(args.runs[0] / "training" / "reals.png", HERE / "train_acdc_reals.png")
     for name, rs in logs.items():
         r = rs[-1]
-        print(f"{name}: {r['nimg']} images seen, {r['train_seconds'] / 3600:.2f} h of training, "
-              f"p {r['p']:.3f}, last images/s {r['images_per_s']}")
+        print(
+            f"{name}: {r['nimg']} images seen, {r['train_seconds'] / 3600:.2f} h of training, "
+            f"p {r['p']:.3f}, last images/s {r['images_per_s']}"
+        )
     print(f"grids at {last} images")
     if args.heldout:
         torch.set_num_threads(1)

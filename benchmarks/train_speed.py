@@ -13,6 +13,7 @@ an idle machine. Writes the "Training speed" section of benchmarks/RESULTS.md.
 
     PYTHONPATH=$PWD python benchmarks/train_speed.py --threads 2
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,10 +27,10 @@ tune_allocator()
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from results import write_section  # noqa: E402  (benchmarks/results.py)
 
 from datasetgan.networks import count_parameters  # noqa: E402
 from datasetgan.presets import PRESETS, make_config  # noqa: E402
-from results import write_section  # noqa: E402  (benchmarks/results.py)
 from datasetgan.training import Trainer  # noqa: E402
 
 SECTION = "Training speed"
@@ -58,13 +59,21 @@ def measure(preset: str, batch: int | None, repeats: int, p: float) -> dict:
     both = timed_step(tr, 0, repeats)
     if pl is None:  # path length is never due without R1: attribute the joint cost to both
         pl = plain
-    per_step = [plain[i] + (pl[i] - plain[i]) / cfg.pl_interval + (both[i] - pl[i]) / cfg.r1_interval
-                for i in range(2)]
-    return {"preset": preset, "resolution": cfg.resolution, "batch": cfg.batch,
-            "channels": f"{cfg.channel_base}/{cfg.channel_max}", "mapping": cfg.mapping_layers,
-            "params_G": count_parameters(tr.G), "params_D": count_parameters(tr.D),
-            "plain_s": plain[0], "pl_s": pl[0], "both_s": both[0],
-            "img_s_wall": cfg.batch / per_step[0], "img_s_cpu": cfg.batch / per_step[1]}
+    per_step = [plain[i] + (pl[i] - plain[i]) / cfg.pl_interval + (both[i] - pl[i]) / cfg.r1_interval for i in range(2)]
+    return {
+        "preset": preset,
+        "resolution": cfg.resolution,
+        "batch": cfg.batch,
+        "channels": f"{cfg.channel_base}/{cfg.channel_max}",
+        "mapping": cfg.mapping_layers,
+        "params_G": count_parameters(tr.G),
+        "params_D": count_parameters(tr.D),
+        "plain_s": plain[0],
+        "pl_s": pl[0],
+        "both_s": both[0],
+        "img_s_wall": cfg.batch / per_step[0],
+        "img_s_cpu": cfg.batch / per_step[1],
+    }
 
 
 def main():
@@ -72,8 +81,12 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--presets", nargs="+", default=list(PRESETS))
-    ap.add_argument("--paper-batch", type=int, default=8,
-                    help="batch for paper256 (its real batch, 64, takes minutes per step on a CPU)")
+    ap.add_argument(
+        "--paper-batch",
+        type=int,
+        default=8,
+        help="batch for paper256 (its real batch, 64, takes minutes per step on a CPU)",
+    )
     ap.add_argument("--p", type=float, default=0.2)
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args()
@@ -84,9 +97,12 @@ def main():
         batch = args.paper_batch if preset == "paper256" else None
         r = measure(preset, batch, 1 if preset == "paper256" else args.repeats, args.p)
         rows.append(r)
-        print(f"{preset:10s} {r['resolution']:4d}px batch {r['batch']:3d}: {r['img_s_wall']:7.2f} img/s wall, "
-              f"{r['img_s_cpu'] * args.threads:7.2f} img/s from CPU time "
-              f"(plain step {r['plain_s']:.2f}s, +PL {r['pl_s']:.2f}s, +PL+R1 {r['both_s']:.2f}s)", flush=True)
+        print(
+            f"{preset:10s} {r['resolution']:4d}px batch {r['batch']:3d}: {r['img_s_wall']:7.2f} img/s wall, "
+            f"{r['img_s_cpu'] * args.threads:7.2f} img/s from CPU time "
+            f"(plain step {r['plain_s']:.2f}s, +PL {r['pl_s']:.2f}s, +PL+R1 {r['both_s']:.2f}s)",
+            flush=True,
+        )
     lines = [
         f"Command: `PYTHONPATH=$PWD python benchmarks/train_speed.py --threads {args.threads}` "
         f"({platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
@@ -100,11 +116,16 @@ def main():
     ]
     for r in rows:
         cpu_rate = r["img_s_cpu"] * args.threads  # images per second if the threads had the cores alone
-        lines.append(f"| {r['preset']} | {r['resolution']} | {r['batch']} | {r['channels']} | {r['mapping']} | "
-                     f"{r['params_G'] / 1e6:.2f}M | {r['params_D'] / 1e6:.2f}M | {r['img_s_wall']:.2f} | "
-                     f"{cpu_rate:.2f} | {100_000 / cpu_rate / 3600:.1f} h |")
-    lines += ["", "Amortised over the regularisation intervals (path length every `pl_interval`, R1 every "
-              "`r1_interval` steps). paper256 is timed at batch %d for one repeat only." % args.paper_batch]
+        lines.append(
+            f"| {r['preset']} | {r['resolution']} | {r['batch']} | {r['channels']} | {r['mapping']} | "
+            f"{r['params_G'] / 1e6:.2f}M | {r['params_D'] / 1e6:.2f}M | {r['img_s_wall']:.2f} | "
+            f"{cpu_rate:.2f} | {100_000 / cpu_rate / 3600:.1f} h |"
+        )
+    lines += [
+        "",
+        "Amortised over the regularisation intervals (path length every `pl_interval`, R1 every "
+        "`r1_interval` steps). paper256 is timed at batch %d for one repeat only." % args.paper_batch,
+    ]
     text = "\n".join(lines)
     print(text)
     if not args.no_write:

@@ -7,6 +7,7 @@ The synthesis network exposes each layer's output as a named *feature tap* (the 
 every convolution layer). Taps are recorded only when asked for, so they never change what the
 forward pass computes.
 """
+
 from __future__ import annotations
 
 import math
@@ -72,7 +73,7 @@ def check_resolution(res: int) -> None:
 
 
 def block_resolutions(res: int) -> list[int]:
-    return [2 ** i for i in range(2, int(math.log2(res)) + 1)]
+    return [2**i for i in range(2, int(math.log2(res)) + 1)]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -99,24 +100,34 @@ class FullyConnected(nn.Module):
 class Conv2d(nn.Module):
     """Equalized-LR convolution with optional FIR up/down-sampling (used by the discriminator)."""
 
-    def __init__(self, in_channels, out_channels, kernel_size, bias=True, act="linear", up=1, down=1,
-                 resample_filter=(1, 3, 3, 1), conv_clamp=None):
+    def __init__(
+        self,
+        in_channels,
+        out_channels,
+        kernel_size,
+        bias=True,
+        act="linear",
+        up=1,
+        down=1,
+        resample_filter=(1, 3, 3, 1),
+        conv_clamp=None,
+    ):
         super().__init__()
         self.act, self.up, self.down, self.conv_clamp = act, up, down, conv_clamp
         self.register_buffer("resample_filter", ops.setup_filter(resample_filter), persistent=False)
         self.padding = kernel_size // 2
-        self.weight_gain = 1 / math.sqrt(in_channels * kernel_size ** 2)
+        self.weight_gain = 1 / math.sqrt(in_channels * kernel_size**2)
         self.weight = nn.Parameter(torch.randn(out_channels, in_channels, kernel_size, kernel_size))
         self.bias = nn.Parameter(torch.zeros(out_channels)) if bias else None
 
     def forward(self, x, gain=1.0):
         w = self.weight * self.weight_gain
-        x = ops.conv2d_resample(x, w.to(x.dtype), f=self.resample_filter, up=self.up, down=self.down,
-                                padding=self.padding)
+        x = ops.conv2d_resample(
+            x, w.to(x.dtype), f=self.resample_filter, up=self.up, down=self.down, padding=self.padding
+        )
         clamp = self.conv_clamp * gain if self.conv_clamp is not None else None
         b = self.bias.to(x.dtype) if self.bias is not None else None
-        return ops.bias_act(x, b, act=self.act, gain=ops.ref.act_defaults(self.act, None, None)[1] * gain,
-                            clamp=clamp)
+        return ops.bias_act(x, b, act=self.act, gain=ops.ref.act_defaults(self.act, None, None)[1] * gain, clamp=clamp)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -130,7 +141,8 @@ class MappingNetwork(nn.Module):
         dims = [cfg.z_dim] + [cfg.w_dim] * cfg.mapping_layers
         self.layers = nn.ModuleList(
             FullyConnected(dims[i], dims[i + 1], act="lrelu", lr_multiplier=cfg.mapping_lr)
-            for i in range(cfg.mapping_layers))
+            for i in range(cfg.mapping_layers)
+        )
         self.register_buffer("w_avg", torch.zeros(cfg.w_dim))
 
     def forward(self, z, truncation_psi=1.0, truncation_cutoff=None, update_w_avg=False):
@@ -153,8 +165,9 @@ class MappingNetwork(nn.Module):
 class SynthesisLayer(nn.Module):
     """Modulated 3x3 convolution + noise + bias + leaky ReLU."""
 
-    def __init__(self, in_channels, out_channels, w_dim, resolution, up=1, conv_clamp=None,
-                 resample_filter=(1, 3, 3, 1)):
+    def __init__(
+        self, in_channels, out_channels, w_dim, resolution, up=1, conv_clamp=None, resample_filter=(1, 3, 3, 1)
+    ):
         super().__init__()
         self.up, self.resolution, self.conv_clamp = up, resolution, conv_clamp
         self.affine = FullyConnected(w_dim, in_channels, bias_init=1.0)
@@ -169,15 +182,20 @@ class SynthesisLayer(nn.Module):
     def forward(self, x, w, noise_mode="random", noise_generator=None, gain=1.0, noise=None):
         """``noise``: an explicit noise map [N, 1, r, r] (a projected image's), used instead of noise_mode."""
         styles = self.affine(w)
-        x = ops.modulated_conv2d(x, self.weight, styles, demodulate=True, f=self.resample_filter,
-                                 up=self.up, padding=1)
+        x = ops.modulated_conv2d(x, self.weight, styles, demodulate=True, f=self.resample_filter, up=self.up, padding=1)
         if noise is not None:
             x = x + noise.to(x.dtype) * self.noise_strength
         elif noise_mode == "random":
             # drawn where the generator lives (a training run keeps its random streams on the CPU)
-            noise = torch.randn(x.shape[0], 1, self.resolution, self.resolution, dtype=x.dtype,
-                                device=noise_generator.device if noise_generator is not None else x.device,
-                                generator=noise_generator).to(x.device)
+            noise = torch.randn(
+                x.shape[0],
+                1,
+                self.resolution,
+                self.resolution,
+                dtype=x.dtype,
+                device=noise_generator.device if noise_generator is not None else x.device,
+                generator=noise_generator,
+            ).to(x.device)
             x = x + noise * self.noise_strength
         elif noise_mode == "const":
             x = x + self.noise_const.to(x.dtype) * self.noise_strength
@@ -243,8 +261,9 @@ class SynthesisBlock(nn.Module):
         if taps is not None:
             taps[names[1]] = x
         if img is not None:
-            img = ops.upfirdn2d(img, self.resample_filter, up=2, padding=ops.up_padding(self.resample_filter, 2),
-                                gain=4)
+            img = ops.upfirdn2d(
+                img, self.resample_filter, up=2, padding=ops.up_padding(self.resample_filter, 2), gain=4
+            )
         y = self.torgb(x, next(w_iter))
         img = y if img is None else img + y
         return x, img
@@ -265,16 +284,20 @@ class SynthesisNetwork(nn.Module):
         self.num_ws = 0
         for res in self.resolutions:
             in_ch = 0 if res == 4 else cfg.channels(res // 2)
-            block = SynthesisBlock(in_ch, cfg.channels(res), cfg.w_dim, res, cfg.img_channels,
-                                   conv_clamp=cfg.conv_clamp)
+            block = SynthesisBlock(
+                in_ch, cfg.channels(res), cfg.w_dim, res, cfg.img_channels, conv_clamp=cfg.conv_clamp
+            )
             self.blocks.append(block)
             self.num_ws += block.num_conv
         self.num_ws += 1  # the last toRGB
         self._channels = {res: cfg.channels(res) for res in self.resolutions}
 
     def feature_taps(self) -> list[FeatureTap]:
-        return [FeatureTap(name, block.resolution, self._channels[block.resolution])
-                for block in self.blocks for name in block.tap_names()]
+        return [
+            FeatureTap(name, block.resolution, self._channels[block.resolution])
+            for block in self.blocks
+            for name in block.tap_names()
+        ]
 
     def noise_layers(self) -> dict[str, SynthesisLayer]:
         return {name: layer for block in self.blocks for name, layer in block.noise_layers().items()}
@@ -283,7 +306,7 @@ class SynthesisNetwork(nn.Module):
         x = img = None
         w_idx = 0
         for block in self.blocks:
-            x, img = block(x, img, ws[:, w_idx: w_idx + block.num_conv + 1], taps=taps, **layer_kwargs)
+            x, img = block(x, img, ws[:, w_idx : w_idx + block.num_conv + 1], taps=taps, **layer_kwargs)
             w_idx += block.num_conv
         return img
 
@@ -301,8 +324,7 @@ class Generator(nn.Module):
     def feature_taps(self) -> list[FeatureTap]:
         return self.synthesis.feature_taps()
 
-    def forward(self, z, truncation_psi=1.0, truncation_cutoff=None, update_w_avg=False, taps=None,
-                **layer_kwargs):
+    def forward(self, z, truncation_psi=1.0, truncation_cutoff=None, update_w_avg=False, taps=None, **layer_kwargs):
         ws = self.mapping(z, truncation_psi, truncation_cutoff, update_w_avg=update_w_avg)
         return self.synthesis(ws, taps=taps, **layer_kwargs)
 
@@ -314,8 +336,9 @@ class Generator(nn.Module):
 class DiscriminatorBlock(nn.Module):
     def __init__(self, in_channels, tmp_channels, out_channels, img_channels, conv_clamp=None):
         super().__init__()
-        self.fromrgb = Conv2d(img_channels, tmp_channels, 1, act="lrelu", conv_clamp=conv_clamp) \
-            if in_channels == 0 else None
+        self.fromrgb = (
+            Conv2d(img_channels, tmp_channels, 1, act="lrelu", conv_clamp=conv_clamp) if in_channels == 0 else None
+        )
         self.conv0 = Conv2d(tmp_channels, tmp_channels, 3, act="lrelu", conv_clamp=conv_clamp)
         self.conv1 = Conv2d(tmp_channels, out_channels, 3, act="lrelu", down=2, conv_clamp=conv_clamp)
         self.skip = Conv2d(tmp_channels, out_channels, 1, bias=False, down=2)
@@ -372,8 +395,11 @@ class Discriminator(nn.Module):
         self.blocks = nn.ModuleList()
         for i, res in enumerate(resolutions):
             in_ch = 0 if i == 0 else cfg.channels(res)
-            self.blocks.append(DiscriminatorBlock(in_ch, cfg.channels(res), cfg.channels(res // 2),
-                                                  cfg.img_channels, conv_clamp=cfg.conv_clamp))
+            self.blocks.append(
+                DiscriminatorBlock(
+                    in_ch, cfg.channels(res), cfg.channels(res // 2), cfg.img_channels, conv_clamp=cfg.conv_clamp
+                )
+            )
         self.epilogue = DiscriminatorEpilogue(cfg.channels(4), cfg)
 
     def forward(self, img):

@@ -33,6 +33,7 @@ Snapshot layout in RUN/training/:
     grid-<images seen>.png, reals.png    fixed-seed samples of G_ema; a grid of training images
     curves.png                           losses, p and r_t, FID against thousands of images
 """
+
 from __future__ import annotations
 
 import copy
@@ -88,7 +89,7 @@ def unflatten_optimizer(opt: torch.optim.Optimizer, prefix: str, tensors: dict, 
     head = f"{prefix}.state."
     for name, value in tensors.items():
         if name.startswith(head):
-            pid, key = name[len(head):].split(".", 1)
+            pid, key = name[len(head) :].split(".", 1)
             state.setdefault(int(pid), {})[key] = value
     for name, value in meta["scalars"].items():
         pid, key = name.split(".", 1)
@@ -118,12 +119,12 @@ class StepStats:
 def lazy_adam(params, lr: float, betas, eps: float, interval: int) -> torch.optim.Adam:
     """Adam with StyleGAN2's correction for lazy regularisation (interval 0 = not lazy)."""
     c = interval / (interval + 1) if interval else 1.0
-    return torch.optim.Adam(params, lr=lr * c, betas=tuple(b ** c for b in betas), eps=eps)
+    return torch.optim.Adam(params, lr=lr * c, betas=tuple(b**c for b in betas), eps=eps)
 
 
 def stream_seed(seed: int, stream: int, share: int) -> int:
     """The seed of random stream ``stream`` of ``share`` (share 0: a one-process run's streams)."""
-    return seed * 1000 + stream + 1 + share * 2 ** 32
+    return seed * 1000 + stream + 1 + share * 2**32
 
 
 def rng_key(name: str, share: int) -> str:
@@ -136,19 +137,29 @@ def share_batch(cfg: TrainConfig, shares: int) -> int:
         raise TrainingError(f"--batch {cfg.batch} does not split evenly over {shares} ranks")
     k = cfg.batch // shares
     if shares > 1 and k < cfg.mbstd_group:
-        raise TrainingError(f"--batch {cfg.batch} over {shares} ranks leaves {k} images per rank, fewer than "
-                            f"the minibatch-stddev group of {cfg.mbstd_group}; raise --batch")
+        raise TrainingError(
+            f"--batch {cfg.batch} over {shares} ranks leaves {k} images per rank, fewer than "
+            f"the minibatch-stddev group of {cfg.mbstd_group}; raise --batch"
+        )
     return k
 
 
 class Trainer:
     """Holds the networks, optimisers, random generators and counters of one training run."""
 
-    def __init__(self, cfg: TrainConfig, images: np.ndarray, device: str = "cpu", group: Group | None = None,
-                 local_shares: int = 1):
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        images: np.ndarray,
+        device: str = "cpu",
+        group: Group | None = None,
+        local_shares: int = 1,
+    ):
         if images.ndim != 4 or images.shape[1] != cfg.img_channels or images.shape[-1] != cfg.resolution:
-            raise TrainingError(f"data of shape {tuple(images.shape)} does not fit the configuration "
-                                f"({cfg.img_channels} channel(s), {cfg.resolution}x{cfg.resolution})")
+            raise TrainingError(
+                f"data of shape {tuple(images.shape)} does not fit the configuration "
+                f"({cfg.img_channels} channel(s), {cfg.resolution}x{cfg.resolution})"
+            )
         self.group = group or Group(device=device)
         self.cfg, self.device = cfg, torch.device(self.group.device if group else device)
         # The global batch is split into shares, one per rank (a single process may hold several, as the
@@ -171,11 +182,18 @@ class Trainer:
         # and keeps its share); the others come from (seed, share). Share 0's are those of a
         # one-process run, so a single process trains exactly as before ranks existed.
         self.rng_data = torch.Generator().manual_seed(stream_seed(cfg.seed, 0, 0))
-        self.rngs = {s: {name: torch.Generator().manual_seed(stream_seed(cfg.seed, i, s))
-                         for i, name in enumerate(RNG_NAMES) if name != "data"} for s in self.shares}
+        self.rngs = {
+            s: {
+                name: torch.Generator().manual_seed(stream_seed(cfg.seed, i, s))
+                for i, name in enumerate(RNG_NAMES)
+                if name != "data"
+            }
+            for s in self.shares
+        }
         self.augment = AugmentPipe(cfg.augpipe)
-        self.ada = AdaController(cfg.batch, cfg.ada_target, cfg.ada_interval, cfg.ada_kimg,
-                                 p=cfg.aug_p if cfg.aug != "none" else 0.0)
+        self.ada = AdaController(
+            cfg.batch, cfg.ada_target, cfg.ada_interval, cfg.ada_kimg, p=cfg.aug_p if cfg.aug != "none" else 0.0
+        )
         self.pl_mean = torch.zeros([])
         self.step_count = 0
         self.nimg = 0
@@ -241,7 +259,8 @@ class Trainer:
         k, S = self.share_batch, self.num_shares
 
         # G main: non-saturating logistic loss; G's running w average follows the global batch.
-        G.requires_grad_(True); D.requires_grad_(False)
+        G.requires_grad_(True)
+        D.requires_grad_(False)
         self.opt_G.zero_grad(set_to_none=True)
         w_sum = torch.zeros_like(G.mapping.w_avg)
         for s in self.shares:
@@ -261,7 +280,9 @@ class Trainer:
             for s in self.shares:
                 ws = self.mapped(G, m, s)
                 img = self.synthesize(G, ws, s)
-                noise = torch.randn(img.shape, generator=self.rngs[s]["noise"]).to(img.device) / math.sqrt(img.shape[2] * img.shape[3])
+                noise = torch.randn(img.shape, generator=self.rngs[s]["noise"]).to(img.device) / math.sqrt(
+                    img.shape[2] * img.shape[3]
+                )
                 (grads,) = torch.autograd.grad((img * noise).sum(), ws, create_graph=True)
                 lengths[s] = grads.square().sum(2).mean(1).sqrt()
             batch_mean = self.mean_over_shares(sum(v.detach().mean() for v in lengths.values()))
@@ -274,7 +295,8 @@ class Trainer:
             self.step(self.opt_G, G)
 
         # D main: logistic loss on fakes and reals.
-        G.requires_grad_(False); D.requires_grad_(True)
+        G.requires_grad_(False)
+        D.requires_grad_(True)
         reals = self.real_batches()
         self.opt_D.zero_grad(set_to_none=True)
         ada_before = self.ada.sign_sum, self.ada.count
@@ -317,7 +339,9 @@ class Trainer:
             return self.stats
         names = sorted(self.stats.sums)
         totals = self.group.sum_values(*(self.stats.sums[k] for k in names), *(self.stats.counts[k] for k in names))
-        return StepStats(dict(zip(names, totals[:len(names)])), {k: int(c) for k, c in zip(names, totals[len(names):])})
+        return StepStats(
+            dict(zip(names, totals[: len(names)])), {k: int(c) for k, c in zip(names, totals[len(names) :])}
+        )
 
     @torch.no_grad()
     def update_ema(self) -> None:
@@ -347,15 +371,25 @@ class Trainer:
                     tensors[rng_key(name, s + (rank - self.group.rank) * len(self.shares))] = state
         tensors["rng.torch_global"] = torch.get_rng_state()
         tensors["pl_mean"] = self.pl_mean.clone()
-        meta = {"kind": SNAPSHOT_KIND, "config": self.cfg.to_dict(), "opt_G": m_g, "opt_D": m_d,
-                "state": {"step": self.step_count, "nimg": self.nimg, "train_seconds": self.train_seconds,
-                          "ada": self.ada.state(), "shares": self.num_shares}}
+        meta = {
+            "kind": SNAPSHOT_KIND,
+            "config": self.cfg.to_dict(),
+            "opt_G": m_g,
+            "opt_D": m_d,
+            "state": {
+                "step": self.step_count,
+                "nimg": self.nimg,
+                "train_seconds": self.train_seconds,
+                "ada": self.ada.state(),
+                "shares": self.num_shares,
+            },
+        }
         return tensors, meta
 
     def load_state(self, tensors: dict[str, torch.Tensor], meta: dict) -> None:
         for name, module in (("G", self.G), ("G_ema", self.G_ema), ("D", self.D)):
             head = f"{name}."
-            sd = {k[len(head):]: v for k, v in tensors.items() if k.startswith(head)}
+            sd = {k[len(head) :]: v for k, v in tensors.items() if k.startswith(head)}
             module.load_state_dict(sd)
         unflatten_optimizer(self.opt_G, "opt_G", tensors, meta["opt_G"])
         unflatten_optimizer(self.opt_D, "opt_D", tensors, meta["opt_D"])
@@ -435,14 +469,14 @@ def append_log(path: Path, row: dict) -> None:
 
 @dataclass
 class LoopOptions:
-    kimg: float                      # train until this many thousand images have been seen in total
-    snap_kimg: float                 # snapshot every this many thousand images
-    log_kimg: float | None = None    # a log line every this many thousand images (default: snap / 4)
-    grid_seeds: int = 32             # fixed seeds of the sample grid
+    kimg: float  # train until this many thousand images have been seen in total
+    snap_kimg: float  # snapshot every this many thousand images
+    log_kimg: float | None = None  # a log line every this many thousand images (default: snap / 4)
+    grid_seeds: int = 32  # fixed seeds of the sample grid
     keep_snapshots: int = 2
     progress: bool = True
     fid: Callable[[Generator], float] | None = None  # computes FID of G_ema at each snapshot
-    data: str | None = None          # the training data folder, recorded in generator.json
+    data: str | None = None  # the training data folder, recorded in generator.json
 
 
 def export_generator(trainer: Trainer, path: Path, data: str | None) -> None:
@@ -500,8 +534,14 @@ def train(trainer: Trainer, run_dir, opts: LoopOptions, reals_grid: np.ndarray |
     elif main and not export_is_current(run.generator, trainer.nimg):  # stopped between snapshot and export
         export_generator(trainer, run.generator, opts.data)
 
-    bar = tqdm(total=total, initial=min(trainer.nimg, total), unit="img", disable=not (opts.progress and main),
-               dynamic_ncols=True, smoothing=0.1)
+    bar = tqdm(
+        total=total,
+        initial=min(trainer.nimg, total),
+        unit="img",
+        disable=not (opts.progress and main),
+        dynamic_ncols=True,
+        smoothing=0.1,
+    )
     tick_start, tick_nimg = time.perf_counter(), trainer.nimg
     try:
         while trainer.nimg < total:
@@ -511,8 +551,10 @@ def train(trainer: Trainer, run_dir, opts: LoopOptions, reals_grid: np.ndarray |
             trainer.train_seconds += time.perf_counter() - t0
             bar.update(trainer.nimg - before)
             means = trainer.stats.means()
-            bar.set_postfix({k: f"{means[k]:.3f}" for k in ("loss_G", "loss_D") if k in means} | {"p": f"{trainer.p:.3f}"},
-                            refresh=False)
+            bar.set_postfix(
+                {k: f"{means[k]:.3f}" for k in ("loss_G", "loss_D") if k in means} | {"p": f"{trainer.p:.3f}"},
+                refresh=False,
+            )
             crossed_snap = trainer.nimg // snap != before // snap or trainer.nimg >= total
             crossed_log = trainer.nimg // log_every != before // log_every
             if crossed_log or crossed_snap:
@@ -533,7 +575,15 @@ def train(trainer: Trainer, run_dir, opts: LoopOptions, reals_grid: np.ndarray |
 
 
 def log_row(trainer: Trainer, stats: StepStats, speed: float, fid: float | None) -> dict:
-    return {"kimg": trainer.nimg / 1000, "nimg": trainer.nimg, "step": trainer.step_count,
-            **{k: round(v, 6) for k, v in stats.means().items()},
-            "p": trainer.p, "r_t": trainer.ada.last_rt, "fid": fid, "images_per_s": round(speed, 3),
-            "train_seconds": round(trainer.train_seconds, 1), "time": time.time()}
+    return {
+        "kimg": trainer.nimg / 1000,
+        "nimg": trainer.nimg,
+        "step": trainer.step_count,
+        **{k: round(v, 6) for k, v in stats.means().items()},
+        "p": trainer.p,
+        "r_t": trainer.ada.last_rt,
+        "fid": fid,
+        "images_per_s": round(speed, 3),
+        "train_seconds": round(trainer.train_seconds, 1),
+        "time": time.time(),
+    }

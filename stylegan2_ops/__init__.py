@@ -10,15 +10,24 @@ Automatic choice: ``cuda`` for CUDA tensors, ``cpu`` for CPU tensors, and ``ref`
 if that build fails. All backends support first and second order gradients (R1 regularisation).
 ``tune_allocator()`` makes glibc keep freed memory, which speeds up CPU training and generation.
 """
+
 from __future__ import annotations
 
-from . import ref
+from . import ref  # noqa: F401 (stylegan2_ops.ref: the reference backend, part of the API)
 from .allocator import tune_allocator
 from .backend import select
 from .filters import down_padding, setup_filter, up_padding
 
-__all__ = ["bias_act", "upfirdn2d", "conv2d_resample", "modulated_conv2d", "setup_filter",
-           "up_padding", "down_padding", "tune_allocator"]
+__all__ = [
+    "bias_act",
+    "upfirdn2d",
+    "conv2d_resample",
+    "modulated_conv2d",
+    "setup_filter",
+    "up_padding",
+    "down_padding",
+    "tune_allocator",
+]
 
 
 def bias_act(x, b=None, dim=1, act="linear", alpha=None, gain=None, clamp=None, backend=None):
@@ -64,5 +73,4 @@ def modulated_conv2d(x, weight, styles, demodulate=True, f=None, up=1, down=1, p
     w''[n, o] = w'[n, o] / sqrt(sum_{i, kh, kw} w'[n, o]^2 + 1e-8). Then
     y[n] = conv2d_resample(x[n], w''[n], f, up, down, padding).
     """
-    return select("modulated_conv2d", x, backend).modulated_conv2d(
-        x, weight, styles, demodulate, f, up, down, padding)
+    return select("modulated_conv2d", x, backend).modulated_conv2d(x, weight, styles, demodulate, f, up, down, padding)

@@ -4,6 +4,7 @@
 cannot be built, it falls back to ``ref`` after one warning that says why. A backend forced by
 argument or by the ``STYLEGAN2_OPS_BACKEND`` environment variable is used or fails loudly.
 """
+
 from __future__ import annotations
 
 import functools
@@ -43,8 +44,11 @@ def compiled_or_none(name: str):
     try:
         return compiled(name)
     except BuildError as exc:
-        warnings.warn(f"stylegan2_ops: the {name} backend is unavailable, using the slower reference "
-                      f"backend instead ({exc})", RuntimeWarning, stacklevel=3)
+        warnings.warn(
+            f"stylegan2_ops: the {name} backend is unavailable, using the slower reference backend instead ({exc})",
+            RuntimeWarning,
+            stacklevel=3,
+        )
         return None
 
 

@@ -13,6 +13,7 @@ whose parent was killed (an orphaned ninja keeps compiling for a while) can only
 private folder: it never corrupts the installed module nor a later build, and the next build removes
 private folders whose process is gone.
 """
+
 from __future__ import annotations
 
 import functools
@@ -65,8 +66,7 @@ def cpu_signature() -> str:
 
 
 # Files each backend is built from; the first ones are compiled, headers come last.
-SOURCES = {"cpu": ["cpu_ops.cpp", "activations.h"],
-           "cuda": ["cuda_ops.cpp", "cuda_kernels.cu", "activations.h"]}
+SOURCES = {"cpu": ["cpu_ops.cpp", "activations.h"], "cuda": ["cuda_ops.cpp", "cuda_kernels.cu", "activations.h"]}
 
 
 def source_hash(kind: str) -> str:
@@ -87,16 +87,27 @@ def compile_config(kind: str) -> dict:
     """Everything that goes into the compile and link commands, except paths inside the build folder."""
     from torch.utils import cpp_extension
 
-    config = {"kind": kind, "python": sys.version, "python_include": sysconfig.get_paths()["include"],
-              "torch": torch.__version__, "torch_path": str(Path(torch.__file__).resolve().parent),
-              "torch_include": cpp_extension.include_paths(), "cxx": compiler(),
-              "sources": source_hash(kind)}
+    config = {
+        "kind": kind,
+        "python": sys.version,
+        "python_include": sysconfig.get_paths()["include"],
+        "torch": torch.__version__,
+        "torch_path": str(Path(torch.__file__).resolve().parent),
+        "torch_include": cpp_extension.include_paths(),
+        "cxx": compiler(),
+        "sources": source_hash(kind),
+    }
     if kind == "cpu":
         config.update(cflags=cpu_flags(), ldflags=["-fopenmp"], cpu=cpu_signature())
     else:
-        config.update(cflags=["-O3"], cuda_cflags=["-O3", "-lineinfo"] + gencode_flags(),
-                      cuda=torch.version.cuda, nvcc=str(find_nvcc().resolve()), cuda_include=cuda_include_dirs(),
-                      cudart=str(cudart_library()))
+        config.update(
+            cflags=["-O3"],
+            cuda_cflags=["-O3", "-lineinfo"] + gencode_flags(),
+            cuda=torch.version.cuda,
+            nvcc=str(find_nvcc().resolve()),
+            cuda_include=cuda_include_dirs(),
+            cudart=str(cudart_library()),
+        )
     return config
 
 
@@ -141,8 +152,12 @@ def cuda_toolkit_root() -> Path:
     """The toolkit folder nvcc runs from (nvcc may be a wrapper script, so ask nvcc itself)."""
     nvcc = find_nvcc()
     try:
-        out = subprocess.run([str(nvcc), "--dryrun", "-x", "cu", "-c", os.devnull, "-o", os.devnull],
-                             capture_output=True, text=True, timeout=60)
+        out = subprocess.run(
+            [str(nvcc), "--dryrun", "-x", "cu", "-c", os.devnull, "-o", os.devnull],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
     except (OSError, subprocess.SubprocessError) as exc:
         raise BuildError(f"cannot run {nvcc}: {exc}") from exc
     for line in (out.stdout + out.stderr).splitlines():
@@ -244,16 +259,24 @@ def compile_into(kind: str, name: str, private: Path, verbose: bool):
 
     config = compile_config(kind)
     src = stage_sources(kind, private)
-    kwargs: dict = dict(name=name, build_directory=str(private), verbose=verbose,
-                        sources=[str(src / n) for n in SOURCES[kind] if not n.endswith(".h")],
-                        extra_cflags=config["cflags"], extra_include_paths=[str(src)])
+    kwargs: dict = dict(
+        name=name,
+        build_directory=str(private),
+        verbose=verbose,
+        sources=[str(src / n) for n in SOURCES[kind] if not n.endswith(".h")],
+        extra_cflags=config["cflags"],
+        extra_include_paths=[str(src)],
+    )
     if kind == "cpu":
         kwargs.update(extra_ldflags=config["ldflags"])
     else:
         if cpp_extension.CUDA_HOME is None:
             raise BuildError("torch found no CUDA toolkit (set CUDA_HOME)")
-        kwargs.update(extra_cuda_cflags=config["cuda_cflags"], extra_include_paths=[str(src)] + config["cuda_include"],
-                      extra_ldflags=[f"-L{cudart_link_dir(private)}", "-lcudart"])
+        kwargs.update(
+            extra_cuda_cflags=config["cuda_cflags"],
+            extra_include_paths=[str(src)] + config["cuda_include"],
+            extra_ldflags=[f"-L{cudart_link_dir(private)}", "-lcudart"],
+        )
     return cpp_extension.load(**kwargs)
 
 

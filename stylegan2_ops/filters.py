@@ -1,4 +1,5 @@
 """FIR filter helpers shared by every backend."""
+
 from __future__ import annotations
 
 import torch

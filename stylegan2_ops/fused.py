@@ -13,6 +13,7 @@ written with the same fused kernels, so they are differentiable again:
 
 The filters ``f`` are constants: they get no gradient.
 """
+
 from __future__ import annotations
 
 import torch
@@ -21,8 +22,9 @@ import torch.nn.functional as F
 from . import ref
 from .filters import down_padding, up_padding
 
-ACT_IDS = {name: i for i, name in enumerate(
-    ["linear", "relu", "lrelu", "tanh", "sigmoid", "elu", "selu", "softplus", "swish"])}
+ACT_IDS = {
+    name: i for i, name in enumerate(["linear", "relu", "lrelu", "tanh", "sigmoid", "elu", "selu", "softplus", "swish"])
+}
 LINEAR_ACTS = ("linear", "relu", "lrelu")  # f'' = 0
 
 
@@ -93,8 +95,7 @@ class _Upfirdn2d(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dy):
         (kernel,) = ctx.saved_tensors
-        return (upfirdn2d_grad(dy, kernel, ctx.lib, ctx.up, ctx.down, ctx.pad, ctx.in_hw),
-                None, None, None, None, None)
+        return (upfirdn2d_grad(dy, kernel, ctx.lib, ctx.up, ctx.down, ctx.pad, ctx.in_hw), None, None, None, None, None)
 
 
 def upfirdn2d_grad(dy, kernel, lib, up, down, pad, in_hw):
@@ -104,8 +105,7 @@ def upfirdn2d_grad(dy, kernel, lib, up, down, pad, in_hw):
     kh, kw = kernel.shape
     h, w = in_hw
     oh, ow = dy.shape[2:]
-    gpad = (kw - 1 - px0, w * upx - ow * downx + px0 - upx + 1,
-            kh - 1 - py0, h * upy - oh * downy + py0 - upy + 1)
+    gpad = (kw - 1 - px0, w * upx - ow * downx + px0 - upx + 1, kh - 1 - py0, h * upy - oh * downy + py0 - upy + 1)
     return _Upfirdn2d.apply(dy.contiguous(), kernel.flip([0, 1]), lib, down, up, gpad)
 
 
@@ -143,8 +143,14 @@ def down_at_low_resolution(w, x, f, down, padding) -> bool:
     even with 16-64 channels, 0.5-0.9x at 8-16 pixels."""
     kh, kw = w.shape[2:]
     k = f.shape[-1] if f is not None else 0
-    return (kh == kw and kh % 2 == 1 and padding == kh // 2 and padding > 0 and k >= down + 2
-            and min(x.shape[2], x.shape[3]) >= MIN_DOWN_SIDE)
+    return (
+        kh == kw
+        and kh % 2 == 1
+        and padding == kh // 2
+        and padding > 0
+        and k >= down + 2
+        and min(x.shape[2], x.shape[3]) >= MIN_DOWN_SIDE
+    )
 
 
 MIN_DOWN_SIDE = 32
@@ -162,13 +168,13 @@ def subtract_border(y, top, bottom, left, right):
     ``left`` / ``right`` on its first / last columns (None: nothing)."""
     h, w = y.shape[2:]
     if top is not None:
-        y[:, :, :top.shape[2]] -= top
+        y[:, :, : top.shape[2]] -= top
     if bottom is not None:
-        y[:, :, h - bottom.shape[2]:] -= bottom
+        y[:, :, h - bottom.shape[2] :] -= bottom
     if left is not None:
-        y[:, :, :, :left.shape[3]] -= left
+        y[:, :, :, : left.shape[3]] -= left
     if right is not None:
-        y[:, :, :, w - right.shape[3]:] -= right
+        y[:, :, :, w - right.shape[3] :] -= right
     return y
 
 
@@ -262,10 +268,12 @@ class FusedBackend:
             return self.upfirdn2d(t, f, down=down, padding=pad)
 
         return subtract_border(
-            y, fir(conv(0, b0 + kh - 1, 0, pw), (0, 0, 0, down * (nt - 1) + k - b0)),
+            y,
+            fir(conv(0, b0 + kh - 1, 0, pw), (0, 0, 0, down * (nt - 1) + k - b0)),
             fir(conv(b0 + h, ph, 0, pw), (0, 0, b0 + h - down * ib, 0)),
             fir(conv(b0, b0 + h + kh - 1, 0, b0 + kw - 1), (0, down * (nl - 1) + k - b0, b0, b1)),
-            fir(conv(b0, b0 + h + kh - 1, b0 + wd, pw), (b0 + wd - down * jb, 0, b0, b1)))
+            fir(conv(b0, b0 + h + kh - 1, b0 + wd, pw), (b0 + wd - down * jb, 0, b0, b1)),
+        )
 
     def modulated_conv2d(self, x, weight, styles, demodulate=True, f=None, up=1, down=1, padding=0):
         if not self.supports(x):
@@ -277,8 +285,7 @@ class FusedBackend:
             # Few pixels, many weights (the low resolutions): scale the activations instead of making
             # N weight tensors, and convolve the whole batch with the shared weight. Exact, because
             # the resampling is linear per channel and the demodulation is a per-output-channel factor.
-            y = self.conv2d_resample(x * styles[:, :, None, None], weight, f=f, up=up, down=down,
-                                     padding=padding)
+            y = self.conv2d_resample(x * styles[:, :, None, None], weight, f=f, up=up, down=down, padding=padding)
             if demodulate:
                 d = torch.rsqrt(styles.square() @ weight.square().sum(dim=[2, 3]).t() + 1e-8)  # [N, O]
                 y = y * d[:, :, None, None]
@@ -287,6 +294,7 @@ class FusedBackend:
         w = weight[None] * styles[:, None, :, None, None]  # [N, O, I, kh, kw]
         if demodulate:
             w = w * torch.rsqrt(w.square().sum(dim=[2, 3, 4], keepdim=True) + 1e-8)
-        y = self.conv2d_resample(x.reshape(1, n * i, h, wd), w.reshape(n * o, i, kh, kw), f=f, up=up,
-                                 down=down, padding=padding, groups=n)
+        y = self.conv2d_resample(
+            x.reshape(1, n * i, h, wd), w.reshape(n * o, i, kh, kw), f=f, up=up, down=down, padding=padding, groups=n
+        )
         return y.reshape(n, o, y.shape[2], y.shape[3])

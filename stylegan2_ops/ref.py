@@ -4,6 +4,7 @@ These are the ground truth every other backend is tested against. They favour cl
 are differentiable to any order through autograd, and define the exact semantics documented in
 :mod:`stylegan2_ops`.
 """
+
 from __future__ import annotations
 
 import math
@@ -75,7 +76,7 @@ def upfirdn2d(x, f, up=1, down=1, padding=0, flip_filter=False, gain=1):
         x = x.reshape(n, c, h * upy, w * upx)
     # Pad (positive) or crop (negative).
     x = F.pad(x, [max(px0, 0), max(px1, 0), max(py0, 0), max(py1, 0)])
-    x = x[:, :, max(-py0, 0): x.shape[2] - max(-py1, 0), max(-px0, 0): x.shape[3] - max(-px1, 0)]
+    x = x[:, :, max(-py0, 0) : x.shape[2] - max(-py1, 0), max(-px0, 0) : x.shape[3] - max(-px1, 0)]
     # FIR filter. conv2d computes correlation, so a true convolution flips the filter.
     f = f.to(x.dtype) * (gain ** (f.ndim / 2))
     if not flip_filter:

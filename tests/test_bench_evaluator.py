@@ -1,5 +1,6 @@
 """Post-processing, the prior baseline, the classifier gate, SWA, the hybrid real share, the method
 comparison and the class checks of the benchmark, on small cases with known answers."""
+
 import json
 
 import numpy as np
@@ -8,8 +9,7 @@ import torch
 
 from datasetgan.bench import postprocess as P
 from datasetgan.bench.compare import compare, paired, write_comparison
-from datasetgan.bench.datasets import (LabelledSet, check_compatible, class_differences, parse_class_map,
-                                       remap_classes)
+from datasetgan.bench.datasets import LabelledSet, check_compatible, class_differences, parse_class_map, remap_classes
 from datasetgan.bench.gate import positive, train_gate
 from datasetgan.bench.profiles import SegmenterTrainConfig
 from datasetgan.bench.runner import postprocess
@@ -19,16 +19,16 @@ from datasetgan.data import ClassInfo, DataError
 
 def test_remove_small_components_by_hand():
     pred = np.zeros((1, 8, 8), np.uint8)
-    pred[0, 0:3, 0:3] = 1          # 9 px of class 1
-    pred[0, 6, 6] = 1              # 1 px of class 1
-    pred[0, 4:6, 0:2] = 2          # 4 px of class 2
-    pred[0, 7, 0] = 2              # 1 px of class 2, two rows below the block: a component of its own
+    pred[0, 0:3, 0:3] = 1  # 9 px of class 1
+    pred[0, 6, 6] = 1  # 1 px of class 1
+    pred[0, 4:6, 0:2] = 2  # 4 px of class 2
+    pred[0, 7, 0] = 2  # 1 px of class 2, two rows below the block: a component of its own
     out = P.remove_small_components(pred, 2)
     assert out[0, 6, 6] == 0 and out[0, 7, 0] == 0 and (out[0, 0:3, 0:3] == 1).all() and (out[0, 4:6, 0:2] == 2).all()
     out = P.remove_small_components(pred, 5)
     assert (out[0, 4:6, 0:2] == 0).all() and (out[0, 0:3, 0:3] == 1).all()
     diag = np.zeros((1, 4, 4), np.uint8)
-    diag[0, 0, 0] = diag[0, 1, 1] = 1       # 8-connected: one component of 2 px
+    diag[0, 0, 0] = diag[0, 1, 1] = 1  # 8-connected: one component of 2 px
     assert (P.remove_small_components(diag, 2) == diag).all()
     assert (P.remove_small_components(pred, 1) == pred).all()
 
@@ -37,9 +37,9 @@ def test_min_area_chosen_on_held_out_data():
     truth = np.zeros((4, 16, 16), np.uint8)
     truth[:, 4:10, 4:10] = 1
     pred = truth.copy()
-    pred[:, 0, 14:16] = 1                     # 2-px false positives in every image
-    assert P.choose_min_area(pred, truth, 2, [0, 2, 3, 40]) == 3   # 3 removes them, 40 removes the object too
-    assert P.choose_min_area(truth, truth, 2, [0, 2, 3]) == 0      # nothing to gain: the smallest wins
+    pred[:, 0, 14:16] = 1  # 2-px false positives in every image
+    assert P.choose_min_area(pred, truth, 2, [0, 2, 3, 40]) == 3  # 3 removes them, 40 removes the object too
+    assert P.choose_min_area(truth, truth, 2, [0, 2, 3]) == 0  # nothing to gain: the smallest wins
     assert P.area_candidates(64) == [0, 2, 4, 8, 16, 32, 64] and P.area_candidates(128)[-1] == 256
 
 
@@ -60,7 +60,7 @@ class _StubGate:
 
 def test_gate_zeroes_images_it_calls_negative_and_reports_accuracy():
     truth = np.zeros((3, 4, 4), np.uint8)
-    truth[0, 1:3, 1:3] = 1                                  # only image 0 is positive
+    truth[0, 1:3, 1:3] = 1  # only image 0 is positive
     pred = np.ones_like(truth)
     probs = torch.full((3, 2, 4, 4), 0.5)
     tests = {"test_r": (np.zeros((3, 1, 4, 4), np.uint8), truth)}
@@ -78,7 +78,7 @@ def test_gate_learns_an_easy_task():
     images = (rng.random((24, 1, 16, 16)) * 40).astype(np.uint8)
     masks = np.zeros((24, 16, 16), np.uint8)
     masks[::2, 4:12, 4:12] = 1
-    images[::2, :, 4:12, 4:12] += 200                      # positives show a bright square
+    images[::2, :, 4:12, 4:12] += 200  # positives show a bright square
     gate = train_gate(images, masks, SegmenterTrainConfig(epochs=15, batch_size=8, lr=3e-3))
     assert (gate.predict(images) == positive(masks)).mean() >= 0.9
 
@@ -86,7 +86,7 @@ def test_gate_learns_an_easy_task():
 @pytest.mark.parametrize("weight", [0.0, 0.25, 0.5, 0.75, 1.0])
 def test_mixed_batches_give_the_real_share(weight):
     is_real = np.zeros(100, bool)
-    is_real[-5:] = True                                    # 5 real among 100: natural share 5 %
+    is_real[-5:] = True  # 5 real among 100: natural share 5 %
     batches = mixed_batches(is_real, 8, weight, np.random.default_rng(1))
     assert len(batches) == steps_per_epoch(100, 8)
     for b in batches:
@@ -94,7 +94,7 @@ def test_mixed_batches_give_the_real_share(weight):
     drawn = np.concatenate(batches)
     assert is_real[drawn].mean() == pytest.approx(weight, abs=0.02)
     if 0 < weight:
-        assert set(drawn[is_real[drawn]]) == set(np.flatnonzero(is_real))   # every real image is used
+        assert set(drawn[is_real[drawn]]) == set(np.flatnonzero(is_real))  # every real image is used
 
 
 def test_hybrid_real_weight_reaches_the_trainer(monkeypatch):
@@ -118,9 +118,10 @@ def test_hybrid_real_weight_reaches_the_trainer(monkeypatch):
     trainer.train_segmenter(model, images, masks, cfg, progress=False, is_real=is_real)
     assert seen == [[2, 2, 2]] * 2
     seen.clear()
-    trainer.train_segmenter(model, images, masks, SegmenterTrainConfig(epochs=1, batch_size=4), progress=False,
-                            is_real=is_real)
-    assert seen == []                                      # default: plain shuffling, the natural share
+    trainer.train_segmenter(
+        model, images, masks, SegmenterTrainConfig(epochs=1, batch_size=4), progress=False, is_real=is_real
+    )
+    assert seen == []  # default: plain shuffling, the natural share
 
 
 def test_swa_averages_the_last_epochs(monkeypatch):
@@ -145,37 +146,49 @@ def test_swa_averages_the_last_epochs(monkeypatch):
     torch.manual_seed(0)
     model = Segmenter(SegmenterConfig(arch="unet", resolution=16, unet_channels=(4, 8)))
     cfg = SegmenterTrainConfig(epochs=8, batch_size=4, lr=1e-2, swa=True)
-    trainer.train_segmenter(model, images, masks, cfg, progress=False,
-                            should_stop=lambda: lrs.append(None) or False)
+    trainer.train_segmenter(model, images, masks, cfg, progress=False, should_stop=lambda: lrs.append(None) or False)
     assert len(snapshots) == trainer.swa_epochs(8) == 2 and len(lrs) == 16
     for name, p in model.named_parameters():
         assert torch.allclose(p, (snapshots[0][name] + snapshots[1][name]) / 2, atol=1e-6), name
 
 
 def _entry(method, values):
-    return {"set": "real10", "method": method, "model_name": method.split("/")[0],
-            "folds": [{"fold": i, "test_r": {"mdice_fg": v, "miou": v, "hd95": 10 - v}} for i, v in enumerate(values)]}
+    return {
+        "set": "real10",
+        "method": method,
+        "model_name": method.split("/")[0],
+        "folds": [{"fold": i, "test_r": {"mdice_fg": v, "miou": v, "hd95": 10 - v}} for i, v in enumerate(values)],
+    }
 
 
 def test_comparison_is_paired_over_folds_and_reads_only_results(tmp_path):
     from scipy.stats import ttest_rel
 
     a, b, c = [0.70, 0.72, 0.69, 0.71, 0.73], [0.60, 0.65, 0.61, 0.62, 0.64], [0.70, 0.71, 0.69, 0.72]
-    doc = {"experiments": {"real10/unet/ce": _entry("unet/ce", a), "real10/unet/dice": _entry("unet/dice", b),
-                           "real10/unet/ce+gate": _entry("unet/ce+gate", c)}, "metric_notes": "notes"}
+    doc = {
+        "experiments": {
+            "real10/unet/ce": _entry("unet/ce", a),
+            "real10/unet/dice": _entry("unet/dice", b),
+            "real10/unet/ce+gate": _entry("unet/ce+gate", c),
+        },
+        "metric_notes": "notes",
+    }
     comp = compare(doc)
     assert comp["best"] == "real10/unet/ce"
     rows = {r["key"]: r for r in comp["methods"]}
     assert rows["real10/unet/dice"]["metrics"]["mdice_fg"] == pytest.approx([np.mean(b), np.std(b)])
     v = rows["real10/unet/dice"]["vs_best"]
     assert v["p"] == pytest.approx(ttest_rel(b, a).pvalue) and v["n"] == 5 and v["losses"] == 5
-    assert rows["real10/unet/ce+gate"]["vs_best"]["n"] == 4            # only the folds both rows have
+    assert rows["real10/unet/ce+gate"]["vs_best"]["n"] == 4  # only the folds both rows have
     assert paired({0: 1.0}, {0: 2.0}) is None
     (tmp_path / "results.json").write_text(json.dumps(doc))
     written = write_comparison(tmp_path)
     md = (tmp_path / "methods.md").read_text()
-    assert "real10/unet/dice" in md and " *" in md and {p.name for p in written} == {"methods.md", "methods.json",
-                                                                                    "methods.png"}
+    assert (
+        "real10/unet/dice" in md
+        and " *" in md
+        and {p.name for p in written} == {"methods.md", "methods.json", "methods.png"}
+    )
 
 
 def _set(names, kind="real"):
@@ -188,13 +201,16 @@ def test_class_differences_one_line_each():
     acdc = ["background", "right_ventricle", "myocardium", "left_ventricle"]
     swapped = ["background", "left_ventricle", "myocardium", "right_ventricle"]
     lines = class_differences("real", _set(swapped).classes, "synthetic", _set(acdc).classes)
-    assert lines == ["real: class 1 is 'left_ventricle' but synthetic calls it 'right_ventricle'",
-                     "real: class 3 is 'right_ventricle' but synthetic calls it 'left_ventricle'"]
+    assert lines == [
+        "real: class 1 is 'left_ventricle' but synthetic calls it 'right_ventricle'",
+        "real: class 3 is 'right_ventricle' but synthetic calls it 'left_ventricle'",
+    ]
     with pytest.raises(DataError) as e:
         check_compatible({"synthetic": _set(acdc), "real": _set(swapped)})
     assert str(e.value).count("\n") == 2
     assert class_differences("a", _set(acdc[:3]).classes, "b", _set(acdc).classes) == [
-        "a: has no class 3 (b calls it 'left_ventricle')"]
+        "a: has no class 3 (b calls it 'left_ventricle')"
+    ]
     fixed = remap_classes(_set(swapped), parse_class_map("1=3,3=1"))
     assert [c.name for c in fixed.classes] == acdc and fixed.masks.tolist() == [[[0, 3], [2, 1]]]
     assert check_compatible({"synthetic": _set(acdc), "real": fixed}) == _set(acdc).classes

@@ -1,18 +1,26 @@
 """Each benchmark loss against a small case computed by hand (one 2x2 image, classes 0 and 1)."""
+
 import math
 
 import numpy as np
 import pytest
 import torch
 
-from datasetgan.bench.losses import (Loss, LossSpecError, boundary_term, lovasz_softmax, parse_loss, parse_losses,
-                                     signed_distance)
+from datasetgan.bench.losses import (
+    Loss,
+    LossSpecError,
+    boundary_term,
+    lovasz_softmax,
+    parse_loss,
+    parse_losses,
+    signed_distance,
+)
 
-TARGET = torch.tensor([[[1, 0], [0, 0]]])            # one foreground pixel
-P1 = torch.tensor([0.8, 0.3, 0.1, 0.25])             # probability of class 1 per pixel (row-major)
+TARGET = torch.tensor([[[1, 0], [0, 0]]])  # one foreground pixel
+P1 = torch.tensor([0.8, 0.3, 0.1, 0.25])  # probability of class 1 per pixel (row-major)
 LOGITS = torch.stack([torch.log(1 - P1), torch.log(P1)]).reshape(1, 2, 2, 2)  # softmax gives back P1
-PT = torch.tensor([0.8, 0.7, 0.9, 0.75])             # probability of the true class per pixel
-TP, FN, FP = 0.8, 0.2, 0.3 + 0.1 + 0.25               # soft counts of class 1 (thesis section 5.1)
+PT = torch.tensor([0.8, 0.7, 0.9, 0.75])  # probability of the true class per pixel
+TP, FN, FP = 0.8, 0.2, 0.3 + 0.1 + 0.25  # soft counts of class 1 (thesis section 5.1)
 
 
 def value(spec, logits=LOGITS, target=TARGET):
@@ -24,7 +32,7 @@ def test_cross_entropy():
 
 
 def test_dice_and_dice_ce():
-    dice = 1 - (2 * TP + 1) / (2 * TP + FN + FP + 1)   # smooth 1 = the thesis' epsilon
+    dice = 1 - (2 * TP + 1) / (2 * TP + FN + FP + 1)  # smooth 1 = the thesis' epsilon
     assert value("dice") == pytest.approx(dice, abs=1e-6)
     assert value("dice_ce") == pytest.approx(dice - torch.log(PT).mean().item(), abs=1e-6)
 
@@ -37,14 +45,14 @@ def test_jaccard_is_the_thesis_jaccard_with_half_epsilon():
 def test_tversky_alpha_weights_false_negatives():
     expected = 1 - (TP + 1) / (TP + 0.7 * FN + 0.3 * FP + 1)
     assert value("tversky:alpha=0.7,beta=0.3") == pytest.approx(expected, abs=1e-6)
-    swapped = 1 - (TP + 1) / (TP + 0.3 * FN + 0.7 * FP + 1)   # MONAI's own naming would give this
+    swapped = 1 - (TP + 1) / (TP + 0.3 * FN + 0.7 * FP + 1)  # MONAI's own naming would give this
     assert value("tversky:alpha=0.3,beta=0.7") == pytest.approx(swapped, abs=1e-6)
     assert value("tversky:alpha=1,beta=1") == pytest.approx(1 - (TP + 1) / (TP + FN + FP + 1), abs=1e-6)
 
 
 @pytest.mark.parametrize("gamma", [0.0, 2.0])
 def test_focal(gamma):
-    expected = (-(1 - PT) ** gamma * torch.log(PT)).mean().item()   # (1/HW) sum over pixels of the true class
+    expected = (-((1 - PT) ** gamma) * torch.log(PT)).mean().item()  # (1/HW) sum over pixels of the true class
     assert value(f"focal:gamma={gamma}") == pytest.approx(expected, abs=1e-6)
 
 
@@ -61,9 +69,9 @@ def test_lovasz_softmax_by_hand():
 
 
 def test_boundary_loss_by_hand():
-    strip = torch.tensor([[[1, 1, 0, 0]]])          # class 1 in the first two columns
+    strip = torch.tensor([[[1, 1, 0, 0]]])  # class 1 in the first two columns
     phi = signed_distance(strip.numpy(), 2)
-    assert phi[0, 1, 0].tolist() == [-2, -1, 1, 2]    # negative inside, distance to the region outside
+    assert phi[0, 1, 0].tolist() == [-2, -1, 1, 2]  # negative inside, distance to the region outside
     assert phi[0, 0, 0].tolist() == [2, 1, -1, -2]
     assert (signed_distance(np.zeros((1, 1, 4), np.uint8), 2)[0, 1] == 0).all()  # absent class: zeros
     p = torch.tensor([0.9, 0.6, 0.3, 0.1])
@@ -103,7 +111,7 @@ def test_gambling_bets_and_weighted_cross_entropy():
     soft = torch.softmax(g.reshape(-1), 0).reshape(1, 2, 2)
     assert bets.sum().item() == pytest.approx(1.0) and torch.allclose(bets, 0.8 * soft + 0.05)
     assert torch.allclose(betting_map(g, 1.0), torch.full((1, 2, 2), 0.25))
-    even = betting_map(torch.zeros(1, 2, 2), 0.1)      # even bets: plain cross-entropy
+    even = betting_map(torch.zeros(1, 2, 2), 0.1)  # even bets: plain cross-entropy
     assert weighted_ce(LOGITS, TARGET, even).item() == pytest.approx(value("ce"), abs=1e-6)
     ce = -torch.log(PT).reshape(1, 2, 2)
     assert weighted_ce(LOGITS, TARGET, bets).item() == pytest.approx((bets * ce).sum().item(), abs=1e-6)
@@ -117,7 +125,7 @@ def test_gambler_learns_to_bet_on_wrong_pixels():
     target = torch.zeros(4, 16, 16, dtype=torch.long)
     target[:, 2:8, 2:8] = 1
     logits = torch.zeros(4, 2, 16, 16)
-    logits[:, 0] = 3.0                    # says background everywhere: wrong on the 6x6 square
+    logits[:, 0] = 3.0  # says background everywhere: wrong on the 6x6 square
     images = torch.rand(4, 1, 16, 16)
     g = GamblingLoss(beta=0.1, lr=1e-2)
     first = g.update(logits, target, images)
@@ -126,12 +134,12 @@ def test_gambler_learns_to_bet_on_wrong_pixels():
     assert last > 2 * first
     g.gambler.eval()
     bets = betting_map(g.gambler(images, logits.softmax(1)), 0.1)
-    assert bets[:, 2:8, 2:8].sum((1, 2)).mean().item() > 0.5    # 36 of 256 pixels (14 %) hold most of the bets
+    assert bets[:, 2:8, 2:8].sum((1, 2)).mean().item() > 0.5  # 36 of 256 pixels (14 %) hold most of the bets
 
 
 def test_gambling_trains_a_segmenter_and_its_gambler():
-    from datasetgan.bench.segmenters import Segmenter, SegmenterConfig
     from datasetgan.bench.profiles import SegmenterTrainConfig
+    from datasetgan.bench.segmenters import Segmenter, SegmenterConfig
     from datasetgan.bench.trainer import train_segmenter
 
     rng = np.random.default_rng(0)
@@ -139,6 +147,7 @@ def test_gambling_trains_a_segmenter_and_its_gambler():
     masks = (rng.random((8, 16, 16)) > 0.7).astype(np.uint8)
     torch.manual_seed(0)
     model = Segmenter(SegmenterConfig(arch="unet", resolution=16, unet_channels=(4, 8)))
-    losses = train_segmenter(model, images, masks, SegmenterTrainConfig(epochs=2, batch_size=4, loss="gambling"),
-                             progress=False)
+    losses = train_segmenter(
+        model, images, masks, SegmenterTrainConfig(epochs=2, batch_size=4, loss="gambling"), progress=False
+    )
     assert len(losses) == 2 and all(np.isfinite(losses))

@@ -5,6 +5,7 @@ ones crop) and filters; gradients are checked numerically in float64 (gradcheck,
 for the double backward R1 needs); a whole generator and discriminator give the same outputs and
 gradients with either backend.
 """
+
 from __future__ import annotations
 
 import random
@@ -16,8 +17,8 @@ from torch.autograd import gradcheck, gradgradcheck
 
 import stylegan2_ops as ops
 from stylegan2_ops import backend as backend_mod
-from stylegan2_ops.build import BuildError
 from stylegan2_ops import fused
+from stylegan2_ops.build import BuildError
 from stylegan2_ops.fused import modulate_activations
 from stylegan2_ops.ref import ACTIVATIONS
 
@@ -48,13 +49,28 @@ def random_upfirdn_case(rng: random.Random):
     # Keep the padded (upsampled) input at least as large as the filter in both directions.
     pad[1] = max(pad[1], k - w * up[0] - pad[0])
     pad[3] = max(pad[3], f.shape[0] - h * up[1] - pad[2])
-    return dict(x=torch.randn(n, c, h, w), f=f, up=up, down=down, padding=pad,
-                flip_filter=rng.random() < 0.5, gain=rng.choice([1, 2, 0.5]))
+    return dict(
+        x=torch.randn(n, c, h, w),
+        f=f,
+        up=up,
+        down=down,
+        padding=pad,
+        flip_filter=rng.random() < 0.5,
+        gain=rng.choice([1, 2, 0.5]),
+    )
 
 
 def run_upfirdn(case, backend, x=None, f=None):
-    return ops.upfirdn2d(case["x"] if x is None else x, case["f"] if f is None else f, case["up"], case["down"],
-                         case["padding"], case["flip_filter"], case["gain"], backend=backend)
+    return ops.upfirdn2d(
+        case["x"] if x is None else x,
+        case["f"] if f is None else f,
+        case["up"],
+        case["down"],
+        case["padding"],
+        case["flip_filter"],
+        case["gain"],
+        backend=backend,
+    )
 
 
 def test_upfirdn2d_forward_matches_ref():
@@ -72,11 +88,15 @@ def test_upfirdn2d_network_configurations_match_ref():
     f2d = ops.setup_filter([1, 3, 3, 1], separable=False)
     x = torch.randn(2, 5, 7, 9)  # odd sizes
     for filt in (f, f2d):
-        for kwargs in (dict(up=2, padding=ops.up_padding(filt, 2), gain=4),
-                       dict(down=2, padding=ops.down_padding(filt, 2)),
-                       dict(padding=1), dict(up=2, down=2, padding=(2, 1, 1, 2))):
-            torch.testing.assert_close(ops.upfirdn2d(x, filt, backend="cpu", **kwargs),
-                                       ops.upfirdn2d(x, filt, backend="ref", **kwargs), **F32)
+        for kwargs in (
+            dict(up=2, padding=ops.up_padding(filt, 2), gain=4),
+            dict(down=2, padding=ops.down_padding(filt, 2)),
+            dict(padding=1),
+            dict(up=2, down=2, padding=(2, 1, 1, 2)),
+        ):
+            torch.testing.assert_close(
+                ops.upfirdn2d(x, filt, backend="cpu", **kwargs), ops.upfirdn2d(x, filt, backend="ref", **kwargs), **F32
+            )
 
 
 def test_upfirdn2d_first_order_gradient_matches_ref():
@@ -128,10 +148,15 @@ def test_bias_act_matches_ref(act):
 def test_bias_act_alpha_gain_arguments():
     x = torch.randn(3, 4, 5)
     b = torch.randn(4)
-    for kwargs in (dict(act="lrelu", alpha=0.1, gain=0.7), dict(act="relu", gain=1.0, clamp=0.3),
-                   dict(act="swish", gain=2.0), dict(act="linear", clamp=0.0)):
-        torch.testing.assert_close(ops.bias_act(x, b, backend="cpu", **kwargs),
-                                   ops.bias_act(x, b, backend="ref", **kwargs), **F32)
+    for kwargs in (
+        dict(act="lrelu", alpha=0.1, gain=0.7),
+        dict(act="relu", gain=1.0, clamp=0.3),
+        dict(act="swish", gain=2.0),
+        dict(act="linear", clamp=0.0),
+    ):
+        torch.testing.assert_close(
+            ops.bias_act(x, b, backend="cpu", **kwargs), ops.bias_act(x, b, backend="ref", **kwargs), **F32
+        )
 
 
 @pytest.mark.parametrize("act", sorted(ACTIVATIONS))
@@ -140,6 +165,7 @@ def test_bias_act_gradcheck_and_gradgradcheck(act):
     x = (torch.randn(2, 3, 4, dtype=torch.float64) * 2).requires_grad_()
     b = torch.randn(3, dtype=torch.float64).requires_grad_()
     for clamp in (None, 1.5):
+
         def fn(a, bias):
             return ops.bias_act(a, bias, act=act, clamp=clamp, backend="cpu")
 
@@ -149,10 +175,15 @@ def test_bias_act_gradcheck_and_gradgradcheck(act):
 
 def conv_cases():
     f = ops.setup_filter([1, 3, 3, 1])
-    return [dict(k=3, up=1, down=1, padding=1, groups=1, f=f), dict(k=3, up=2, down=1, padding=1, groups=1, f=f),
-            dict(k=3, up=1, down=2, padding=1, groups=1, f=f), dict(k=1, up=1, down=2, padding=0, groups=1, f=f),
-            dict(k=1, up=2, down=1, padding=0, groups=1, f=f), dict(k=3, up=2, down=1, padding=1, groups=2, f=f),
-            dict(k=1, up=1, down=2, padding=0, groups=2, f=ops.setup_filter([1, 2, 1], separable=False))]
+    return [
+        dict(k=3, up=1, down=1, padding=1, groups=1, f=f),
+        dict(k=3, up=2, down=1, padding=1, groups=1, f=f),
+        dict(k=3, up=1, down=2, padding=1, groups=1, f=f),
+        dict(k=1, up=1, down=2, padding=0, groups=1, f=f),
+        dict(k=1, up=2, down=1, padding=0, groups=1, f=f),
+        dict(k=3, up=2, down=1, padding=1, groups=2, f=f),
+        dict(k=1, up=1, down=2, padding=0, groups=2, f=ops.setup_filter([1, 2, 1], separable=False)),
+    ]
 
 
 @pytest.mark.parametrize("case", conv_cases())
@@ -162,8 +193,9 @@ def test_conv2d_resample_matches_ref_and_gradchecks(case):
     x = torch.randn(2, 2 * g, 7, 6)
     w = torch.randn(3 * g, 2, case["k"], case["k"])
     kwargs = dict(f=case["f"], up=case["up"], down=case["down"], padding=case["padding"], groups=g)
-    torch.testing.assert_close(ops.conv2d_resample(x, w, backend="cpu", **kwargs),
-                               ops.conv2d_resample(x, w, backend="ref", **kwargs), **F32)
+    torch.testing.assert_close(
+        ops.conv2d_resample(x, w, backend="cpu", **kwargs), ops.conv2d_resample(x, w, backend="ref", **kwargs), **F32
+    )
     xd = torch.randn(1, 1 * g, 5, 4, dtype=torch.float64, requires_grad=True)
     wd = torch.randn(2 * g, 1, case["k"], case["k"], dtype=torch.float64, requires_grad=True)
 
@@ -174,13 +206,16 @@ def test_conv2d_resample_matches_ref_and_gradchecks(case):
     assert gradgradcheck(fn, (xd, wd))
 
 
-@pytest.mark.parametrize("case", [
-    dict(k=3, groups=1, hw=(7, 6), f=[1, 3, 3, 1]),
-    dict(k=3, groups=2, hw=(9, 11), f=[1, 3, 3, 1]),
-    dict(k=5, groups=1, hw=(8, 8), f=[1, 3, 3, 1]),
-    dict(k=3, groups=1, hw=(6, 7), f=[1, 4, 6, 4, 1]),
-    dict(k=3, groups=1, hw=(8, 7), f=[[1, 2, 1, 1], [2, 4, 2, 1], [1, 2, 3, 1], [0, 1, 1, 1]]),
-])
+@pytest.mark.parametrize(
+    "case",
+    [
+        dict(k=3, groups=1, hw=(7, 6), f=[1, 3, 3, 1]),
+        dict(k=3, groups=2, hw=(9, 11), f=[1, 3, 3, 1]),
+        dict(k=5, groups=1, hw=(8, 8), f=[1, 3, 3, 1]),
+        dict(k=3, groups=1, hw=(6, 7), f=[1, 4, 6, 4, 1]),
+        dict(k=3, groups=1, hw=(8, 7), f=[[1, 2, 1, 1], [2, 4, 2, 1], [1, 2, 3, 1], [0, 1, 1, 1]]),
+    ],
+)
 def test_conv_down_matches_ref_to_second_order(case, monkeypatch):
     """The low-resolution downsampling convolution (FIR, strided convolution, border correction) is
     the reference's convolve-then-downsample: outputs, gradients and double-backward gradients."""
@@ -205,13 +240,16 @@ def test_conv_down_matches_ref_to_second_order(case, monkeypatch):
     assert gradgradcheck(lambda a, b: ops.conv2d_resample(a, b, backend="cpu", **kwargs), small)
 
 
-@pytest.mark.parametrize("shape", [
-    dict(n=2, i=4, o=4, hw=4, k=3, up=1, act_mod=True),     # many weights, few pixels
-    dict(n=2, i=4, o=3, hw=2, k=3, up=2, act_mod=True),
-    dict(n=3, i=2, o=3, hw=11, k=3, up=1, act_mod=False),   # many pixels: grouped convolution
-    dict(n=2, i=2, o=2, hw=9, k=3, up=2, act_mod=False),
-    dict(n=2, i=5, o=1, hw=6, k=1, up=1, act_mod=False),    # toRGB
-])
+@pytest.mark.parametrize(
+    "shape",
+    [
+        dict(n=2, i=4, o=4, hw=4, k=3, up=1, act_mod=True),  # many weights, few pixels
+        dict(n=2, i=4, o=3, hw=2, k=3, up=2, act_mod=True),
+        dict(n=3, i=2, o=3, hw=11, k=3, up=1, act_mod=False),  # many pixels: grouped convolution
+        dict(n=2, i=2, o=2, hw=9, k=3, up=2, act_mod=False),
+        dict(n=2, i=5, o=1, hw=6, k=1, up=1, act_mod=False),  # toRGB
+    ],
+)
 @pytest.mark.parametrize("demodulate", [True, False])
 def test_modulated_conv2d_matches_ref_and_gradchecks(shape, demodulate):
     torch.manual_seed(6)
@@ -248,8 +286,11 @@ def small_networks():
     from datasetgan.networks import Discriminator, DiscriminatorConfig, Generator, GeneratorConfig
 
     torch.manual_seed(7)
-    g = Generator(GeneratorConfig(resolution=16, img_channels=3, z_dim=16, w_dim=16, mapping_layers=2,
-                                  channel_base=128, channel_max=16))
+    g = Generator(
+        GeneratorConfig(
+            resolution=16, img_channels=3, z_dim=16, w_dim=16, mapping_layers=2, channel_base=128, channel_max=16
+        )
+    )
     d = Discriminator(DiscriminatorConfig(resolution=16, img_channels=3, channel_base=128, channel_max=16))
     for p in list(g.parameters()) + list(d.parameters()):  # non-zero biases and noise strengths
         with torch.no_grad():
@@ -266,8 +307,11 @@ def training_step(g, d, z, real, backend, monkeypatch):
     real = real.clone().requires_grad_()
     real_logits = d(real)
     (r1_grad,) = torch.autograd.grad(real_logits.sum(), real, create_graph=True)
-    loss = torch.nn.functional.softplus(fake_logits).mean() + torch.nn.functional.softplus(-real_logits).mean() \
+    loss = (
+        torch.nn.functional.softplus(fake_logits).mean()
+        + torch.nn.functional.softplus(-real_logits).mean()
         + r1_grad.square().sum() * 0.5
+    )
     grads = torch.autograd.grad(loss, params)
     return [img, fake_logits, real_logits, r1_grad] + list(grads)
 
@@ -326,8 +370,10 @@ def test_failed_build_falls_back_to_ref_with_one_warning(monkeypatch):
 def test_unsupported_dtype_uses_reference_path():
     x = torch.randn(2, 3, 4, 4, dtype=torch.bfloat16)
     f = ops.setup_filter([1, 3, 3, 1])
-    torch.testing.assert_close(ops.upfirdn2d(x, f, up=2, padding=ops.up_padding(f, 2), backend="cpu"),
-                               ops.upfirdn2d(x, f, up=2, padding=ops.up_padding(f, 2), backend="ref"))
+    torch.testing.assert_close(
+        ops.upfirdn2d(x, f, up=2, padding=ops.up_padding(f, 2), backend="cpu"),
+        ops.upfirdn2d(x, f, up=2, padding=ops.up_padding(f, 2), backend="ref"),
+    )
 
 
 def test_tune_allocator_runs():

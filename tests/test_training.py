@@ -1,4 +1,5 @@
 """Training loop: a short real run on ACDC writes its outputs, and resuming is exact."""
+
 from __future__ import annotations
 
 import json
@@ -15,13 +16,38 @@ from datasetgan.cli import main
 from datasetgan.presets import make_config
 from datasetgan.training import Trainer, flatten_optimizer, latest_snapshot, unflatten_optimizer
 
-
 ACDC = ACDC_ROOT / "train"
 
 # A small network so that a few hundred images train in seconds on a shared CPU.
-TINY = ["--preset", "cpu-tiny", "--cbase", "256", "--cmax", "32", "--map", "1", "--batch", "8",
-        "--limit", "96", "--fid", "0", "--grid", "4", "--threads", "1", "--no-progress",
-        "--aug", "ada", "--p", "0.2", "--ada-kimg", "0.5", "--keep", "0"]
+TINY = [
+    "--preset",
+    "cpu-tiny",
+    "--cbase",
+    "256",
+    "--cmax",
+    "32",
+    "--map",
+    "1",
+    "--batch",
+    "8",
+    "--limit",
+    "96",
+    "--fid",
+    "0",
+    "--grid",
+    "4",
+    "--threads",
+    "1",
+    "--no-progress",
+    "--aug",
+    "ada",
+    "--p",
+    "0.2",
+    "--ada-kimg",
+    "0.5",
+    "--keep",
+    "0",
+]
 
 
 def run_cli(args):
@@ -76,8 +102,15 @@ def test_train_writes_outputs_and_resume_is_exact(acdc, tmp_path, monkeypatch):
 
     # Outputs a person and the later stages look at.
     tdir = full / "training"
-    for name in ("config.json", "log.jsonl", "curves.png", "reals.png", "grid-000000000.png",
-                 "grid-000000160.png", "grid-000000320.png"):
+    for name in (
+        "config.json",
+        "log.jsonl",
+        "curves.png",
+        "reals.png",
+        "grid-000000000.png",
+        "grid-000000160.png",
+        "grid-000000320.png",
+    ):
         assert (tdir / name).is_file(), name
     G = load_generator(full / "generator.safetensors")
     assert G.cfg.resolution == 32 and G.cfg.img_channels == 1
@@ -129,10 +162,10 @@ def test_lazy_regularisation_corrects_adam():
     tr = Trainer(cfg, np.zeros((4, 1, 32, 32), np.uint8))
     g = tr.opt_G.param_groups[0]
     c = cfg.pl_interval / (cfg.pl_interval + 1)
-    assert g["lr"] == pytest.approx(0.0025 * c) and g["betas"][1] == pytest.approx(0.99 ** c)
+    assert g["lr"] == pytest.approx(0.0025 * c) and g["betas"][1] == pytest.approx(0.99**c)
     d = tr.opt_D.param_groups[0]
     c = cfg.r1_interval / (cfg.r1_interval + 1)
-    assert d["lr"] == pytest.approx(0.0025 * c) and d["betas"][1] == pytest.approx(0.99 ** c)
+    assert d["lr"] == pytest.approx(0.0025 * c) and d["betas"][1] == pytest.approx(0.99**c)
 
 
 def test_ema_follows_g_with_rampup():
@@ -167,8 +200,18 @@ def test_curves_png_from_log(tmp_path):
     from datasetgan.curves import plot_curves
 
     log = tmp_path / "log.jsonl"
-    rows = [{"kimg": k, "nimg": k * 1000, "loss_G": 1.0 + k, "loss_D": 1.0, "p": 0.1 * k, "r_t": 0.5,
-             "fid": (100 - k) if k % 2 == 0 else None} for k in range(5)]
+    rows = [
+        {
+            "kimg": k,
+            "nimg": k * 1000,
+            "loss_G": 1.0 + k,
+            "loss_D": 1.0,
+            "p": 0.1 * k,
+            "r_t": 0.5,
+            "fid": (100 - k) if k % 2 == 0 else None,
+        }
+        for k in range(5)
+    ]
     log.write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"kimg": 5, "cut sh')  # a torn last line
     plot_curves(log, tmp_path / "curves.png")
     with Image.open(tmp_path / "curves.png") as im:
@@ -181,8 +224,18 @@ def test_training_step_with_fused_ops_matches_reference(monkeypatch):
     from stylegan2_ops import backend, fused
 
     monkeypatch.setattr(fused, "MIN_DOWN_SIDE", 1)
-    cfg = make_config("cpu-tiny", resolution=16, channel_base=128, channel_max=16, z_dim=16, w_dim=16, batch=4,
-                      pl_interval=2, aug="fixed", aug_p=0.5)
+    cfg = make_config(
+        "cpu-tiny",
+        resolution=16,
+        channel_base=128,
+        channel_max=16,
+        z_dim=16,
+        w_dim=16,
+        batch=4,
+        pl_interval=2,
+        aug="fixed",
+        aug_p=0.5,
+    )
     images = np.random.default_rng(3).integers(0, 256, (8, 1, 16, 16), dtype=np.uint8)
     results = []
     for name in ("ref", "cpu"):
@@ -191,8 +244,10 @@ def test_training_step_with_fused_ops_matches_reference(monkeypatch):
         trainer.step_count = 0  # every regulariser is due
         trainer.train_step()
         # the last G phase (path length) and D phase (R1) leave their gradients; None counts as zero
-        grads = [torch.zeros_like(p) if p.grad is None else p.grad
-                 for p in list(trainer.G.parameters()) + list(trainer.D.parameters())]
+        grads = [
+            torch.zeros_like(p) if p.grad is None else p.grad
+            for p in list(trainer.G.parameters()) + list(trainer.D.parameters())
+        ]
         results.append((trainer.stats.means(), grads))
     (ref_stats, ref_grads), (cpu_stats, cpu_grads) = results
     assert set(ref_stats) == {"loss_G", "pl_penalty", "loss_D", "D_real", "D_fake", "r1_penalty"}

@@ -5,6 +5,7 @@ A generated folder is a canonical data folder (``images/{seed:08d}.png``, ``mask
 load with :func:`datasetgan.data.load_image_folder`. Seeds are read from the file names; test-G must
 come from seeds disjoint from every synthetic training set.
 """
+
 from __future__ import annotations
 
 import json
@@ -20,13 +21,13 @@ from ..errors import ConfigError
 
 @dataclass
 class LabelledSet:
-    kind: str                      # real | synthetic | hybrid
-    images: np.ndarray             # uint8 [N, C, R, R]
-    masks: np.ndarray              # uint8 [N, R, R]
+    kind: str  # real | synthetic | hybrid
+    images: np.ndarray  # uint8 [N, C, R, R]
+    masks: np.ndarray  # uint8 [N, R, R]
     names: list[str]
     classes: list[ClassInfo]
-    seeds: list[int] = field(default_factory=list)   # generated pairs' seeds (synthetic part)
-    info: dict = field(default_factory=dict)          # what the set is, for results.json
+    seeds: list[int] = field(default_factory=list)  # generated pairs' seeds (synthetic part)
+    info: dict = field(default_factory=dict)  # what the set is, for results.json
 
     def __len__(self) -> int:
         return len(self.names)
@@ -55,8 +56,15 @@ def random_subset(n: int, k: int | None, seed: int = 0) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).choice(n, size=k, replace=False))
 
 
-def load_real(path, resolution: int, limit: int | None = None, seed: int = 0, what: str = "real data",
-              cache_dir=None, class_map: dict[int, int] | None = None) -> LabelledSet:
+def load_real(
+    path,
+    resolution: int,
+    limit: int | None = None,
+    seed: int = 0,
+    what: str = "real data",
+    cache_dir=None,
+    class_map: dict[int, int] | None = None,
+) -> LabelledSet:
     """A labelled folder, optionally only ``limit`` images drawn at random (seeded) from it, its classes
     renumbered by ``class_map``."""
     full = remap_classes(_load(path, resolution, what, cache_dir), class_map or {})
@@ -76,8 +84,9 @@ SEED_NAME = re.compile(r"\d+")
 def generated_seeds(names: list[str], folder) -> list[int]:
     bad = [n for n in names if not SEED_NAME.fullmatch(n)]
     if bad:
-        raise DataError(f"{folder}: not a generated folder (file names must be seed numbers, "
-                        f"e.g. 00000042.png; found {bad[0]!r})")
+        raise DataError(
+            f"{folder}: not a generated folder (file names must be seed numbers, e.g. 00000042.png; found {bad[0]!r})"
+        )
     return [int(n) for n in names]
 
 
@@ -94,11 +103,15 @@ def read_scores(folder, names: list[str]) -> np.ndarray:
                 rec = json.loads(p.read_text())
             except json.JSONDecodeError as e:
                 raise DataError(f"{p}: not valid JSON ({e})") from None
-        score = next((rec[k] for k in ("uncertainty_score", "score") if isinstance(rec.get(k), (int, float))),
-                     manifest_scores.get(n))
+        score = next(
+            (rec[k] for k in ("uncertainty_score", "score") if isinstance(rec.get(k), (int, float))),
+            manifest_scores.get(n),
+        )
         if not isinstance(score, (int, float)):
-            raise DataError(f"{p}: no uncertainty score for pair {n} (records/{n}.json or manifest.json 'scores'); "
-                            "dropping uncertain pairs needs a folder written by `datasetgan generate`")
+            raise DataError(
+                f"{p}: no uncertainty score for pair {n} (records/{n}.json or manifest.json 'scores'); "
+                "dropping uncertain pairs needs a folder written by `datasetgan generate`"
+            )
         scores.append(float(score))
     return np.asarray(scores)
 
@@ -139,8 +152,14 @@ def annotation_count(manifest: dict, folder=None) -> int | None:
     return None
 
 
-def load_generated(path, resolution: int, size: int | None = None, drop_uncertain: float = 0.0,
-                   what: str = "generated data", cache_dir=None) -> LabelledSet:
+def load_generated(
+    path,
+    resolution: int,
+    size: int | None = None,
+    drop_uncertain: float = 0.0,
+    what: str = "generated data",
+    cache_dir=None,
+) -> LabelledSet:
     """The first ``size`` pairs of a generated folder (seed order), minus the ``drop_uncertain``
     fraction with the highest uncertainty scores (round(fraction * size) pairs dropped)."""
     full = _load(path, resolution, what, cache_dir)
@@ -160,8 +179,15 @@ def load_generated(path, resolution: int, size: int | None = None, drop_uncertai
     out.kind = "synthetic"
     out.seeds = [seeds[i] for i in idx]
     manifest = read_manifest(path)
-    out.info.update(kind="synthetic", n=len(out), size=n, drop_uncertain=drop_uncertain,
-                    annotated=annotation_count(manifest, path), seed_min=min(out.seeds), seed_max=max(out.seeds))
+    out.info.update(
+        kind="synthetic",
+        n=len(out),
+        size=n,
+        drop_uncertain=drop_uncertain,
+        annotated=annotation_count(manifest, path),
+        seed_min=min(out.seeds),
+        seed_max=max(out.seeds),
+    )
     return out
 
 
@@ -169,22 +195,35 @@ def check_disjoint(train: LabelledSet, test: LabelledSet) -> None:
     """Refuse a test-G set that shares seeds with a synthetic training set."""
     common = sorted(set(train.seeds) & set(test.seeds))
     if common:
-        raise DataError(f"test-G shares {len(common)} seed(s) with the synthetic training set "
-                        f"(e.g. {common[:5]}); generate test-G from a disjoint seed range")
+        raise DataError(
+            f"test-G shares {len(common)} seed(s) with the synthetic training set "
+            f"(e.g. {common[:5]}); generate test-G from a disjoint seed range"
+        )
 
 
 def hybrid(synthetic: LabelledSet, real: LabelledSet) -> LabelledSet:
     """Synthetic pairs plus a few real ones (same channels, size and classes)."""
     if synthetic.images.shape[1:] != real.images.shape[1:]:
-        raise DataError(f"synthetic images {synthetic.images.shape[1:]} and real images "
-                        f"{real.images.shape[1:]} differ in channels or size")
-    check_compatible({f"the synthetic pairs ({synthetic.info.get('path')})": synthetic,
-                      f"the real images of the hybrid set ({real.info.get('path')})": real})
+        raise DataError(
+            f"synthetic images {synthetic.images.shape[1:]} and real images "
+            f"{real.images.shape[1:]} differ in channels or size"
+        )
+    check_compatible(
+        {
+            f"the synthetic pairs ({synthetic.info.get('path')})": synthetic,
+            f"the real images of the hybrid set ({real.info.get('path')})": real,
+        }
+    )
     info = {"kind": "hybrid", "n": len(synthetic) + len(real), "synthetic": synthetic.info, "real": real.info}
-    return LabelledSet("hybrid", np.concatenate([synthetic.images, real.images]),
-                       np.concatenate([synthetic.masks, real.masks]),
-                       synthetic.names + ["real:" + n for n in real.names], synthetic.classes,
-                       list(synthetic.seeds), info)
+    return LabelledSet(
+        "hybrid",
+        np.concatenate([synthetic.images, real.images]),
+        np.concatenate([synthetic.masks, real.masks]),
+        synthetic.names + ["real:" + n for n in real.names],
+        synthetic.classes,
+        list(synthetic.seeds),
+        info,
+    )
 
 
 def class_differences(name: str, classes: list[ClassInfo], ref_name: str, ref: list[ClassInfo]) -> list[str]:
@@ -211,8 +250,10 @@ def check_compatible(sets: dict[str, LabelledSet]) -> list[ClassInfo]:
             problems.append(f"{name} has {s.images.shape[1]} channel(s) but {ref_name} has {ref.images.shape[1]}")
         problems += class_differences(name, s.classes, ref_name, ref.classes)
     if problems:
-        raise DataError("the sets disagree (check their labels.json, or renumber the real folders' classes "
-                        "with --class-map):\n  " + "\n  ".join(problems))
+        raise DataError(
+            "the sets disagree (check their labels.json, or renumber the real folders' classes "
+            "with --class-map):\n  " + "\n  ".join(problems)
+        )
     return ref.classes
 
 
@@ -242,11 +283,20 @@ def remap_classes(s: LabelledSet, mapping: dict[int, int]) -> LabelledSet:
         raise DataError(f"--class-map: {s.info.get('path')} has no class {unknown[0]}")
     classes = [ClassInfo(mapping.get(c.id, c.id), c.name, c.color) for c in s.classes]
     if sorted(c.id for c in classes) != list(range(len(classes))):
-        raise DataError(f"--class-map: the classes of {s.info.get('path')} would not be numbered 0..{len(classes) - 1} "
-                        f"each once (got ids {sorted(c.id for c in classes)})")
+        raise DataError(
+            f"--class-map: the classes of {s.info.get('path')} would not be numbered 0..{len(classes) - 1} "
+            f"each once (got ids {sorted(c.id for c in classes)})"
+        )
     table = np.arange(256, dtype=np.uint8)
     for old, new in mapping.items():
         table[old] = new
-    out = LabelledSet(s.kind, s.images, table[s.masks], s.names, sorted(classes, key=lambda c: c.id), s.seeds,
-                      dict(s.info, class_map={str(k): v for k, v in mapping.items()}))
+    out = LabelledSet(
+        s.kind,
+        s.images,
+        table[s.masks],
+        s.names,
+        sorted(classes, key=lambda c: c.id),
+        s.seeds,
+        dict(s.info, class_map={str(k): v for k, v in mapping.items()}),
+    )
     return out

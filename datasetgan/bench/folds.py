@@ -1,4 +1,5 @@
 """k-fold splits of a training set: each fold trains on k-1 parts and holds one part out."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -22,7 +23,7 @@ def kfold(n: int, k: int, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
     if k == 1:
         return [(np.sort(order), np.zeros(0, dtype=np.int64))]
     parts = np.array_split(order, k)
-    return [(np.sort(np.concatenate(parts[:i] + parts[i + 1:])), np.sort(parts[i])) for i in range(k)]
+    return [(np.sort(np.concatenate(parts[:i] + parts[i + 1 :])), np.sort(parts[i])) for i in range(k)]
 
 
 def group_kfold(groups: list[str], k: int, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:

@@ -8,6 +8,7 @@ beta as the smoothing it is meant to be, the share of the budget spread evenly:
 w = (1 - beta) softmax(G) + beta / (H W), so every pixel keeps some weight. Weights sum to 1 per image,
 so with even bets the segmenter's loss is plain cross-entropy.
 """
+
 from __future__ import annotations
 
 import torch
@@ -22,8 +23,15 @@ class Gambler(nn.Module):
         super().__init__()
         from monai.networks.nets import UNet
 
-        self.net = UNet(spatial_dims=2, in_channels=in_channels + num_classes, out_channels=1,
-                        channels=(8, 16, 32), strides=(2, 2), num_res_units=1, norm="batch")
+        self.net = UNet(
+            spatial_dims=2,
+            in_channels=in_channels + num_classes,
+            out_channels=1,
+            channels=(8, 16, 32),
+            strides=(2, 2),
+            num_res_units=1,
+            norm="batch",
+        )
 
     def forward(self, images: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
         return self.net(torch.cat([images, probs], 1))[:, 0]

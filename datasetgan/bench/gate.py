@@ -1,7 +1,8 @@
 """The image-level classifier gate of the pneumothorax pipeline: a small classifier (MONAI's
-``Classifier``: strided residual convolutions with batch norm down to 4x4 or larger, one logit) learns whether an image shows any
-foreground; the segmenter's prediction is kept only for images it calls positive, the others are
-predicted as all background."""
+``Classifier``: strided residual convolutions with batch norm down to 4x4 or larger, one logit)
+learns whether an image shows any foreground; the segmenter's prediction is kept only for images it
+calls positive, the others are predicted as all background."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -27,8 +28,13 @@ class Gate(torch.nn.Module):
         from monai.networks.nets import Classifier
 
         levels = max(1, min(len(CHANNELS), resolution.bit_length() - 3))  # stop at 4x4 or larger
-        self.net = Classifier(in_shape=(in_channels, resolution, resolution), classes=1, channels=CHANNELS[:levels],
-                              strides=(2,) * levels, norm="batch")
+        self.net = Classifier(
+            in_shape=(in_channels, resolution, resolution),
+            classes=1,
+            channels=CHANNELS[:levels],
+            strides=(2,) * levels,
+            norm="batch",
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)[:, 0]
@@ -37,7 +43,7 @@ class Gate(torch.nn.Module):
     def predict(self, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
         """bool [N]: the images it calls positive."""
         self.eval()
-        out = [self(Segmenter.normalise(images[i: i + batch_size])) > 0 for i in range(0, len(images), batch_size)]
+        out = [self(Segmenter.normalise(images[i : i + batch_size])) > 0 for i in range(0, len(images), batch_size)]
         return torch.cat(out).numpy() if out else np.zeros(0, bool)
 
 

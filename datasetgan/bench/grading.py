@@ -4,6 +4,7 @@ pixels disagree with a reference labeller, *bad* if at least 25 % do, *partial* 
 The reference is a person's masks (an annotation set or a data folder with masks named by seed) or
 the model-assisted annotator (a segmenter file), which labels the generated images itself.
 """
+
 from __future__ import annotations
 
 import json
@@ -40,9 +41,15 @@ def grade_pairs(masks, references, good_max: float = GOOD_MAX, bad_min: float = 
         raise ValueError(f"{len(masks)} masks but {len(references)} references")
     fractions = [wrong_fraction(m, r) for m, r in zip(masks, references)]
     grades = [grade(f, good_max, bad_min) for f in fractions]
-    return {"n": len(grades), "counts": {g: grades.count(g) for g in ("good", "partial", "bad")},
-            "fractions": fractions, "grades": grades, "good_max": good_max, "bad_min": bad_min,
-            "mean_wrong": float(np.mean(fractions)) if fractions else 0.0}
+    return {
+        "n": len(grades),
+        "counts": {g: grades.count(g) for g in ("good", "partial", "bad")},
+        "fractions": fractions,
+        "grades": grades,
+        "good_max": good_max,
+        "bad_min": bad_min,
+        "mean_wrong": float(np.mean(fractions)) if fractions else 0.0,
+    }
 
 
 def _person_masks(folder: Path, seeds: list[int], resolution: int) -> dict[int, np.ndarray]:
@@ -95,8 +102,7 @@ def grade_folder(folder, reference, n: int = 100, device: str = "cpu", cache_dir
     else:
         raise DataError(f"{reference}: no such segmenter file or mask folder")
     out = grade_pairs(ds.masks[idx], refs)
-    out.update(folder=str(folder), reference=str(reference), reference_kind=kind,
-               seeds=[seeds[i] for i in idx])
+    out.update(folder=str(folder), reference=str(reference), reference_kind=kind, seeds=[seeds[i] for i in idx])
     return out
 
 
@@ -108,5 +114,7 @@ def store(bench_dir, g: dict) -> None:
 
 def summary_line(g: dict) -> str:
     c = g["counts"]
-    return (f"graded {g['n']} pairs against {g['reference']}: good {c['good']}, partial {c['partial']}, "
-            f"bad {c['bad']} (mean {g['mean_wrong']:.2%} pixels differ)")
+    return (
+        f"graded {g['n']} pairs against {g['reference']}: good {c['good']}, partial {c['partial']}, "
+        f"bad {c['bad']} (mean {g['mean_wrong']:.2%} pixels differ)"
+    )

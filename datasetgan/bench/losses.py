@@ -25,6 +25,7 @@ probabilities, section 5.1) and are MONAI's where MONAI has them:
 
 Every loss takes logits [B, K, H, W] and integer targets [B, H, W] and returns a scalar.
 """
+
 from __future__ import annotations
 
 import re
@@ -37,8 +38,15 @@ import torch.nn.functional as F
 from ..errors import ConfigError
 
 DEFAULTS: dict[str, dict[str, float]] = {
-    "ce": {}, "dice": {}, "dice_ce": {}, "focal": {"gamma": 2.0}, "jaccard": {},
-    "tversky": {"alpha": 0.7, "beta": 0.3}, "lovasz": {}, "boundary": {"alpha": 0.01}, "gambling": {"beta": 0.1},
+    "ce": {},
+    "dice": {},
+    "dice_ce": {},
+    "focal": {"gamma": 2.0},
+    "jaccard": {},
+    "tversky": {"alpha": 0.7, "beta": 0.3},
+    "lovasz": {},
+    "boundary": {"alpha": 0.01},
+    "gambling": {"beta": 0.1},
 }
 LOSSES = tuple(DEFAULTS)
 SMOOTH = 1.0
@@ -158,16 +166,18 @@ class Loss:
 
         self.spec = spec
         p = spec.params
-        common = dict(include_background=False, to_onehot_y=True, softmax=True, batch=True,
-                      smooth_nr=SMOOTH, smooth_dr=SMOOTH)
+        common = dict(
+            include_background=False, to_onehot_y=True, softmax=True, batch=True, smooth_nr=SMOOTH, smooth_dr=SMOOTH
+        )
         self._monai = {
             "dice": lambda: DiceLoss(**common),
             "boundary": lambda: DiceLoss(**common),
             "dice_ce": lambda: DiceCELoss(**common),
             "jaccard": lambda: DiceLoss(jaccard=True, **common),
             "tversky": lambda: TverskyLoss(alpha=p.get("beta", 0), beta=p.get("alpha", 0), **common),
-            "focal": lambda: FocalLoss(include_background=True, to_onehot_y=True, use_softmax=True,
-                                       gamma=p.get("gamma", 0), reduction="none"),
+            "focal": lambda: FocalLoss(
+                include_background=True, to_onehot_y=True, use_softmax=True, gamma=p.get("gamma", 0), reduction="none"
+            ),
         }.get(spec.name, lambda: None)()
 
     def __call__(self, logits: torch.Tensor, target: torch.Tensor, images: torch.Tensor | None = None) -> torch.Tensor:

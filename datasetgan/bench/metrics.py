@@ -45,7 +45,7 @@ def confusion_matrix(pred: np.ndarray, truth: np.ndarray, num_classes: int) -> n
         raise ValueError(f"prediction and truth differ in size: {pred.shape} vs {truth.shape}")
     if pred.size and (max(pred.max(), truth.max()) >= num_classes or min(pred.min(), truth.min()) < 0):
         raise ValueError(f"class ids must be in 0..{num_classes - 1}")
-    return np.bincount(truth * num_classes + pred, minlength=num_classes ** 2).reshape(num_classes, num_classes)
+    return np.bincount(truth * num_classes + pred, minlength=num_classes**2).reshape(num_classes, num_classes)
 
 
 def scores_from_confusion(cm: np.ndarray) -> dict:
@@ -85,8 +85,9 @@ def boundary_distances(pred: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray,
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # MONAI passes its own deprecated argument
-        _, (d_pt, d_tp), _ = get_edge_surface_distance(torch.as_tensor(pred), torch.as_tensor(truth),
-                                                       symmetric=True, warn_empty=False)
+        _, (d_pt, d_tp), _ = get_edge_surface_distance(
+            torch.as_tensor(pred), torch.as_tensor(truth), symmetric=True, warn_empty=False
+        )
     return d_pt.double().numpy(), d_tp.double().numpy()
 
 
@@ -114,8 +115,7 @@ def boundary_scores(pred: np.ndarray, truth: np.ndarray, num_classes: int, tau: 
                 out["assd"][i, c - 1] = (d_pt.sum() + d_tp.sum()) / (len(d_pt) + len(d_tp))
                 out["chamfer"][i, c - 1] = (d_pt.mean() + d_tp.mean()) / 2
                 precision, recall = (d_pt < tau).mean(), (d_tp < tau).mean()
-                out["bf"][i, c - 1] = (2 * precision * recall / (precision + recall)
-                                       if precision + recall else 0.0)
+                out["bf"][i, c - 1] = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
             elif has_p != has_t:
                 for k in ("hd95", "assd", "chamfer"):
                     out[k][i, c - 1] = diag
@@ -141,8 +141,9 @@ def calibration(confidence: np.ndarray, correct: np.ndarray, bins: int = ECE_BIN
     return float(conf.mean()), float(gap.sum() / conf.size)
 
 
-def evaluate(pred: np.ndarray, truth: np.ndarray, num_classes: int, confidence: np.ndarray | None = None,
-             boundaries: bool = True) -> dict:
+def evaluate(
+    pred: np.ndarray, truth: np.ndarray, num_classes: int, confidence: np.ndarray | None = None, boundaries: bool = True
+) -> dict:
     """All scores of a test set, JSON-ready (NaN becomes None). ``confidence``: the probability of the
     predicted class per pixel (float [N, H, W]), for MMCL and ECE."""
     res = scores_from_confusion(confusion_matrix(pred, truth, num_classes))

@@ -5,6 +5,7 @@
   the fold's held-out part, among :func:`area_candidates`, maximising the foreground mean Dice;
 * the prior-only baseline: the per-pixel majority class of the training masks, whatever the image.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -45,8 +46,9 @@ def choose_min_area(pred: np.ndarray, truth: np.ndarray, num_classes: int, candi
     to the smaller area."""
     best, best_dice = 0, -1.0
     for area in sorted(candidates):
-        dice = scores_from_confusion(confusion_matrix(remove_small_components(pred, area), truth,
-                                                      num_classes))["mdice_fg"]
+        dice = scores_from_confusion(confusion_matrix(remove_small_components(pred, area), truth, num_classes))[
+            "mdice_fg"
+        ]
         if dice == dice and dice > best_dice + 1e-12:  # NaN-safe
             best, best_dice = area, dice
     return best

@@ -19,6 +19,7 @@ it near 30 minutes on an idle 2-core machine. On a machine shared with other job
 OpenMP threads spin-waiting for each other made a 2-thread step cost up to 17x the CPU time of a
 1-thread step (measured here under load).
 """
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, replace
@@ -29,16 +30,17 @@ from ..errors import ConfigError
 @dataclass
 class SegmenterTrainConfig:
     """How a benchmark segmenter is trained (the GAN's is :class:`datasetgan.presets.TrainConfig`)."""
+
     epochs: int = 4
     batch_size: int = 16
-    optimizer: str = "adam"          # adam | sgd
+    optimizer: str = "adam"  # adam | sgd
     lr: float = 1e-3
     momentum: float = 0.9
     weight_decay: float = 1e-4
-    poly_power: float = 0.9          # lr * (1 - step/steps) ** power; 0 keeps lr constant
-    aux_weight: float = 0.5          # weight of torchvision's auxiliary head loss, when present
-    loss: str = "ce"                 # a loss spec of .losses, e.g. dice_ce or tversky:alpha=0.7,beta=0.3
-    swa: bool = False                # cosine lr, then stochastic weight averaging over the last epochs
+    poly_power: float = 0.9  # lr * (1 - step/steps) ** power; 0 keeps lr constant
+    aux_weight: float = 0.5  # weight of torchvision's auxiliary head loss, when present
+    loss: str = "ce"  # a loss spec of .losses, e.g. dice_ce or tversky:alpha=0.7,beta=0.3
+    swa: bool = False  # cosine lr, then stochastic weight averaging over the last epochs
     hybrid_real_weight: float | None = None  # share of each batch drawn from a hybrid set's real images
     seed: int = 0
 
@@ -51,19 +53,21 @@ class SegmenterTrainConfig:
         if self.optimizer not in ("adam", "sgd"):
             raise ConfigError(f"optimizer must be adam or sgd, got {self.optimizer!r}")
         if self.epochs < 1 or self.batch_size < 2:
-            raise ConfigError("training needs at least 1 epoch and a batch size of at least 2 "
-                             "(batch norm cannot normalise a single image)")
+            raise ConfigError(
+                "training needs at least 1 epoch and a batch size of at least 2 "
+                "(batch norm cannot normalise a single image)"
+            )
 
 
 @dataclass
 class Profile:
     name: str
     resolution: int
-    models: tuple[str, ...]                    # names from MODEL_SPECS, or arch:backbone
-    backbones: dict = field(default_factory=dict)   # arch -> backbone
+    models: tuple[str, ...]  # names from MODEL_SPECS, or arch:backbone
+    backbones: dict = field(default_factory=dict)  # arch -> backbone
     unet_channels: tuple[int, ...] = (16, 32, 64, 128, 256)
     aux_loss: bool = False
-    output_stride: int = 16                    # MobileNetV3 backbones
+    output_stride: int = 16  # MobileNetV3 backbones
     train: SegmenterTrainConfig = field(default_factory=SegmenterTrainConfig)
     folds: int = 5
     real_limit: int | None = 500
@@ -78,19 +82,38 @@ class Profile:
 
 PROFILES = {
     "paper": Profile(
-        name="paper", resolution=256, models=("deeplabv3",),
+        name="paper",
+        resolution=256,
+        models=("deeplabv3",),
         backbones={"deeplabv3": "resnet101", "fcn": "resnet101"},
-        unet_channels=(64, 128, 256, 512, 1024), aux_loss=True,
+        unet_channels=(64, 128, 256, 512, 1024),
+        aux_loss=True,
         train=SegmenterTrainConfig(epochs=30, batch_size=8, optimizer="sgd", lr=0.01, weight_decay=1e-4),
-        folds=5, real_limit=500, hybrid_real=30, synthetic_sizes=(1500, 5000, 10000, 15000), threads=8,
-        eval_batch=16),
+        folds=5,
+        real_limit=500,
+        hybrid_real=30,
+        synthetic_sizes=(1500, 5000, 10000, 15000),
+        threads=8,
+        eval_batch=16,
+    ),
     "cpu": Profile(
-        name="cpu", resolution=64, models=("deeplabv3", "fcn", "unet"),
+        name="cpu",
+        resolution=64,
+        models=("deeplabv3", "fcn", "unet"),
         backbones={"deeplabv3": "mobilenet_v3_large", "fcn": "mobilenet_v3_large"},
-        unet_channels=(16, 32, 64, 128, 256), aux_loss=False,
+        unet_channels=(16, 32, 64, 128, 256),
+        aux_loss=False,
         output_stride=8,
-        train=SegmenterTrainConfig(epochs=20, batch_size=8, optimizer="adam", lr=1e-3, weight_decay=1e-4, loss="dice_ce"),
-        folds=5, real_limit=500, hybrid_real=30, synthetic_sizes=(1500,), threads=2, eval_batch=64),
+        train=SegmenterTrainConfig(
+            epochs=20, batch_size=8, optimizer="adam", lr=1e-3, weight_decay=1e-4, loss="dice_ce"
+        ),
+        folds=5,
+        real_limit=500,
+        hybrid_real=30,
+        synthetic_sizes=(1500,),
+        threads=2,
+        eval_batch=64,
+    ),
 }
 
 

@@ -2,6 +2,7 @@
 redrawn any time): ``tables.md`` (the seed's Tables I-III where the run has the data for them, all
 metrics per experiment, the annotator ceiling and the pair grading), ``bars.png`` (mIoU with fold
 std as error bars) and ``predictions.png`` (test-R predictions next to the ground truth)."""
+
 from __future__ import annotations
 
 import io
@@ -47,12 +48,14 @@ def build_tables(doc: dict) -> str:
     exps = doc.get("experiments", {})
     classes = [c["name"] for c in doc.get("classes", [])]
     prof = doc.get("profile", {})
-    out = ["# Segmenter benchmark\n",
-           f"Profile `{prof.get('name')}`: {prof.get('resolution')}x{prof.get('resolution')}, "
-           f"{(prof.get('train') or {}).get('epochs')} epochs, batch {(prof.get('train') or {}).get('batch_size')}, "
-           f"{(prof.get('train') or {}).get('optimizer')} lr {(prof.get('train') or {}).get('lr')}. "
-           f"Scores are mean ± std over the folds each experiment completed.\n",
-           f"Metric conventions: {doc.get('metric_notes', '')}\n"]
+    out = [
+        "# Segmenter benchmark\n",
+        f"Profile `{prof.get('name')}`: {prof.get('resolution')}x{prof.get('resolution')}, "
+        f"{(prof.get('train') or {}).get('epochs')} epochs, batch {(prof.get('train') or {}).get('batch_size')}, "
+        f"{(prof.get('train') or {}).get('optimizer')} lr {(prof.get('train') or {}).get('lr')}. "
+        f"Scores are mean ± std over the folds each experiment completed.\n",
+        f"Metric conventions: {doc.get('metric_notes', '')}\n",
+    ]
     tests = doc.get("test_sets") or {}
     for name, key in (("test-R", "test_r"), ("test-G", "test_g")):
         if tests.get(key):
@@ -68,14 +71,41 @@ def build_tables(doc: dict) -> str:
         rows = []
         for key, e in exps.items():
             done = len(e.get("folds", []))
-            rows.append([e["set"], method(e), str(e["n_train"]), f"{done}/{e.get('folds_k')}",
-                         fmt(_summary(e, "val")), fmt(_summary(e, "test_g")), fmt(_summary(e, "test_r")),
-                         fmt(_summary(e, "test_r", "miou_fg")), fmt(_summary(e, "test_r", "mdice_fg")),
-                         fmt(_summary(e, "test_r", "hd95"), 2), fmt(_summary(e, "test_r", "pixel_accuracy"))])
-        out += ["## Training sets and models (mIoU incl. background unless noted)\n",
-                _table(["training set", "model/loss", "n train", "folds", "mIoU held-out fold", "mIoU test-G",
-                        "mIoU test-R", "mIoU test-R (no bg)", "Dice test-R (fg mean)", "HD95 test-R (px)",
-                        "pixel acc. test-R"], rows), ""]
+            rows.append(
+                [
+                    e["set"],
+                    method(e),
+                    str(e["n_train"]),
+                    f"{done}/{e.get('folds_k')}",
+                    fmt(_summary(e, "val")),
+                    fmt(_summary(e, "test_g")),
+                    fmt(_summary(e, "test_r")),
+                    fmt(_summary(e, "test_r", "miou_fg")),
+                    fmt(_summary(e, "test_r", "mdice_fg")),
+                    fmt(_summary(e, "test_r", "hd95"), 2),
+                    fmt(_summary(e, "test_r", "pixel_accuracy")),
+                ]
+            )
+        out += [
+            "## Training sets and models (mIoU incl. background unless noted)\n",
+            _table(
+                [
+                    "training set",
+                    "model/loss",
+                    "n train",
+                    "folds",
+                    "mIoU held-out fold",
+                    "mIoU test-G",
+                    "mIoU test-R",
+                    "mIoU test-R (no bg)",
+                    "Dice test-R (fg mean)",
+                    "HD95 test-R (px)",
+                    "pixel acc. test-R",
+                ],
+                rows,
+            ),
+            "",
+        ]
 
         for split in ("test_r", "test_g"):
             if not _has(entries, split):
@@ -85,7 +115,9 @@ def build_tables(doc: dict) -> str:
                 dice = _summary(e, split, "dice") or []
                 hd = _summary(e, split, "hd95_per_class") or []
                 rows.append([e["set"], method(e)] + [fmt(d) for d in dice[1:]] + [fmt(h, 2) for h in hd[1:]])
-            head = ["training set", "model/loss"] + [f"Dice {c}" for c in classes[1:]] + [f"HD95 {c}" for c in classes[1:]]
+            head = (
+                ["training set", "model/loss"] + [f"Dice {c}" for c in classes[1:]] + [f"HD95 {c}" for c in classes[1:]]
+            )
             out += [f"### Per-class Dice and HD95 (px) on {SPLIT_NAMES[split]}\n", _table(head, rows), ""]
 
     # Table I: synthetic set size vs mIoU
@@ -93,10 +125,19 @@ def build_tables(doc: dict) -> str:
     if synth:
         out.append("## Table I: synthetic training set size vs mIoU\n")
         for m in models:
-            rows = [[f"Dataset size={e['n_train']}" + (f" (annotated={e['set_info'].get('annotated')})"
-                                                      if e["set_info"].get("annotated") is not None else ""),
-                     fmt(_summary(e, "test_g")), fmt(_summary(e, "test_r"))]
-                    for e in sorted((e for e in synth if method(e) == m), key=lambda e: e["n_train"])]
+            rows = [
+                [
+                    f"Dataset size={e['n_train']}"
+                    + (
+                        f" (annotated={e['set_info'].get('annotated')})"
+                        if e["set_info"].get("annotated") is not None
+                        else ""
+                    ),
+                    fmt(_summary(e, "test_g")),
+                    fmt(_summary(e, "test_r")),
+                ]
+                for e in sorted((e for e in synth if method(e) == m), key=lambda e: e["n_train"])
+            ]
             if rows:
                 out += [f"Model: {m}\n", _table(["", "mIoU on test-G", "mIoU on test-R"], rows), ""]
 
@@ -105,10 +146,16 @@ def build_tables(doc: dict) -> str:
     if annotated:
         out.append("## Table II: annotated images (style interpreter) vs mIoU\n")
         for m in models:
-            rows = [[f"Annotated images={e['set_info']['annotated']} (n={e['n_train']})",
-                     fmt(_summary(e, "test_g")), fmt(_summary(e, "test_r"))]
-                    for e in sorted((e for e in annotated if method(e) == m),
-                                    key=lambda e: (e["set_info"]["annotated"], e["n_train"]))]
+            rows = [
+                [
+                    f"Annotated images={e['set_info']['annotated']} (n={e['n_train']})",
+                    fmt(_summary(e, "test_g")),
+                    fmt(_summary(e, "test_r")),
+                ]
+                for e in sorted(
+                    (e for e in annotated if method(e) == m), key=lambda e: (e["set_info"]["annotated"], e["n_train"])
+                )
+            ]
             if rows:
                 out += [f"Model: {m}\n", _table(["", "mIoU on test-G", "mIoU on test-R"], rows), ""]
 
@@ -122,35 +169,54 @@ def build_tables(doc: dict) -> str:
                 if _has(row_e.values(), split):
                     rows.append([label] + [fmt(_summary(row_e[m], split)) if m in row_e else "-" for m in models])
             if _has(row_e.values(), "test_r"):
-                rows.append(["Dice on test-R (fg mean)"] + [fmt(_summary(row_e[m], "test_r", "mdice_fg"))
-                                                             if m in row_e else "-" for m in models])
-                rows.append(["HD95 on test-R (px)"] + [fmt(_summary(row_e[m], "test_r", "hd95"), 2)
-                                                        if m in row_e else "-" for m in models])
+                rows.append(
+                    ["Dice on test-R (fg mean)"]
+                    + [fmt(_summary(row_e[m], "test_r", "mdice_fg")) if m in row_e else "-" for m in models]
+                )
+                rows.append(
+                    ["HD95 on test-R (px)"]
+                    + [fmt(_summary(row_e[m], "test_r", "hd95"), 2) if m in row_e else "-" for m in models]
+                )
             if not rows:
-                rows.append(["mIoU on held-out fold"] + [fmt(_summary(row_e[m], "val")) if m in row_e else "-"
-                                                          for m in models])
+                rows.append(
+                    ["mIoU on held-out fold"] + [fmt(_summary(row_e[m], "val")) if m in row_e else "-" for m in models]
+                )
             out += [f"Training set: {set_key}\n", _table([""] + models, rows), ""]
 
     ann = doc.get("annotator")
     if ann:
         tr = ann.get("test_r") or {}
-        out += ["## Model-assisted annotator\n",
-                f"`{ann['path']}`: {ann['model_name']} trained on {ann['n_train']} real labelled images. "
-                f"test-R mIoU {tr.get('miou', float('nan')):.3f} (no background {tr.get('miou_fg', float('nan')):.3f}), "
-                f"Dice (fg mean) {tr.get('mdice_fg', float('nan')):.3f}. This is the ceiling of a run whose "
-                "interpreter is trained on this model's masks instead of a person's.\n" if tr else
-                f"`{ann['path']}`: {ann['model_name']} trained on {ann['n_train']} images (no test-R given).\n"]
+        out += [
+            "## Model-assisted annotator\n",
+            f"`{ann['path']}`: {ann['model_name']} trained on {ann['n_train']} real labelled images. "
+            f"test-R mIoU {tr.get('miou', float('nan')):.3f} (no background {tr.get('miou_fg', float('nan')):.3f}), "
+            f"Dice (fg mean) {tr.get('mdice_fg', float('nan')):.3f}. This is the ceiling of a run whose "
+            "interpreter is trained on this model's masks instead of a person's.\n"
+            if tr
+            else f"`{ann['path']}`: {ann['model_name']} trained on {ann['n_train']} images (no test-R given).\n",
+        ]
 
     g = doc.get("grading")
     if g:
         c = g["counts"]
         n = max(g["n"], 1)
-        out += ["## Pair grading (as the seed's Fig. 7)\n",
-                f"{g['n']} pairs of `{g['folder']}` against `{g['reference']}` "
-                f"(good: <= {g['good_max']:.0%} pixels differ, bad: >= {g['bad_min']:.0%}).\n",
-                _table(["good", "partial", "bad", "mean wrong pixels"],
-                       [[f"{c['good']} ({c['good'] / n:.0%})", f"{c['partial']} ({c['partial'] / n:.0%})",
-                         f"{c['bad']} ({c['bad'] / n:.0%})", f"{g['mean_wrong']:.2%}"]]), ""]
+        out += [
+            "## Pair grading (as the seed's Fig. 7)\n",
+            f"{g['n']} pairs of `{g['folder']}` against `{g['reference']}` "
+            f"(good: <= {g['good_max']:.0%} pixels differ, bad: >= {g['bad_min']:.0%}).\n",
+            _table(
+                ["good", "partial", "bad", "mean wrong pixels"],
+                [
+                    [
+                        f"{c['good']} ({c['good'] / n:.0%})",
+                        f"{c['partial']} ({c['partial'] / n:.0%})",
+                        f"{c['bad']} ({c['bad'] / n:.0%})",
+                        f"{g['mean_wrong']:.2%}",
+                    ]
+                ],
+            ),
+            "",
+        ]
     return "\n".join(out) + "\n"
 
 
@@ -162,6 +228,7 @@ def figure_png(fig) -> bytes:
 
 def plot_bars(doc: dict) -> bytes | None:
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -175,8 +242,14 @@ def plot_bars(doc: dict) -> bytes | None:
     fig, ax = plt.subplots(figsize=(max(5, 1.4 * len(labels) + 2), 4))
     for i, s in enumerate(splits):
         ms = [(_summary(e, s) or [np.nan, 0]) for e in exps.values()]
-        ax.bar(x + (i - (len(splits) - 1) / 2) * w, [m[0] if m[0] is not None else np.nan for m in ms], w,
-               yerr=[m[1] or 0 for m in ms], capsize=3, label=SPLIT_NAMES[s])
+        ax.bar(
+            x + (i - (len(splits) - 1) / 2) * w,
+            [m[0] if m[0] is not None else np.nan for m in ms],
+            w,
+            yerr=[m[1] or 0 for m in ms],
+            capsize=3,
+            label=SPLIT_NAMES[s],
+        )
     ax.set_xticks(x, labels, fontsize=8)
     ax.set_ylabel("mIoU (incl. background), mean ± std over folds")
     ax.set_ylim(0, 1)
@@ -217,15 +290,18 @@ def plot_predictions(doc: dict, bench_dir: Path) -> bytes | None:
     if not preds:
         return None
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    colours = np.array([[int(c["color"][i: i + 2], 16) for i in (1, 3, 5)] for c in doc["classes"]], dtype=np.uint8)
+    colours = np.array([[int(c["color"][i : i + 2], 16) for i in (1, 3, 5)] for c in doc["classes"]], dtype=np.uint8)
     cols = 2 + len(preds)
     fig, axes = plt.subplots(len(images), cols, figsize=(1.6 * cols, 1.6 * len(images)), squeeze=False)
     for r in range(len(images)):
-        panels = [("image", overlay(images[r], np.zeros_like(masks[r]), colours)),
-                  ("ground truth", overlay(images[r], masks[r], colours))]
+        panels = [
+            ("image", overlay(images[r], np.zeros_like(masks[r]), colours)),
+            ("ground truth", overlay(images[r], masks[r], colours)),
+        ]
         panels += [(k, overlay(images[r], p[r], colours)) for k, p in preds]
         for c, (title, pic) in enumerate(panels):
             ax = axes[r, c]

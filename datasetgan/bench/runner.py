@@ -4,6 +4,7 @@ and each fold's model is scored on its held-out fold, on test-R and on test-G.
 Results go to ``RUN/bench/results.json`` after every fold (atomically), so an interrupted run keeps
 the folds it finished and a rerun with the same settings skips them.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -39,10 +40,22 @@ METRIC_NOTES = (
     "MMCL: mean probability of the predicted class; ECE: 15 equal-width confidence bins, over all pixels. "
     "mean +- std over folds (population std). Each fold trains on k-1 parts of the training set; 'val' is its "
     "held-out part. Rows: SET/MODEL/LOSS, +swa (cosine lr then weight averaging), +mincomp (small components "
-    "removed), +gate (image classifier gate), SET/prior (per-pixel majority class of the fold's training masks).")
+    "removed), +gate (image classifier gate), SET/prior (per-pixel majority class of the fold's training masks)."
+)
 SPLITS = ("val", "test_r", "test_g")
-SUMMARY_KEYS = ("miou", "miou_fg", "mdice_fg", "pixel_accuracy", "hd95", "assd", "chamfer", "bf", "mmcl", "ece",
-                "gate_accuracy")
+SUMMARY_KEYS = (
+    "miou",
+    "miou_fg",
+    "mdice_fg",
+    "pixel_accuracy",
+    "hd95",
+    "assd",
+    "chamfer",
+    "bf",
+    "mmcl",
+    "ece",
+    "gate_accuracy",
+)
 PER_CLASS_KEYS = ("dice", "iou", "hd95_per_class", "assd_per_class", "chamfer_per_class", "bf_per_class")
 N_SAMPLES = 6
 
@@ -51,13 +64,14 @@ N_SAMPLES = 6
 class Experiment:
     """One row of the benchmark: a model trained with a loss on a set (``model`` None: the prior
     baseline), or a post-processing of another row's predictions (``post``)."""
-    key: str                       # e.g. "real500/unet/dice_ce", "real500/unet/dice_ce+gate", "real500/prior"
+
+    key: str  # e.g. "real500/unet/dice_ce", "real500/unet/dice_ce+gate", "real500/prior"
     set_key: str
     train: datasets.LabelledSet
     model: SegmenterConfig | None
     loss: str = ""
     swa: bool = False
-    post: str = ""                 # "" | mincomp | gate
+    post: str = ""  # "" | mincomp | gate
     derived: list = field(default_factory=list)  # the post-processing rows made from this row's models
 
 
@@ -65,10 +79,11 @@ class Experiment:
 class PostProcessing:
     """The extra rows of a run: from each (set, model)'s first loss, small-component removal, the classifier
     gate and an SWA retraining; per set, the prior-only baseline."""
-    min_component: int | str | None = None    # pixels, "auto" (chosen on the fold's held-out part) or None
+
+    min_component: int | str | None = None  # pixels, "auto" (chosen on the fold's held-out part) or None
     classifier_gate: bool = False
-    swa: bool = False                          # also train that loss with a cosine schedule + SWA
-    prior: bool = True                         # the prior-only baseline row of each set
+    swa: bool = False  # also train that loss with a cosine schedule + SWA
+    prior: bool = True  # the prior-only baseline row of each set
 
 
 @dataclass
@@ -85,19 +100,40 @@ def parse_models(spec: list[str], profile: Profile, in_channels: int, num_classe
     for item in spec:
         arch, _, backbone = item.strip().partition(":")
         backbone = backbone or profile.backbones.get(arch, "resnet101")
-        out.append(SegmenterConfig(arch=arch, backbone=backbone, in_channels=in_channels, num_classes=num_classes,
-                                   resolution=profile.resolution, aux_loss=profile.aux_loss and arch != "unet",
-                                   unet_channels=profile.unet_channels, output_stride=profile.output_stride))
+        out.append(
+            SegmenterConfig(
+                arch=arch,
+                backbone=backbone,
+                in_channels=in_channels,
+                num_classes=num_classes,
+                resolution=profile.resolution,
+                aux_loss=profile.aux_loss and arch != "unet",
+                unet_channels=profile.unet_channels,
+                output_stride=profile.output_stride,
+            )
+        )
     names = [c.name for c in out]
     if len(set(names)) != len(names):
         raise ConfigError(f"a model is listed twice: {names}")
     return out
 
 
-def load_inputs(profile: Profile, sets: list[str], real=None, test_real=None, synthetic=(), test_generated=None,
-                real_limit: int | None = None, hybrid_real: int | None = None, synthetic_sizes=None,
-                drop_uncertain: float = 0.0, annotated=None, subset_seed: int = 0, cache_dir=None,
-                class_map: dict[int, int] | None = None) -> BenchInputs:
+def load_inputs(
+    profile: Profile,
+    sets: list[str],
+    real=None,
+    test_real=None,
+    synthetic=(),
+    test_generated=None,
+    real_limit: int | None = None,
+    hybrid_real: int | None = None,
+    synthetic_sizes=None,
+    drop_uncertain: float = 0.0,
+    annotated=None,
+    subset_seed: int = 0,
+    cache_dir=None,
+    class_map: dict[int, int] | None = None,
+) -> BenchInputs:
     """Load and check every set the run needs; ``class_map`` renumbers the real folders' classes."""
     res = profile.resolution
     unknown = set(sets) - {"real", "synthetic", "hybrid"}
@@ -120,7 +156,11 @@ def load_inputs(profile: Profile, sets: list[str], real=None, test_real=None, sy
         counts = {}
         if "synthetic" in sets or "hybrid" in sets:
             available = len(datasets.list_names(folder))
-            sizes = list(synthetic_sizes) if synthetic_sizes else sorted({min(n, available) for n in profile.synthetic_sizes})
+            sizes = (
+                list(synthetic_sizes)
+                if synthetic_sizes
+                else sorted({min(n, available) for n in profile.synthetic_sizes})
+            )
             for size in sizes:
                 s = datasets.load_generated(folder, res, size, drop_uncertain, "--synthetic", cache_dir)
                 if annotated:
@@ -138,7 +178,11 @@ def load_inputs(profile: Profile, sets: list[str], real=None, test_real=None, sy
             h = datasets.hybrid(s, r)
             train_sets[f"hybrid{len(s)}+{len(r)}{tag}"] = h
     test_r = datasets.load_real(test_real, res, None, 0, "--test-real", cache_dir, class_map) if test_real else None
-    test_g = datasets.load_generated(test_generated, res, None, 0.0, "--test-generated", cache_dir) if test_generated else None
+    test_g = (
+        datasets.load_generated(test_generated, res, None, 0.0, "--test-generated", cache_dir)
+        if test_generated
+        else None
+    )
     if test_g is not None:
         for name, s in train_sets.items():
             if s.seeds:
@@ -244,8 +288,9 @@ def save_npy(path: Path, array: np.ndarray) -> None:
             np.save(f, array, allow_pickle=False)
 
 
-def plan_experiments(inputs: BenchInputs, models: list[SegmenterConfig], losses: list[str],
-                     post: PostProcessing) -> list[Experiment]:
+def plan_experiments(
+    inputs: BenchInputs, models: list[SegmenterConfig], losses: list[str], post: PostProcessing
+) -> list[Experiment]:
     """Every row of the run: per set the prior baseline, then per model each loss, the first loss with
     SWA, and the post-processing rows of the first loss."""
     from .losses import parse_loss
@@ -282,11 +327,24 @@ def score(pred: np.ndarray, probs: torch.Tensor, truth: np.ndarray, num_classes:
     return evaluate(pred, truth, num_classes, conf)
 
 
-def run_benchmark(run_dir, inputs: BenchInputs, models: list[SegmenterConfig], profile: Profile,
-                  folds: int | None = None, save_models: bool = False, init_weights: dict | None = None,
-                  device: str = "cpu", progress: bool = True, log=print, on_fold=None, should_stop=None,
-                  fold_groups: str | None = None, command: str | None = None, losses: list[str] | None = None,
-                  post: PostProcessing | None = None) -> dict:
+def run_benchmark(
+    run_dir,
+    inputs: BenchInputs,
+    models: list[SegmenterConfig],
+    profile: Profile,
+    folds: int | None = None,
+    save_models: bool = False,
+    init_weights: dict | None = None,
+    device: str = "cpu",
+    progress: bool = True,
+    log=print,
+    on_fold=None,
+    should_stop=None,
+    fold_groups: str | None = None,
+    command: str | None = None,
+    losses: list[str] | None = None,
+    post: PostProcessing | None = None,
+) -> dict:
     """Train and score every row (see :func:`plan_experiments`) over k folds; returns the results document.
 
     ``losses``: loss specs (default: the profile's). ``fold_groups``: a regular expression whose match
@@ -308,9 +366,14 @@ def run_benchmark(run_dir, inputs: BenchInputs, models: list[SegmenterConfig], p
         raise ConfigError("--min-component auto chooses the area on the held-out fold: it needs --folds 2 or more")
     if command:
         results.set(command=command)
-    results.set(profile=profile.to_dict(), classes=[c.__dict__ for c in inputs.classes],
-                test_sets={"test_r": inputs.test_r.info if inputs.test_r else None,
-                           "test_g": inputs.test_g.info if inputs.test_g else None})
+    results.set(
+        profile=profile.to_dict(),
+        classes=[c.__dict__ for c in inputs.classes],
+        test_sets={
+            "test_r": inputs.test_r.info if inputs.test_r else None,
+            "test_g": inputs.test_g.info if inputs.test_g else None,
+        },
+    )
     if inputs.test_r is not None:
         idx = sample_indices(inputs.test_r.masks)
         save_npy(bench / "samples" / "test_r_images.npy", inputs.test_r.images[idx])
@@ -319,13 +382,22 @@ def run_benchmark(run_dir, inputs: BenchInputs, models: list[SegmenterConfig], p
     experiments = plan_experiments(inputs, models, losses, post)
     splits_of = {}
     for sk, s in inputs.train_sets.items():
-        splits_of[sk] = (group_kfold(name_groups(s.names, fold_groups), k, seed=profile.train.seed) if fold_groups
-                         else kfold(len(s), k, seed=profile.train.seed))
+        splits_of[sk] = (
+            group_kfold(name_groups(s.names, fold_groups), k, seed=profile.train.seed)
+            if fold_groups
+            else kfold(len(s), k, seed=profile.train.seed)
+        )
 
     def open_entry(exp: Experiment, base_fp: str | None = None) -> dict:
         cfg = _train_config(profile, exp)
-        parts = [exp.train.info, len(exp.train), exp.model.to_dict() if exp.model else None, cfg.__dict__, k,
-                 str((init_weights or {}).get(exp.model.arch if exp.model else None))]
+        parts = [
+            exp.train.info,
+            len(exp.train),
+            exp.model.to_dict() if exp.model else None,
+            cfg.__dict__,
+            k,
+            str((init_weights or {}).get(exp.model.arch if exp.model else None)),
+        ]
         if fold_groups:
             parts.append(fold_groups)
         if exp.post:
@@ -333,12 +405,22 @@ def run_benchmark(run_dir, inputs: BenchInputs, models: list[SegmenterConfig], p
         fp = fingerprint(*parts)
         entry = results.doc["experiments"].get(exp.key)
         if not entry or entry.get("fingerprint") != fp:
-            entry = {"set": exp.set_key, "set_info": exp.train.info,
-                     "model": exp.model.to_dict() if exp.model else None,
-                     "model_name": exp.model.name if exp.model else "prior",
-                     "method": exp.key.split("/", 1)[1], "loss": exp.loss or None, "swa": exp.swa,
-                     "post": exp.post or None, "train": cfg.__dict__, "folds_k": k, "n_train": len(exp.train),
-                     "fingerprint": fp, "fold_groups": fold_groups, "folds": []}
+            entry = {
+                "set": exp.set_key,
+                "set_info": exp.train.info,
+                "model": exp.model.to_dict() if exp.model else None,
+                "model_name": exp.model.name if exp.model else "prior",
+                "method": exp.key.split("/", 1)[1],
+                "loss": exp.loss or None,
+                "swa": exp.swa,
+                "post": exp.post or None,
+                "train": cfg.__dict__,
+                "folds_k": k,
+                "n_train": len(exp.train),
+                "fingerprint": fp,
+                "fold_groups": fold_groups,
+                "folds": [],
+            }
         results.set_experiment(exp.key, entry)
         return entry
 
@@ -359,15 +441,22 @@ def run_benchmark(run_dir, inputs: BenchInputs, models: list[SegmenterConfig], p
             t0, c0 = time.time(), time.process_time()
             tr, va = splits_of[exp.set_key][f_i]
             train = exp.train
-            tests = {"val": (train.images[va], train.masks[va]) if len(va) else None,
-                     "test_r": (inputs.test_r.images, inputs.test_r.masks) if inputs.test_r else None,
-                     "test_g": (inputs.test_g.images, inputs.test_g.masks) if inputs.test_g else None}
+            tests = {
+                "val": (train.images[va], train.masks[va]) if len(va) else None,
+                "test_r": (inputs.test_r.images, inputs.test_r.masks) if inputs.test_r else None,
+                "test_g": (inputs.test_g.images, inputs.test_g.masks) if inputs.test_g else None,
+            }
             tests = {s: t for s, t in tests.items() if t is not None}
             base = {"fold": f_i, "n_train": int(len(tr)), "n_val": int(len(va))}
             if exp.model is None:
                 prior, freq = prior_map(train.masks[tr], nc)
-                rec = dict(base, **{s: evaluate(np.broadcast_to(prior, m.shape), m, nc, np.broadcast_to(freq, m.shape))
-                                    for s, (_, m) in tests.items()})
+                rec = dict(
+                    base,
+                    **{
+                        s: evaluate(np.broadcast_to(prior, m.shape), m, nc, np.broadcast_to(freq, m.shape))
+                        for s, (_, m) in tests.items()
+                    },
+                )
                 _store(results, entry, rec, nc)
                 log(_fold_line(exp.key, f_i, k, rec))
                 continue
@@ -378,11 +467,16 @@ def run_benchmark(run_dir, inputs: BenchInputs, models: list[SegmenterConfig], p
             cfg = replace(_train_config(profile, exp), seed=profile.train.seed + f_i)
             desc = f"fold {f_i + 1}/{k} [{e_i + 1}/{len(plans)}] {exp.key}"
             is_real = np.array([n.startswith("real:") for n in train.names])[tr]
-            losses_seen = train_segmenter(model, train.images[tr], train.masks[tr], cfg, progress, desc,
-                                          is_real=is_real)
+            losses_seen = train_segmenter(
+                model, train.images[tr], train.masks[tr], cfg, progress, desc, is_real=is_real
+            )
             preds = {s: predict(model, im, profile.eval_batch) for s, (im, _) in tests.items()}
-            rec = dict(base, losses=losses_seen, train_seconds=round(time.time() - t0, 1),
-                       **{s: score(*preds[s], tests[s][1], nc) for s in tests})
+            rec = dict(
+                base,
+                losses=losses_seen,
+                train_seconds=round(time.time() - t0, 1),
+                **{s: score(*preds[s], tests[s][1], nc) for s in tests},
+            )
             if "test_r" in preds:
                 sample = bench / "samples" / f"pred_{safe_name(exp.key)}.npy"
                 if not entry["folds"] or not sample.is_file():
@@ -398,8 +492,9 @@ def run_benchmark(run_dir, inputs: BenchInputs, models: list[SegmenterConfig], p
             for d_exp, d_entry in derived:
                 if d_exp.post == "gate" and exp.set_key not in gates:
                     gates[exp.set_key] = train_gate(train.images[tr], train.masks[tr], cfg)
-                d_rec = dict(base, **postprocess(d_exp.post, preds, tests, nc, post.min_component,
-                                                 gates.get(exp.set_key)))
+                d_rec = dict(
+                    base, **postprocess(d_exp.post, preds, tests, nc, post.min_component, gates.get(exp.set_key))
+                )
                 _store(results, d_entry, d_rec, nc)
                 log(_fold_line(d_exp.key, f_i, k, d_rec))
             if on_fold is not None:
@@ -436,14 +531,26 @@ def _store(results: "Results", entry: dict, rec: dict, nc: int) -> None:
 
 
 def _fold_line(key: str, f_i: int, k: int, rec: dict) -> str:
-    return f"[{key}] fold {f_i + 1}/{k}: " + ", ".join(
-        f"{s} mIoU {rec[s]['miou']:.3f}" for s in SPLITS if rec.get(s) and rec[s].get("miou") is not None) + (
-        f" ({rec['seconds']:.0f}s)" if "seconds" in rec else "")
+    return (
+        f"[{key}] fold {f_i + 1}/{k}: "
+        + ", ".join(f"{s} mIoU {rec[s]['miou']:.3f}" for s in SPLITS if rec.get(s) and rec[s].get("miou") is not None)
+        + (f" ({rec['seconds']:.0f}s)" if "seconds" in rec else "")
+    )
 
 
-def train_annotator(run_dir, out_path, train: datasets.LabelledSet, model_cfg: SegmenterConfig, profile: Profile,
-                    test_r: datasets.LabelledSet | None, classes, init_weights=None, device="cpu", progress=True,
-                    log=print) -> dict:
+def train_annotator(
+    run_dir,
+    out_path,
+    train: datasets.LabelledSet,
+    model_cfg: SegmenterConfig,
+    profile: Profile,
+    test_r: datasets.LabelledSet | None,
+    classes,
+    init_weights=None,
+    device="cpu",
+    progress=True,
+    log=print,
+) -> dict:
     """Train one segmenter on all real labels, save it to ``out_path`` and score it on test-R: the
     ceiling of a run whose interpreter learns from this model's masks instead of a person's."""
     t0 = time.time()
@@ -452,8 +559,14 @@ def train_annotator(run_dir, out_path, train: datasets.LabelledSet, model_cfg: S
     if init_weights:
         load_init_weights(model, init_weights)
     losses = train_segmenter(model, train.images, train.masks, profile.train, progress, f"annotator {model.name}")
-    entry = {"path": str(out_path), "model": model_cfg.to_dict(), "model_name": model.name,
-             "train_set": train.info, "n_train": len(train), "losses": losses}
+    entry = {
+        "path": str(out_path),
+        "model": model_cfg.to_dict(),
+        "model_name": model.name,
+        "train_set": train.info,
+        "n_train": len(train),
+        "losses": losses,
+    }
     if test_r is not None:
         entry["test_r"] = evaluate(model.predict(test_r.images, profile.eval_batch), test_r.masks, len(classes))
     entry["sha256"] = save_segmenter(out_path, model, {"trained_on": train.info, "test_r": entry.get("test_r")})

@@ -13,6 +13,7 @@ K classes. A segmenter file is ``NAME.safetensors`` + ``NAME.json`` written by
 ``datasetgan.checkpoint.save_tensors``; the JSON holds the :class:`SegmenterConfig` and the classes,
 so :func:`load_segmenter` rebuilds the network without running any stored code.
 """
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
@@ -33,13 +34,13 @@ BACKBONES = ("resnet101", "resnet50", "mobilenet_v3_large")
 
 @dataclass
 class SegmenterConfig:
-    arch: str = "deeplabv3"                 # deeplabv3 | fcn | unet
-    backbone: str = "resnet101"             # for deeplabv3 / fcn
+    arch: str = "deeplabv3"  # deeplabv3 | fcn | unet
+    backbone: str = "resnet101"  # for deeplabv3 / fcn
     in_channels: int = 1
     num_classes: int = 2
-    resolution: int = 256                   # training resolution; predict() resizes other sizes to it
-    aux_loss: bool = False                  # torchvision's auxiliary FCN head (training only)
-    output_stride: int = 16                 # MobileNetV3 backbones: 16 (torchvision's) or 8
+    resolution: int = 256  # training resolution; predict() resizes other sizes to it
+    aux_loss: bool = False  # torchvision's auxiliary FCN head (training only)
+    output_stride: int = 16  # MobileNetV3 backbones: 16 (torchvision's) or 8
     unet_channels: tuple[int, ...] = (16, 32, 64, 128, 256)
     unet_res_units: int = 2
 
@@ -54,8 +55,10 @@ class SegmenterConfig:
             raise ConfigError("a segmenter needs at least 1 input channel and 2 classes")
         self.unet_channels = tuple(int(c) for c in self.unet_channels)
         if self.arch == "unet" and self.resolution % (2 ** (len(self.unet_channels) - 1)):
-            raise ConfigError(f"U-Net with {len(self.unet_channels)} levels needs a resolution divisible "
-                             f"by {2 ** (len(self.unet_channels) - 1)}, got {self.resolution}")
+            raise ConfigError(
+                f"U-Net with {len(self.unet_channels)} levels needs a resolution divisible "
+                f"by {2 ** (len(self.unet_channels) - 1)}, got {self.resolution}"
+            )
 
     @property
     def name(self) -> str:
@@ -74,8 +77,16 @@ def _replace_first_conv(model: nn.Module, in_channels: int) -> None:
     for parent in model.modules():
         for name, child in parent.named_children():
             if isinstance(child, nn.Conv2d) and child.in_channels == 3:
-                conv = nn.Conv2d(in_channels, child.out_channels, child.kernel_size, child.stride,
-                                 child.padding, child.dilation, child.groups, child.bias is not None)
+                conv = nn.Conv2d(
+                    in_channels,
+                    child.out_channels,
+                    child.kernel_size,
+                    child.stride,
+                    child.padding,
+                    child.dilation,
+                    child.groups,
+                    child.bias is not None,
+                )
                 setattr(parent, name, conv)
                 return
     raise RuntimeError("no 3-channel input convolution found")  # a torchvision change; should not happen
@@ -117,9 +128,15 @@ def build_network(cfg: SegmenterConfig) -> nn.Module:
     if cfg.arch == "unet":
         from monai.networks.nets import UNet
 
-        return UNet(spatial_dims=2, in_channels=cfg.in_channels, out_channels=cfg.num_classes,
-                    channels=cfg.unet_channels, strides=(2,) * (len(cfg.unet_channels) - 1),
-                    num_res_units=cfg.unet_res_units, norm="batch")
+        return UNet(
+            spatial_dims=2,
+            in_channels=cfg.in_channels,
+            out_channels=cfg.num_classes,
+            channels=cfg.unet_channels,
+            strides=(2,) * (len(cfg.unet_channels) - 1),
+            num_res_units=cfg.unet_res_units,
+            norm="batch",
+        )
     from torchvision.models import segmentation as S
 
     if cfg.backbone == "mobilenet_v3_large":
@@ -137,8 +154,9 @@ class Segmenter(nn.Module):
     def __init__(self, cfg: SegmenterConfig, classes: list[ClassInfo] | None = None):
         super().__init__()
         self.cfg = cfg
-        self.classes = list(classes) if classes else [ClassInfo(i, f"class_{i}", "#000000")
-                                                      for i in range(cfg.num_classes)]
+        self.classes = (
+            list(classes) if classes else [ClassInfo(i, f"class_{i}", "#000000") for i in range(cfg.num_classes)]
+        )
         if len(self.classes) != cfg.num_classes:
             raise ValueError(f"{len(self.classes)} classes given for a {cfg.num_classes}-class segmenter")
         self.net = build_network(cfg)
@@ -174,7 +192,7 @@ class Segmenter(nn.Module):
         h, w = images.shape[2:]
         outs = []
         for i in range(0, len(images), batch_size):
-            x = self.normalise(images[i: i + batch_size]).to(device)
+            x = self.normalise(images[i : i + batch_size]).to(device)
             if (h, w) != (self.resolution, self.resolution):
                 x = F.interpolate(x, size=(self.resolution,) * 2, mode="bilinear", align_corners=False)
             y = self(x)["out"]
@@ -190,8 +208,12 @@ class Segmenter(nn.Module):
 
 
 def save_segmenter(path, model: Segmenter, extra: dict | None = None) -> str:
-    meta = {"kind": "segmenter", "config": model.cfg.to_dict(),
-            "classes": [c.__dict__ for c in model.classes], **(extra or {})}
+    meta = {
+        "kind": "segmenter",
+        "config": model.cfg.to_dict(),
+        "classes": [c.__dict__ for c in model.classes],
+        **(extra or {}),
+    }
     model.sha256 = save_tensors(path, model.state_dict(), meta)
     return model.sha256
 
@@ -206,8 +228,9 @@ def load_segmenter(path, device="cpu") -> Segmenter:
     model = Segmenter(cfg, classes).to(device)
     missing, unexpected = model.load_state_dict(tensors, strict=False)
     if missing or unexpected:
-        raise CheckpointError(f"{path}: weights do not match the configuration "
-                              f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+        raise CheckpointError(
+            f"{path}: weights do not match the configuration (missing {missing[:3]}, unexpected {unexpected[:3]})"
+        )
     model.eval()
     model.sha256 = meta["sha256"]
     return model
@@ -223,6 +246,7 @@ def load_init_weights(model: Segmenter, path) -> list[str]:
         raise CheckpointError(f"{path}: weights file not found")
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
+
         state = load_file(str(path))
     else:
         state = torch.load(path, map_location="cpu", weights_only=True)
@@ -233,8 +257,14 @@ def load_init_weights(model: Segmenter, path) -> list[str]:
         k = k[4:] if k.startswith("net.") else k
         if k not in own or not torch.is_tensor(v):
             continue
-        if v.shape != own[k].shape and v.ndim == 4 and v.shape[1] == 3 and own[k].shape[1] != 3 \
-                and v.shape[0] == own[k].shape[0] and v.shape[2:] == own[k].shape[2:]:
+        if (
+            v.shape != own[k].shape
+            and v.ndim == 4
+            and v.shape[1] == 3
+            and own[k].shape[1] != 3
+            and v.shape[0] == own[k].shape[0]
+            and v.shape[2:] == own[k].shape[2:]
+        ):
             v = v.mean(1, keepdim=True).expand_as(own[k]).clone()  # RGB filters -> C identical channels
         if v.shape == own[k].shape:
             loaded[k] = v

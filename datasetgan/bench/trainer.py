@@ -2,6 +2,7 @@
 decay, or a cosine schedule followed by stochastic weight averaging (``swa``: the last quarter of the
 epochs at a constant lr, the weights averaged at the end of each of those epochs, batch-norm
 statistics recomputed for the average; torch.optim.swa_utils)."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -20,7 +21,7 @@ def batches(n: int, batch_size: int, rng: np.random.Generator) -> list[np.ndarra
     """Shuffled index batches; a trailing batch of one image joins the previous batch, because batch
     norm (e.g. in DeepLabV3's image pooling branch) cannot normalise a single sample."""
     order = rng.permutation(n)
-    out = [order[i: i + batch_size] for i in range(0, n, batch_size)]
+    out = [order[i : i + batch_size] for i in range(0, n, batch_size)]
     if len(out) > 1 and len(out[-1]) == 1:
         last = out.pop()
         out[-1] = np.concatenate([out[-1], last])
@@ -32,8 +33,9 @@ def steps_per_epoch(n: int, batch_size: int) -> int:
     return len(batches(n, batch_size, np.random.default_rng(0)))
 
 
-def mixed_batches(is_real: np.ndarray, batch_size: int, real_weight: float,
-                  rng: np.random.Generator) -> list[np.ndarray]:
+def mixed_batches(
+    is_real: np.ndarray, batch_size: int, real_weight: float, rng: np.random.Generator
+) -> list[np.ndarray]:
     """One epoch of batches (as many as :func:`batches` makes) in which round(real_weight * size) images
     of each batch are real and the rest synthetic; each part is drawn from its own reshuffled stream,
     so the rarer part repeats within an epoch and the other is not exhausted."""
@@ -47,8 +49,12 @@ def mixed_batches(is_real: np.ndarray, batch_size: int, real_weight: float,
     out = []
     for size in map(len, batches(len(is_real), batch_size, rng)):
         k = int(round(real_weight * size))
-        out.append(np.array([next(streams[True]) for _ in range(k)] +
-                            [next(streams[False]) for _ in range(size - k)], dtype=np.int64))
+        out.append(
+            np.array(
+                [next(streams[True]) for _ in range(k)] + [next(streams[False]) for _ in range(size - k)],
+                dtype=np.int64,
+            )
+        )
     return out
 
 
@@ -68,9 +74,16 @@ def swa_epochs(epochs: int) -> int:
     return max(1, epochs // 4)
 
 
-def train_segmenter(model: Segmenter, images: np.ndarray, masks: np.ndarray, cfg: SegmenterTrainConfig,
-                    progress: bool = True, desc: str = "train", should_stop=None,
-                    is_real: np.ndarray | None = None) -> list[float]:
+def train_segmenter(
+    model: Segmenter,
+    images: np.ndarray,
+    masks: np.ndarray,
+    cfg: SegmenterTrainConfig,
+    progress: bool = True,
+    desc: str = "train",
+    should_stop=None,
+    is_real: np.ndarray | None = None,
+) -> list[float]:
     """Train ``model`` in place on uint8 images [N, C, R, R] and masks [N, R, R]; returns epoch losses.
     ``is_real`` flags the real images of a hybrid set, for ``cfg.hybrid_real_weight``."""
     if len(images) != len(masks):
@@ -97,7 +110,8 @@ def train_segmenter(model: Segmenter, images: np.ndarray, masks: np.ndarray, cfg
     else:
         swa_from = cfg.epochs
         sched = torch.optim.lr_scheduler.LambdaLR(
-            opt, lambda s: (1 - min(s, total - 1) / total) ** cfg.poly_power if cfg.poly_power else 1.0)
+            opt, lambda s: (1 - min(s, total - 1) / total) ** cfg.poly_power if cfg.poly_power else 1.0
+        )
     mixed = cfg.hybrid_real_weight is not None and is_real is not None and np.any(is_real)
     loss_fn = make_loss(parse_loss(cfg.loss), cfg.lr)
     model.train()
@@ -105,8 +119,11 @@ def train_segmenter(model: Segmenter, images: np.ndarray, masks: np.ndarray, cfg
     bar = tqdm(total=total, desc=desc, disable=not progress, leave=False, dynamic_ncols=True)
     for epoch in range(cfg.epochs):
         running, count = 0.0, 0
-        order = (mixed_batches(is_real, cfg.batch_size, cfg.hybrid_real_weight, rng) if mixed
-                 else batches(len(images), cfg.batch_size, rng))
+        order = (
+            mixed_batches(is_real, cfg.batch_size, cfg.hybrid_real_weight, rng)
+            if mixed
+            else batches(len(images), cfg.batch_size, rng)
+        )
         for idx in order:
             x = model.normalise(images[idx]).to(device)
             y = torch.as_tensor(masks[idx].astype(np.int64)).to(device)

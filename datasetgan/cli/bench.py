@@ -5,6 +5,7 @@ Subcommands: ``run`` (train and score), ``annotator`` (train the model-assisted 
 command of the previous release (``datasetgan bench RUN --real ... [--train-annotator F] [--grade D]
 [--report-only]``) still works for this release, with a notice.
 """
+
 from __future__ import annotations
 
 import sys
@@ -24,7 +25,9 @@ def _defaults(name: str) -> str:
     """The profiles' values of a Profile or SegmenterTrainConfig field, for help texts."""
     in_train = name in SegmenterTrainConfig.__dataclass_fields__
     values = {p: getattr(prof.train if in_train else prof, name) for p, prof in PROFILES.items()}
-    show = {p: ",".join(map(str, v)) if isinstance(v, tuple) else ("all" if v is None else v) for p, v in values.items()}
+    show = {
+        p: ",".join(map(str, v)) if isinstance(v, tuple) else ("all" if v is None else v) for p, v in values.items()
+    }
     return "profile default: " + ", ".join(f"{p} {v}" for p, v in show.items())
 
 
@@ -33,6 +36,7 @@ def _options(*decorators):
         for d in reversed(decorators):
             f = d(f)
         return f
+
     return apply
 
 
@@ -65,8 +69,9 @@ def _min_component(value: str | None) -> int | str | None:
     except ValueError:
         area = -1
     if area < 1:
-        raise click.BadParameter(f"expected a pixel area of at least 1 or 'auto', got {value!r}",
-                                 param_hint="--min-component")
+        raise click.BadParameter(
+            f"expected a pixel area of at least 1 or 'auto', got {value!r}", param_hint="--min-component"
+        )
     return area
 
 
@@ -75,73 +80,144 @@ def _command_line() -> str:
     import shlex
 
     args = sys.argv[1:]
-    return "datasetgan " + " ".join(shlex.quote(a) for a in (args[args.index("bench"):] if "bench" in args else args))
+    return "datasetgan " + " ".join(shlex.quote(a) for a in (args[args.index("bench") :] if "bench" in args else args))
 
 
 PROFILE_OPTIONS = _options(
-    click.option("--profile", "profile_name", type=click.Choice(sorted(PROFILES)), default="cpu", show_default=True,
-                 help="cpu: 64x64, MobileNetV3 backbones (stride 8). paper: 256x256, ResNet-101, the seed's protocol."),
+    click.option(
+        "--profile",
+        "profile_name",
+        type=click.Choice(sorted(PROFILES)),
+        default="cpu",
+        show_default=True,
+        help="cpu: 64x64, MobileNetV3 backbones (stride 8). paper: 256x256, ResNet-101, the seed's protocol.",
+    ),
     click.option("--resolution", type=int, help=f"Image size, a power of two ({_defaults('resolution')})."),
     click.option("--epochs", type=click.IntRange(1), help=f"Training epochs ({_defaults('epochs')})."),
     click.option("--batch-size", type=click.IntRange(2), help=f"Batch size ({_defaults('batch_size')})."),
     click.option("--lr", type=float, help=f"Learning rate ({_defaults('lr')})."),
     click.option("--unet-channels", help=f"U-Net channel widths per level ({_defaults('unet_channels')})."),
-    click.option("--output-stride", type=click.Choice(["8", "16"]),
-                 help=f"Output stride of MobileNetV3 backbones ({_defaults('output_stride')})."),
+    click.option(
+        "--output-stride",
+        type=click.Choice(["8", "16"]),
+        help=f"Output stride of MobileNetV3 backbones ({_defaults('output_stride')}).",
+    ),
     click.option("--threads", type=click.IntRange(1), help=f"torch.set_num_threads ({_defaults('threads')})."),
     click.option("--device", default="cpu", show_default=True, help="cpu or cuda[:N]."),
-    click.option("--real-limit", help=f"Use k real training images drawn at random (seeded), or 'all' "
-                                      f"({_defaults('real_limit')})."),
+    click.option(
+        "--real-limit",
+        help=f"Use k real training images drawn at random (seeded), or 'all' ({_defaults('real_limit')}).",
+    ),
     click.option("--subset-seed", type=int, default=0, show_default=True, help="Seed of the random real subsets."),
-    click.option("--class-map", metavar="OLD=NEW,...",
-                 help="Renumber the classes of the real folders (--real, --test-real) to the generated folders' "
-                      "ids, e.g. 1=3,3=1; every set must then agree on class ids and names."),
-    click.option("--init-weights", multiple=True, metavar="ARCH=FILE",
-                 help="Start ARCH from a local weights file (.safetensors, or .pth read with weights_only)."),
+    click.option(
+        "--class-map",
+        metavar="OLD=NEW,...",
+        help="Renumber the classes of the real folders (--real, --test-real) to the generated folders' "
+        "ids, e.g. 1=3,3=1; every set must then agree on class ids and names.",
+    ),
+    click.option(
+        "--init-weights",
+        multiple=True,
+        metavar="ARCH=FILE",
+        help="Start ARCH from a local weights file (.safetensors, or .pth read with weights_only).",
+    ),
     click.option("--no-progress", is_flag=True, help="No progress bars."),
 )
 
 RUN_OPTIONS = _options(
-    click.option("--real", type=DATA_DIR,
-                 help="Labelled real folder for the 'real' and 'hybrid' training sets (e.g. ACDC train)."),
+    click.option(
+        "--real",
+        type=DATA_DIR,
+        help="Labelled real folder for the 'real' and 'hybrid' training sets (e.g. ACDC train).",
+    ),
     click.option("--test-real", type=DATA_DIR, help="Labelled real folder scored as test-R (e.g. ACDC test)."),
-    click.option("--synthetic", multiple=True, type=DATA_DIR,
-                 help="Generated folder (datasetgan generate) for the 'synthetic' and 'hybrid' sets; repeat it for "
-                      "interpreters trained on different numbers of annotations (Table II)."),
-    click.option("--test-generated", type=DATA_DIR,
-                 help="Generated folder scored as test-G; its seeds must be disjoint from the training pairs."),
-    click.option("--models", help="Comma-separated: deeplabv3, fcn, unet, optionally arch:backbone "
-                                  f"(resnet101, resnet50, mobilenet_v3_large) ({_defaults('models')})."),
+    click.option(
+        "--synthetic",
+        multiple=True,
+        type=DATA_DIR,
+        help="Generated folder (datasetgan generate) for the 'synthetic' and 'hybrid' sets; repeat it for "
+        "interpreters trained on different numbers of annotations (Table II).",
+    ),
+    click.option(
+        "--test-generated",
+        type=DATA_DIR,
+        help="Generated folder scored as test-G; its seeds must be disjoint from the training pairs.",
+    ),
+    click.option(
+        "--models",
+        help="Comma-separated: deeplabv3, fcn, unet, optionally arch:backbone "
+        f"(resnet101, resnet50, mobilenet_v3_large) ({_defaults('models')}).",
+    ),
     click.option("--sets", help="Training sets: real, synthetic, hybrid (default: every set the given data allows)."),
     click.option("--folds", type=click.IntRange(1, 100), help=f"Cross-validation folds ({_defaults('folds')})."),
-    click.option("--fold-groups", metavar="REGEX",
-                 help="Keep images whose names share this regex match in one fold, e.g. 'patient\\d+' for ACDC."),
-    click.option("--hybrid-real", type=click.IntRange(1),
-                 help=f"Real images added to the synthetic set ({_defaults('hybrid_real')})."),
-    click.option("--hybrid-real-weight", type=click.FloatRange(0, 1), metavar="W",
-                 help="Share of each minibatch drawn from the hybrid set's real images (default: their natural "
-                      "share, i.e. plain shuffling)."),
-    click.option("--synthetic-sizes", help=f"Synthetic set sizes, e.g. 1500,5000,10000 ({_defaults('synthetic_sizes')})."),
-    click.option("--drop-uncertain", type=click.FloatRange(0, 1, max_open=True), default=0.0, show_default=True,
-                 help="Drop this fraction of the most uncertain synthetic pairs (records/*.json score)."),
-    click.option("--annotated", help="Annotation counts of the --synthetic folders' interpreters, in order, when "
-                                     "their manifest.json does not say (Table II)."),
-    click.option("--loss", "loss_specs", multiple=True, metavar="LOSS[:K=V,...]",
-                 help="Training loss: ce, dice, dice_ce, focal[:gamma=2], jaccard, tversky[:alpha=0.7,beta=0.3] "
-                      "(alpha weights false negatives), lovasz, boundary[:alpha=0.01], gambling[:beta=0.1] (adversarial "
-                      "gambler network). Repeat it (or separate by commas) for one row per loss "
-                      f"({_defaults('loss')})."),
-    click.option("--min-component", metavar="AREA|auto",
-                 help="Add a row with connected components below AREA pixels removed from the first loss' "
-                      "predictions ('auto': the area chosen on each fold's held-out part)."),
-    click.option("--classifier-gate", is_flag=True, default=PostProcessing.classifier_gate,
-                 help="Add a row where a small image classifier trained on the fold keeps the first loss' "
-                      "prediction only for images it calls positive (its accuracy is reported)."),
-    click.option("--swa", is_flag=True, default=PostProcessing.swa,
-                 help="Add a row trained with the first loss under a cosine schedule and stochastic weight "
-                      "averaging of the last quarter of the epochs."),
-    click.option("--no-prior", is_flag=True, default=not PostProcessing.prior,
-                 help="Leave out the prior-only baseline row (the per-pixel majority class of the training masks)."),
+    click.option(
+        "--fold-groups",
+        metavar="REGEX",
+        help="Keep images whose names share this regex match in one fold, e.g. 'patient\\d+' for ACDC.",
+    ),
+    click.option(
+        "--hybrid-real",
+        type=click.IntRange(1),
+        help=f"Real images added to the synthetic set ({_defaults('hybrid_real')}).",
+    ),
+    click.option(
+        "--hybrid-real-weight",
+        type=click.FloatRange(0, 1),
+        metavar="W",
+        help="Share of each minibatch drawn from the hybrid set's real images (default: their natural "
+        "share, i.e. plain shuffling).",
+    ),
+    click.option(
+        "--synthetic-sizes", help=f"Synthetic set sizes, e.g. 1500,5000,10000 ({_defaults('synthetic_sizes')})."
+    ),
+    click.option(
+        "--drop-uncertain",
+        type=click.FloatRange(0, 1, max_open=True),
+        default=0.0,
+        show_default=True,
+        help="Drop this fraction of the most uncertain synthetic pairs (records/*.json score).",
+    ),
+    click.option(
+        "--annotated",
+        help="Annotation counts of the --synthetic folders' interpreters, in order, when "
+        "their manifest.json does not say (Table II).",
+    ),
+    click.option(
+        "--loss",
+        "loss_specs",
+        multiple=True,
+        metavar="LOSS[:K=V,...]",
+        help="Training loss: ce, dice, dice_ce, focal[:gamma=2], jaccard, tversky[:alpha=0.7,beta=0.3] "
+        "(alpha weights false negatives), lovasz, boundary[:alpha=0.01], gambling[:beta=0.1] (adversarial "
+        "gambler network). Repeat it (or separate by commas) for one row per loss "
+        f"({_defaults('loss')}).",
+    ),
+    click.option(
+        "--min-component",
+        metavar="AREA|auto",
+        help="Add a row with connected components below AREA pixels removed from the first loss' "
+        "predictions ('auto': the area chosen on each fold's held-out part).",
+    ),
+    click.option(
+        "--classifier-gate",
+        is_flag=True,
+        default=PostProcessing.classifier_gate,
+        help="Add a row where a small image classifier trained on the fold keeps the first loss' "
+        "prediction only for images it calls positive (its accuracy is reported).",
+    ),
+    click.option(
+        "--swa",
+        is_flag=True,
+        default=PostProcessing.swa,
+        help="Add a row trained with the first loss under a cosine schedule and stochastic weight "
+        "averaging of the last quarter of the epochs.",
+    ),
+    click.option(
+        "--no-prior",
+        is_flag=True,
+        default=not PostProcessing.prior,
+        help="Leave out the prior-only baseline row (the per-pixel majority class of the training masks).",
+    ),
     click.option("--save-models", is_flag=True, help="Keep every fold's segmenter in RUN/bench/models/."),
 )
 
@@ -151,8 +227,11 @@ def _profile(p: dict) -> Profile:
 
     from ..bench.profiles import get_profile
 
-    overrides = {k: p.get(k) for k in ("resolution", "epochs", "batch_size", "lr", "threads", "folds",
-                                        "hybrid_real_weight") if p.get(k) is not None}
+    overrides = {
+        k: p.get(k)
+        for k in ("resolution", "epochs", "batch_size", "lr", "threads", "folds", "hybrid_real_weight")
+        if p.get(k) is not None
+    }
     losses = _losses(p)
     if losses:
         overrides["loss"] = losses[0]
@@ -183,7 +262,9 @@ def _weights(items) -> dict:
     for item in items:
         arch, sep, path = item.partition("=")
         if not sep or not Path(path).is_file():
-            raise click.BadParameter(f"expected ARCH=FILE with an existing file, got {item!r}", param_hint="--init-weights")
+            raise click.BadParameter(
+                f"expected ARCH=FILE with an existing file, got {item!r}", param_hint="--init-weights"
+            )
         out[arch.strip()] = Path(path)
     return out
 
@@ -210,30 +291,61 @@ def do_run(run: Path, p: dict) -> None:
     from ..bench import report, runner
 
     synthetic, real = list(p.get("synthetic") or ()), p.get("real")
-    sets = _csv(p["sets"]) if p.get("sets") is not None else (
-        (["synthetic"] if synthetic else []) + (["real"] if real else []) + (["hybrid"] if synthetic and real else []))
+    sets = (
+        _csv(p["sets"])
+        if p.get("sets") is not None
+        else (
+            (["synthetic"] if synthetic else [])
+            + (["real"] if real else [])
+            + (["hybrid"] if synthetic and real else [])
+        )
+    )
     if not sets:
         raise click.UsageError("give training data: --real DATA and/or --synthetic DIR (see --help)")
     profile = _profile(p)
-    post = PostProcessing(min_component=_min_component(p.get("min_component")),
-                          classifier_gate=p["classifier_gate"], swa=p["swa"], prior=not p["no_prior"])
+    post = PostProcessing(
+        min_component=_min_component(p.get("min_component")),
+        classifier_gate=p["classifier_gate"],
+        swa=p["swa"],
+        prior=not p["no_prior"],
+    )
     limit = _limit(p["real_limit"]) if p.get("real_limit") is not None else profile.real_limit
-    inputs = runner.load_inputs(profile, sets, real, p.get("test_real"), synthetic, p.get("test_generated"),
-                                limit, p.get("hybrid_real"), _csv(p.get("synthetic_sizes"), int) or None,
-                                p.get("drop_uncertain") or 0.0, _csv(p.get("annotated"), int) or None,
-                                p["subset_seed"], class_map=_class_map(p))
+    inputs = runner.load_inputs(
+        profile,
+        sets,
+        real,
+        p.get("test_real"),
+        synthetic,
+        p.get("test_generated"),
+        limit,
+        p.get("hybrid_real"),
+        _csv(p.get("synthetic_sizes"), int) or None,
+        p.get("drop_uncertain") or 0.0,
+        _csv(p.get("annotated"), int) or None,
+        p["subset_seed"],
+        class_map=_class_map(p),
+    )
     if not inputs.train_sets:
         raise click.UsageError("no training set to benchmark")
     channels = next(iter(inputs.train_sets.values())).images.shape[1]
-    models = runner.parse_models(_csv(p.get("models")) or list(profile.models), profile, channels,
-                                 len(inputs.classes))
+    models = runner.parse_models(_csv(p.get("models")) or list(profile.models), profile, channels, len(inputs.classes))
     bench_dir = run / "bench"
-    runner.run_benchmark(run, inputs, models, profile, save_models=p.get("save_models", False),
-                         init_weights=_weights(p.get("init_weights") or ()), device=p["device"],
-                         progress=not p["no_progress"], log=click.echo,
-                         on_fold=lambda doc: report.write_report(bench_dir, figures=False),
-                         fold_groups=p.get("fold_groups"), command=_command_line(),
-                         losses=_losses(p) or None, post=post)
+    runner.run_benchmark(
+        run,
+        inputs,
+        models,
+        profile,
+        save_models=p.get("save_models", False),
+        init_weights=_weights(p.get("init_weights") or ()),
+        device=p["device"],
+        progress=not p["no_progress"],
+        log=click.echo,
+        on_fold=lambda doc: report.write_report(bench_dir, figures=False),
+        fold_groups=p.get("fold_groups"),
+        command=_command_line(),
+        losses=_losses(p) or None,
+        post=post,
+    )
 
 
 def do_annotator(run: Path, out: Path, p: dict) -> None:
@@ -249,9 +361,19 @@ def do_annotator(run: Path, out: Path, p: dict) -> None:
         test_r = datasets.load_real(p["test_real"], profile.resolution, None, 0, "--test-real", class_map=class_map)
         datasets.check_compatible({"--real": train, "--test-real": test_r})
     cfg = runner.parse_models([p["annotator_model"]], profile, train.images.shape[1], len(train.classes))[0]
-    runner.train_annotator(run, out, train, cfg, profile, test_r, train.classes,
-                           _weights(p.get("init_weights") or ()).get(cfg.arch), p["device"],
-                           not p["no_progress"], click.echo)
+    runner.train_annotator(
+        run,
+        out,
+        train,
+        cfg,
+        profile,
+        test_r,
+        train.classes,
+        _weights(p.get("init_weights") or ()).get(cfg.arch),
+        p["device"],
+        not p["no_progress"],
+        click.echo,
+    )
 
 
 def do_grade(run: Path, folder: Path, reference: str, n: int, device: str) -> None:
@@ -262,9 +384,11 @@ def do_grade(run: Path, folder: Path, reference: str, n: int, device: str) -> No
     click.echo(grading.summary_line(g))
 
 
-LEGACY_SPELLINGS = (("--report-only", "bench report RUN"),
-                    ("--train-annotator", "bench annotator RUN --real DATA --out FILE"),
-                    ("--grade", "bench grade RUN FOLDER --reference REF"))
+LEGACY_SPELLINGS = (
+    ("--report-only", "bench report RUN"),
+    ("--train-annotator", "bench annotator RUN --real DATA --out FILE"),
+    ("--grade", "bench grade RUN FOLDER --reference REF"),
+)
 
 
 class BenchGroup(ReportsErrors, click.Group):
@@ -273,8 +397,11 @@ class BenchGroup(ReportsErrors, click.Group):
     def parse_args(self, ctx, args):
         if args and args[0] not in self.commands and args[0] not in ("-h", "--help"):
             instead = [new for old, new in LEGACY_SPELLINGS if old in args] or ["bench run RUN [options]"]
-            click.echo(f"note: `datasetgan bench RUN [options]` is deprecated and goes away in the next release; "
-                       f"use `datasetgan {'` and `datasetgan '.join(instead)}`", err=True)
+            click.echo(
+                f"note: `datasetgan bench RUN [options]` is deprecated and goes away in the next release; "
+                f"use `datasetgan {'` and `datasetgan '.join(instead)}`",
+                err=True,
+            )
             args = ["legacy", *args]
         return super().parse_args(ctx, args)
 
@@ -316,10 +443,16 @@ def run_command(run, **p):
 @click.argument("run", type=RUN_DIR)
 @click.option("--real", type=DATA_DIR, required=True, help="Labelled real folder the annotator learns from.")
 @click.option("--test-real", type=DATA_DIR, help="Labelled real folder to score it on (test-R).")
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True,
-              help="Segmenter file to write (for `datasetgan annotate RUN --auto FILE`).")
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    required=True,
+    help="Segmenter file to write (for `datasetgan annotate RUN --auto FILE`).",
+)
 @click.option("--model", "annotator_model", default="unet", show_default=True, help="Architecture of the annotator.")
-@click.option("--loss", "loss_specs", multiple=True, metavar="LOSS[:K=V,...]", help=f"Training loss ({_defaults('loss')}).")
+@click.option(
+    "--loss", "loss_specs", multiple=True, metavar="LOSS[:K=V,...]", help=f"Training loss ({_defaults('loss')})."
+)
 @PROFILE_OPTIONS
 def annotator_command(run, out, **p):
     """Train one segmenter on all real labels: the model-assisted labeller, scored on test-R."""
@@ -330,8 +463,11 @@ def annotator_command(run, out, **p):
 @command.command("grade", cls=Command)
 @click.argument("run", type=RUN_DIR)
 @click.argument("folder", type=DATA_DIR)
-@click.option("--reference", required=True, help="A segmenter file (model-assisted labeller) or a folder / "
-                                                  "annotation set of a person's masks named by seed.")
+@click.option(
+    "--reference",
+    required=True,
+    help="A segmenter file (model-assisted labeller) or a folder / annotation set of a person's masks named by seed.",
+)
 @click.option("--n", type=click.IntRange(1), default=100, show_default=True, help="Pairs to grade.")
 @click.option("--device", default="cpu", show_default=True, help="cpu or cuda[:N].")
 def grade_command(run, folder, reference, n, device):
