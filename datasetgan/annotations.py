@@ -6,6 +6,7 @@ label maps painted on them.
       seed_00000042.json                record: seed, truncation, noise mode, generator hash, state
       seed_00000042.png                 the rendered image (as annotated)
       seed_00000042.mask.png            the label map (8-bit, one class id per pixel), once saved
+      .seed_00000042.pending.json       the record a save is writing (only while it runs, or if killed)
       history/seed_00000042.<time>.mask.png   earlier versions of the mask
       real_00000003.json                a real image (kind "real": real, projected): its file name,
                                         reconstruction PSNR and SSIM, generator hash, state
@@ -15,13 +16,17 @@ label maps painted on them.
       real_00000003.mask.png            its expert mask (nearest-neighbour resized), editable
 
 An item id is ``seed_`` or ``real_`` + 8 digits and nothing else, so an id can never name a path
-outside the set. Every write is atomic; saving a mask first moves the previous version into ``history/``.
+outside the set. Every write is atomic; saving a mask first copies the previous version into ``history/``.
+A mask and its record are one unit: the record holds the mask's SHA-256 and a save writes its new record
+first as a pending record (``weightfiles.write_unit``), so a reader of a save killed between the mask
+and the record takes the pending record: it sees the old (mask, state) or the new one, never a mix.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import io
 import json
 import os
@@ -38,6 +43,7 @@ from .data import ClassInfo, labels_to_json, read_labels
 from .errors import DatasetganError
 from .png import png_bytes
 from .seeds import check_seed
+from .weightfiles import interrupted, write_unit
 
 ITEM_ID = re.compile(r"(seed|real)_[0-9]{8}", re.ASCII)  # not \d, which also matches non-ASCII digits
 STATES = ("todo", "pre-annotated", "done")
@@ -74,6 +80,7 @@ class AnnotationRecord:
     real_name: str = ""  # a real image's file name
     psnr: float | None = None  # a real image's reconstruction quality (dB; SSIM in [0, 1])
     ssim: float | None = None
+    mask_sha256: str = ""  # the mask saved with this record (save_mask)
 
     @property
     def id(self) -> str:
@@ -102,6 +109,10 @@ def decode_mask_png(data: bytes, resolution: int, num_classes: int) -> np.ndarra
     return mask
 
 
+def record_json(rec: AnnotationRecord) -> str:
+    return json.dumps(asdict(rec), indent=1)
+
+
 class AnnotationSet:
     def __init__(self, folder):
         self.dir = Path(folder)
@@ -119,7 +130,7 @@ class AnnotationSet:
 
     # -- items --------------------------------------------------------------------------------
     def path(self, item: str, kind: str) -> Path:
-        """kind: 'record' | 'image' | 'mask' | 'original' | 'projection' (the last two: real images).
+        """kind: 'record' | 'image' | 'mask' | 'original' | 'projection' (real images) | 'pending'.
         The id is validated, so the path stays inside the set."""
         check_item_id(item)
         return (
@@ -130,6 +141,7 @@ class AnnotationSet:
                 "mask": f"{item}.mask.png",
                 "original": f"{item}.original.png",
                 "projection": f"{item}.projection.safetensors",
+                "pending": f".{item}.pending.json",
             }[kind]
         )
 
@@ -142,13 +154,18 @@ class AnnotationSet:
         p = self.path(item, "record")
         if not p.is_file():
             raise AnnotationError(f"no item {item} in {self.dir}")
-        return AnnotationRecord(**json.loads(p.read_text()))
+        rec = AnnotationRecord(**json.loads(p.read_text()))
+        try:  # a save killed after its mask, before its record: the pending record is the mask's
+            new = AnnotationRecord(**json.loads(self.path(item, "pending").read_text()))
+        except (OSError, ValueError, TypeError):
+            return rec
+        return new if interrupted(self.path(item, "mask"), rec.mask_sha256, new.mask_sha256) else rec
 
     def records(self) -> list[AnnotationRecord]:
         return [self.record(i) for i in self.ids()]
 
     def write_record(self, rec: AnnotationRecord) -> None:
-        atomic_write_text(self.path(rec.id, "record"), json.dumps(asdict(rec), indent=1))
+        atomic_write_text(self.path(rec.id, "record"), record_json(rec))
 
     def add_item(self, rec: AnnotationRecord, image: np.ndarray) -> None:
         """Store a rendered image (uint8 [R, R] or [R, R, 3]) and its record; image first."""
@@ -174,8 +191,8 @@ class AnnotationSet:
             os.close(fd)  # releases the lock
 
     def save_mask(self, item: str, mask: np.ndarray, state: str = "done", source: str = "human") -> None:
-        """Save a label map, keeping the previous one in history/; the record is updated last. The
-        mask and the record are written under the set's lock, so they always come from one save."""
+        """Save a label map, keeping the previous one in history/. The mask and the record are one
+        unit (see the module's notes), written under the set's lock so they come from one save."""
         if state not in STATES:
             raise AnnotationError(f"state must be one of {STATES}")
         mask = np.asarray(mask, dtype=np.uint8)
@@ -187,9 +204,10 @@ class AnnotationSet:
                 history = self.dir / "history"
                 history.mkdir(exist_ok=True)
                 atomic_write_bytes(history / f"{item}.{time.time_ns()}.mask.png", target.read_bytes())
-            atomic_write_bytes(target, png_bytes(mask))
+            data = png_bytes(mask)
             rec.state, rec.source, rec.updated = state, source, time.time()
-            self.write_record(rec)
+            rec.mask_sha256 = hashlib.sha256(data).hexdigest()
+            write_unit(target, data, self.path(item, "record"), record_json(rec), self.path(item, "pending"))
 
     def annotated(self, include_pre_annotated: bool = False) -> list[AnnotationRecord]:
         """Items whose mask is finished (optionally also unedited pre-annotations)."""

@@ -5,7 +5,8 @@ are two files, so a save writes the new sidecar first as an intent record ``.wei
 then the weights, then the sidecar, then removes the record (each write atomic). A reader whose
 weights do not match the sidecar takes the intent record when the weights match that: a save killed
 between its writes leaves a usable pair (the old one or the new one), never a "hash mismatch".
-Readers never write, so they cannot race a save; the next save tidies up.
+Readers never write, so they cannot race a save; the next save tidies up. ``write_unit`` and
+``interrupted`` are that mechanism for any file and a record naming its hash (annotations use them).
 """
 
 from __future__ import annotations
@@ -44,12 +45,31 @@ def file_sha256(path) -> str:
 def write_pair(path, data: bytes, meta: dict) -> str:
     """Write ``data`` to ``path`` and ``meta`` + its hash to the sidecar; returns the hash."""
     sha = hashlib.sha256(data).hexdigest()
-    doc = json.dumps({"format": FORMAT, "sha256": sha, **meta}, indent=1)
-    atomic_write_text(pending(path), doc)
-    atomic_write_bytes(path, data)
-    atomic_write_text(sidecar(path), doc)
-    pending(path).unlink(missing_ok=True)
+    write_unit(
+        path, data, sidecar(path), json.dumps({"format": FORMAT, "sha256": sha, **meta}, indent=1), pending(path)
+    )
     return sha
+
+
+def write_unit(path, data: bytes, record: Path, doc: str, intent: Path) -> None:
+    """Write ``data`` to ``path`` and ``doc`` (a record naming its hash) to ``record`` as one unit: ``doc``
+    goes first to ``intent``, removed once both are written (see ``interrupted``)."""
+    atomic_write_text(intent, doc)
+    atomic_write_bytes(path, data)
+    atomic_write_text(record, doc)
+    Path(intent).unlink(missing_ok=True)
+
+
+def interrupted(path, recorded: str | None, intended: str | None, sha: str | None = None) -> bool:
+    """Whether a ``write_unit`` was killed after writing ``path`` but before its record: ``path``'s hash
+    (``sha``, computed if not given; a missing file has none) is the intent's, not the record's."""
+    if intended is None:
+        return False
+    try:
+        sha = sha or file_sha256(path)
+    except OSError:  # no file: the unit never reached it
+        return False
+    return sha == intended and sha != recorded
 
 
 def _read(json_path: Path) -> dict | None:
@@ -73,11 +93,10 @@ def read_meta(path, sha: str | None = None) -> dict:
     intent = pending(path)
     if intent.is_file():
         try:
-            sha = sha or file_sha256(path)
             new = _read(intent)
         except (OSError, CheckpointError):
             new = None  # a record cut short: the save never reached the weights
-        if new is not None and new["sha256"] == sha and (meta is None or meta["sha256"] != sha):
+        if new is not None and interrupted(path, meta and meta["sha256"], new["sha256"], sha):
             return new
     if meta is None:
         raise CheckpointError(f"{path}: its metadata file {sidecar(path).name} is missing")

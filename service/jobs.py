@@ -5,7 +5,8 @@
       <id>/scores/<k>.npy        scores of chunk k (drop_uncertain jobs), so scoring resumes too
       <id>/kept.npy              indices of the kept seeds, once scoring is complete
       <id>/shards/shard-<k>.tar  complete shards (written to a temporary file, then renamed)
-      idempotency/<sha256 of key>.json   {"job": id, "request": sha256 of the request}
+      idempotency/<sha256 of key>.json   {"job": id, "request": sha256 of the request}, written before
+                                         the job.json it names (a retry finds that job, or none)
 
 A shard appears only when complete and is recorded in job.json right after. A server that stops
 (or crashes) mid-shard loses at most that shard's work: at start-up every queued or running job is
@@ -131,11 +132,12 @@ class JobStore:
                 "generator_sha256": hashes[0],
                 "interpreter_sha256": hashes[1],
             }
-            self.jobs[job_id] = job
-            self.cancel_events[job_id] = threading.Event()
-            self.save(job)
+            # The key first: killed before job.json, it names no job and a retry makes the one job.
             if key_file is not None:
                 atomic_write_text(key_file, json.dumps({"job": job_id, "request": digest}))
+            self.save(job)
+            self.jobs[job_id] = job
+            self.cancel_events[job_id] = threading.Event()
             return self.get(job_id), True
 
     def update(self, job_id: str, persist: bool = True, **fields) -> dict:

@@ -388,6 +388,51 @@ def test_failed_write_answers_with_message_and_keeps_previous(client, run, monke
     assert not list(RunFolder(run).annotations.glob(".*.tmp"))
 
 
+class Killed(BaseException):
+    pass
+
+
+def test_save_killed_at_any_point_leaves_mask_and_state_of_one_save(run, monkeypatch):
+    """A save killed between any two of its file writes: a reader sees the previous (mask, state,
+    source) or the new one, never the new mask with the previous record; the next save goes on."""
+    import datasetgan.atomic as atomic
+
+    folder, item = RunFolder(run).annotations, "seed_00000007"
+    old, new = random_mask(21), random_mask(22)
+    real_replace, finished = os.replace, False
+    for kill_at in range(10):
+        AnnotationSet(folder).save_mask(item, old, state="pre-annotated", source="model:x")
+        renames = []
+
+        def replace(src, dst):
+            if len(renames) == kill_at:
+                raise Killed()
+            renames.append(dst)
+            return real_replace(src, dst)
+
+        monkeypatch.setattr(atomic.os, "replace", replace)
+        try:
+            AnnotationSet(folder).save_mask(item, new, state="done", source="human")
+            finished = True
+        except Killed:
+            pass
+        monkeypatch.undo()
+        aset = AnnotationSet(folder)  # a reader after the kill
+        rec, mask = aset.record(item), aset.mask(item)
+        seen = (
+            rec.state,
+            rec.source,
+            "old" if np.array_equal(mask, old) else "new" if np.array_equal(mask, new) else "?",
+        )
+        assert seen in {("pre-annotated", "model:x", "old"), ("done", "human", "new")}, f"killed at {kill_at}: {seen}"
+        assert (item in [r.id for r in aset.annotated()]) == (seen[0] == "done")
+        client = TestClient(create_app(run))
+        assert client.get(f"/api/items/{item}").json()["state"] == rec.state
+        if finished:
+            break
+    assert finished and kill_at >= 3  # the history copy, the mask and the record were each interrupted
+
+
 # ---------------------------------------------------------------------------------------------
 # Mounting under a prefix (as the service does) and relative URLs
 
@@ -704,14 +749,15 @@ import sys, time
 from pathlib import Path
 import numpy as np
 import datasetgan.annotations as A
+import datasetgan.weightfiles as W
 
-write, ready = A.atomic_write_bytes, Path(sys.argv[2])
+write, ready = W.atomic_write_bytes, Path(sys.argv[2])
 def slow_write(path, data):  # pause between the mask and the record, as a slow disk or a busy CPU would
     write(path, data)
     if str(path).endswith(".mask.png"):
         ready.touch()
         time.sleep(2)
-A.atomic_write_bytes = slow_write
+W.atomic_write_bytes = slow_write
 aset = A.AnnotationSet(sys.argv[1])
 aset.save_mask("seed_00000007", np.ones((aset.record("seed_00000007").resolution,) * 2, np.uint8), state="done")
 """

@@ -279,6 +279,36 @@ def test_job_resumes_after_its_last_complete_shard(tmp_path):
     assert names == [f"{s:08d}.{k}" for s in range(3, 13) for k in ("image.png", "mask.png", "json")]
 
 
+@pytest.mark.parametrize("kill_at", [0, 1, 2])
+def test_job_creation_killed_at_any_point_never_makes_two_jobs(tmp_path, monkeypatch, kill_at):
+    """A server killed between the job's state and its Idempotency-Key file: a retry with the key
+    after the restart finds the first job, or makes the only one."""
+    import datasetgan.service.jobs as jobs
+
+    class Killed(BaseException):
+        pass
+
+    real_write, writes = jobs.atomic_write_text, []
+
+    def write(path, text):
+        if len(writes) == kill_at:
+            raise Killed()
+        writes.append(path)
+        real_write(path, text)
+
+    req = JobRequest(n=10)
+    monkeypatch.setattr(jobs, "atomic_write_text", write)
+    try:
+        first = jobs.JobStore(tmp_path).create("m", req, ("g", "i"), 4, "key")[0]
+    except Killed:
+        first = None
+    monkeypatch.undo()
+    store = jobs.JobStore(tmp_path)  # the restarted server
+    job, created = store.create("m", req, ("g", "i"), 4, "key")
+    assert [p.parent.name for p in tmp_path.glob("*/job.json")] == [job["id"]] == list(store.jobs)
+    assert created == (first is None)
+
+
 def test_serve_cli_refuses_bad_options(tmp_path):
     from click.testing import CliRunner
 
