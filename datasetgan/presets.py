@@ -121,31 +121,22 @@ def auto_r1_gamma(resolution: int, batch: int) -> float:
     return 0.0002 * resolution**2 / batch
 
 
+CPU_TINY = dict(
+    resolution=32,
+    z_dim=128,
+    w_dim=128,
+    mapping_layers=2,
+    channel_base=1024,
+    channel_max=128,
+    batch=16,
+    pl_interval=8,
+    ema_kimg=16 * 10 / 32,
+    ada_kimg=100,
+)
+
 PRESETS: dict[str, dict] = {
-    "cpu-tiny": dict(
-        resolution=32,
-        z_dim=128,
-        w_dim=128,
-        mapping_layers=2,
-        channel_base=1024,
-        channel_max=128,
-        batch=16,
-        pl_interval=8,
-        ema_kimg=16 * 10 / 32,
-        ada_kimg=100,
-    ),
-    "cpu-small": dict(
-        resolution=64,
-        z_dim=128,
-        w_dim=128,
-        mapping_layers=2,
-        channel_base=1024,
-        channel_max=128,
-        batch=16,
-        pl_interval=8,
-        ema_kimg=16 * 10 / 32,
-        ada_kimg=100,
-    ),
+    "cpu-tiny": CPU_TINY,
+    "cpu-small": dict(CPU_TINY, resolution=64),  # the same network one resolution up
     # the bundled demo run (demo/rebuild.sh): 32x32, 8..64 channels, no path-length regularisation
     "cpu-demo": dict(
         resolution=32,

@@ -39,3 +39,12 @@ def wait_ready(client, server, log: Path | None = None, timeout: float = 300) ->
             pass
         assert server.poll() is None and time.monotonic() < deadline, log.read_text() if log else "server died"
         time.sleep(0.5)
+
+
+def tiny_train_args(limit: int, grid: int = 2, *extra: str) -> list[str]:
+    """`datasetgan train` options for a small cpu-tiny network that trains in seconds on a shared CPU
+    (no FID, no old snapshots kept), plus ``extra``."""
+    return [
+        *("--preset cpu-tiny --cbase 256 --cmax 32 --map 1 --batch 8 --fid 0 --threads 1 --keep 0".split()),
+        *("--limit", str(limit), "--grid", str(grid), "--no-progress", *extra),
+    ]

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from support import ACDC, free_port
+from support import ACDC, free_port, tiny_train_args
 
 import datasetgan
 from datasetgan.checkpoint import load_tensors
@@ -26,35 +26,7 @@ ROOT = str(Path(datasetgan.__file__).resolve().parents[1])
 DATA = ACDC / "train"
 LIMIT = 32
 # tiny and fast; p starts above 0 so that the augmentation (and its per-share streams) runs
-TINY = [
-    "--preset",
-    "cpu-tiny",
-    "--cbase",
-    "256",
-    "--cmax",
-    "32",
-    "--map",
-    "1",
-    "--batch",
-    "8",
-    "--limit",
-    str(LIMIT),
-    "--fid",
-    "0",
-    "--grid",
-    "2",
-    "--threads",
-    "1",
-    "--no-progress",
-    "--aug",
-    "ada",
-    "--aug-p",
-    "0.3",
-    "--ada-kimg",
-    "0.5",
-    "--keep",
-    "0",
-]
+TINY = tiny_train_args(LIMIT, 2, "--aug", "ada", "--aug-p", "0.3", "--ada-kimg", "0.5")
 
 
 @pytest.fixture(scope="module")

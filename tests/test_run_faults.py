@@ -14,6 +14,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 from support import ACDC as ACDC_ROOT
+from support import tiny_train_args
 
 from datasetgan.annotations import AnnotationSet
 from datasetgan.checkpoint import load_generator, load_tensors, save_generator
@@ -23,29 +24,7 @@ from datasetgan.training import latest_snapshot
 
 REPO = Path(__file__).resolve().parents[1]
 ACDC = ACDC_ROOT / "train"
-TINY = [
-    "--preset",
-    "cpu-tiny",
-    "--cbase",
-    "256",
-    "--cmax",
-    "32",
-    "--map",
-    "1",
-    "--batch",
-    "8",
-    "--limit",
-    "16",
-    "--fid",
-    "0",
-    "--grid",
-    "2",
-    "--threads",
-    "1",
-    "--no-progress",
-    "--keep",
-    "0",
-]
+TINY = tiny_train_args(16)
 
 
 def train(*args):

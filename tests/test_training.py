@@ -10,6 +10,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 from support import ACDC as ACDC_ROOT
+from support import tiny_train_args
 
 from datasetgan.checkpoint import load_generator, load_tensors
 from datasetgan.cli import main
@@ -19,35 +20,7 @@ from datasetgan.training import Trainer, flatten_optimizer, latest_snapshot, unf
 ACDC = ACDC_ROOT / "train"
 
 # A small network so that a few hundred images train in seconds on a shared CPU.
-TINY = [
-    "--preset",
-    "cpu-tiny",
-    "--cbase",
-    "256",
-    "--cmax",
-    "32",
-    "--map",
-    "1",
-    "--batch",
-    "8",
-    "--limit",
-    "96",
-    "--fid",
-    "0",
-    "--grid",
-    "4",
-    "--threads",
-    "1",
-    "--no-progress",
-    "--aug",
-    "ada",
-    "--p",
-    "0.2",
-    "--ada-kimg",
-    "0.5",
-    "--keep",
-    "0",
-]
+TINY = tiny_train_args(96, 4, "--aug", "ada", "--p", "0.2", "--ada-kimg", "0.5")
 
 
 def run_cli(args):
