@@ -158,7 +158,7 @@ def fmt_load(load: list[float]) -> str:
 
 
 def report(suite: str, out: Path, log: Path | None, note: str = "") -> None:
-    from datasetgan.bench.compare import METRICS, compare, write_comparison
+    from datasetgan.bench.compare import METRICS, cell, compare, vs_best, write_comparison
 
     write_comparison(out / "bench")  # methods.md/.json/.png from results.json
     chart = Path(__file__).resolve().parent / f"bench_losses_{suite}.png"
@@ -213,21 +213,10 @@ def report(suite: str, out: Path, log: Path | None, note: str = "") -> None:
         "|" + "---|" * (len(cols) + 4),
     ]
     for r in comp["methods"]:
-        v = r.get("vs_best")
-        vs = (
-            "best"
-            if r["key"] == comp["best"]
-            else "-"
-            if not v
-            else (f"{v['mean_diff']:+.3f} (p={v['p']:.3f}{', significant' if v['p'] < comp['alpha'] else ''})")
-        )
         c = cpu.get(r["key"])
-        cells = [
-            "-" if k not in r["metrics"] else f"{r['metrics'][k][0]:.3f} ± {r['metrics'][k][1]:.3f}" for k, _, _ in cols
-        ]
-        lines.append(
-            " | ".join([f"| {r['key']}", str(r["folds"])] + cells + [vs, f"{np.mean(c):.0f} |" if c else "- |"])
-        )
+        cells = [r["key"], str(r["folds"])] + [cell(r["metrics"].get(k)) for k, _, _ in cols]
+        cells += [vs_best(r, comp), f"{np.mean(c):.0f}" if c else "-"]
+        lines.append("| " + " | ".join(cells) + " |")
     if gate:
         lines += [
             "",

@@ -16,6 +16,7 @@ same weights at every step.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 from datetime import timedelta
@@ -104,3 +105,16 @@ def join(device: str = "cpu") -> Group:
 def leave() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()
+
+
+@contextlib.contextmanager
+def process_group(device: str = "cpu"):
+    """:func:`join` for the body of a command, then :func:`leave`. After a body that succeeded the
+    ranks first wait for each other: rank 0 writes the last outputs alone, and a rank that tore its
+    gloo connections down meanwhile died at exit ("terminate called without an active exception")."""
+    group = join(device)
+    try:
+        yield group
+        group.barrier()
+    finally:
+        leave()

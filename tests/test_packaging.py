@@ -1,5 +1,6 @@
 """What `pip install` puts into site-packages: only the project's own top-level names."""
 
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -9,14 +10,18 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_the_wheel_installs_no_generic_top_level_packages(tmp_path):
-    # service/ and annotate/ stay top-level folders in the repository but install inside datasetgan
+    # service/ and annotate/ stay top-level folders in the repository but install inside datasetgan.
+    # Build from a copy, so that setuptools' build/ and egg-info land in tmp_path, not the checkout.
+    src = tmp_path / "src"
+    skip = shutil.ignore_patterns(".git", ".venv", "build", "runs", "*.egg-info", "test-artifacts", "demo-output")
+    shutil.copytree(ROOT, src, ignore=skip)
     subprocess.run(
         [
             sys.executable,
             "-m",
             "pip",
             "wheel",
-            str(ROOT),
+            str(src),
             "--no-deps",
             "--no-build-isolation",
             "--quiet",

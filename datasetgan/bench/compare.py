@@ -90,8 +90,20 @@ def compare(doc: dict, split: str = "test_r", key: str = "mdice_fg") -> dict:
     }
 
 
-def _cell(ms) -> str:
+def cell(ms) -> str:
+    """A [mean, std] pair as 'mean ± std', '-' when missing."""
     return "-" if not ms else f"{ms[0]:.3f} ± {ms[1]:.3f}"
+
+
+def vs_best(row: dict, comp: dict) -> str:
+    """A row's paired comparison with the best row: mean difference, p over folds, folds won."""
+    v = row.get("vs_best")
+    if row["key"] == comp["best"]:
+        return "best"
+    if not v:
+        return "-"
+    star = " *" if v["p"] < comp["alpha"] else ""
+    return f"{v['mean_diff']:+.3f}, p={v['p']:.3f}{star} ({v['wins']}/{v['n']} folds better)"
 
 
 def table(comp: dict) -> str:
@@ -100,22 +112,8 @@ def table(comp: dict) -> str:
     head.append(f"vs best ({comp['key']})")
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in comp["methods"]:
-        v = r.get("vs_best")
-        note = (
-            "best"
-            if r["key"] == comp["best"]
-            else "-"
-            if not v
-            else (
-                f"{v['mean_diff']:+.3f}, p={v['p']:.3f}{' *' if v['p'] < comp['alpha'] else ''} "
-                f"({v['wins']}/{v['n']} folds better)"
-            )
-        )
-        lines.append(
-            "| "
-            + " | ".join([r["key"], str(r["folds"])] + [_cell(r["metrics"].get(k)) for k, _, _ in cols] + [note])
-            + " |"
-        )
+        cells = [r["key"], str(r["folds"])] + [cell(r["metrics"].get(k)) for k, _, _ in cols] + [vs_best(r, comp)]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

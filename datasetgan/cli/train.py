@@ -194,8 +194,7 @@ def command(
         torch.set_num_threads(threads)
     if kimg <= 0 or snap_kimg <= 0:
         raise click.UsageError("--kimg and --snap must be positive")
-    group = distributed.join(device)  # one rank of a torchrun launch, or the only process
-    try:
+    with distributed.process_group(device) as group:  # one rank of a torchrun launch, or the only process
         _train(
             group,
             data,
@@ -212,11 +211,6 @@ def command(
             progress,
             overrides,
         )
-        # rank 0 writes the final outputs alone: the others wait, so that no rank tears down its gloo
-        # connections while another still holds them (that aborted rank 1 at exit)
-        group.barrier()
-    finally:
-        distributed.leave()
 
 
 def resolve_config(run_dir, preset: str, resume: bool, overrides: dict, say):
