@@ -229,3 +229,23 @@ def test_training_step_with_fused_ops_matches_reference(monkeypatch):
     assert sum(bool(g.abs().sum() > 0) for g in ref_grads) > 10
     for got, expected in zip(cpu_grads, ref_grads):
         torch.testing.assert_close(got, expected, rtol=1e-3, atol=1e-4)
+
+
+def test_every_image_d_sees_is_augmented_and_r_t_counts_augmented_reals():
+    """ADA: D sees A(x) in G's loss (fakes), D's loss (fakes and reals) and R1; r_t's signs are those of
+    D on augmented reals. The pipeline is replaced by a marker (a constant image) to see which ran."""
+    cfg = make_config("cpu-tiny", channel_base=128, channel_max=16, mapping_layers=1, batch=4, aug="fixed", aug_p=0.5)
+    tr = Trainer(cfg, np.random.default_rng(0).integers(0, 256, (8, 1, 32, 32), dtype=np.uint8))
+    tr.augment = lambda x, p, generator: torch.full_like(x, 0.25) + 0 * x  # keeps the graph for R1
+    seen, outputs = [], []
+
+    def record(module, args, out):
+        seen.append(args[0].detach())
+        outputs.append(out.detach())
+
+    tr.D.register_forward_hook(record)
+    tr.step_count = 0  # R1 is due
+    tr.train_step()
+    assert len(seen) == 4  # G main, D main on fakes, D main on reals, R1
+    assert all(torch.equal(x, torch.full_like(x, 0.25)) for x in seen)
+    assert tr.ada.sign_sum == float(torch.sign(outputs[2]).sum()) and tr.ada.count == cfg.batch
