@@ -358,6 +358,7 @@ def cmd_report(args) -> None:
     runs = collect(args.root)
     if not runs:
         sys.exit(f"error: no runs under {args.root}")
+    args.out.mkdir(parents=True, exist_ok=True)
     version, study_load = code_version(), load_average()
     planned = len(ARMS) * len(SEEDS)
     finished = sum(r["finished"] and r["dataset"] == "acdc" for r in runs)
@@ -409,34 +410,41 @@ def cmd_report(args) -> None:
         text, figures = tables(runs, dataset)
         md += [text]
         doc["tables"][dataset] = figures
-        png = HERE / f"presets_{dataset}.png"
+        png = args.out / f"presets_{dataset}.png"
         plot(runs, dataset, png)
         md += [f"![FID and p curves, {dataset}]({png.name})", ""]
     md_text = "\n".join(md)
-    (HERE / "presets.md").write_text(md_text)
-    write_json("presets", doc)
+    (args.out / "presets.md").write_text(md_text)
+    write_json("presets", doc, args.out / "results")
     write_section(
         "## CPU preset study (issue 15)\n\n"
         + ("**Interim, partial results.** " if interim else "")
         + f"{finished} of {planned} ACDC runs finished; tables, curves and the setting in "
-        "benchmarks/presets.md, per run and snapshot in benchmarks/results/presets.json.\n"
+        "benchmarks/presets.md, per run and snapshot in benchmarks/results/presets.json.\n",
+        args.out / "RESULTS.md",
     )
     print(md_text)
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--root", type=Path, default=ROOT, help=f"where the runs go (default {ROOT})")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--root", type=Path, default=ROOT, help=f"where the runs go (default {ROOT})")
     sub = ap.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("run", help="train the arms (resumes stopped runs, skips finished ones)")
+    run = sub.add_parser("run", parents=[common], help="train the arms (resumes stopped runs, skips finished ones)")
     run.add_argument("--jobs", type=int, default=2)
     run.add_argument("--dataset", choices=DATASETS, default="acdc")
     run.add_argument("--arms", nargs="+", help="only these arms (default: all, in priority order)")
     run.add_argument("--seeds", nargs="+", type=int, default=list(SEEDS))
     run.add_argument("--allow-dirty", action="store_true", help="run uncommitted code (recorded as +dirty)")
-    ph = sub.add_parser("phantom", help="write the phantom data set once")
+    ph = sub.add_parser("phantom", parents=[common], help="write the phantom data set once")
     ph.add_argument("--n", type=int, default=3000)
-    sub.add_parser("report", help="benchmarks/presets.md, benchmarks/results/presets.json, curves")
+    rep = sub.add_parser(
+        "report", parents=[common], help="benchmarks/presets.md, benchmarks/results/presets.json, curves"
+    )
+    rep.add_argument(
+        "--out", type=Path, default=HERE, help="folder of presets.md, RESULTS.md, results/ (default: benchmarks)"
+    )
     args = ap.parse_args()
     {"run": cmd_run, "phantom": cmd_phantom, "report": cmd_report}[args.command](args)
 
