@@ -132,6 +132,17 @@ def train_command(data: Path, run: Path, arm: str, seed: int, resume: bool) -> l
     ]
 
 
+def training_alive(pid_file: Path, run: Path) -> int | None:
+    """The pid in ``pid_file`` if that process is still training ``run`` (a runner killed with -9 leaves its
+    trainings running: a new runner must not start a second process on the same folder)."""
+    try:
+        pid = int(pid_file.read_text())
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except (OSError, ValueError):
+        return None
+    return pid if str(run).encode() in cmdline else None
+
+
 class Runner:
     """Starts trainings, keeps their pid files, and stops them all when the runner is stopped."""
 
@@ -145,12 +156,16 @@ class Runner:
         done = images_seen(run)
         if done >= KIMG * 1000 or self.stopping:
             return
+        key = f"{dataset}-{arm}-seed{seed}"
+        pid = training_alive(self.root / f"{key}.pid", run)
+        if pid:
+            print(f"{time.strftime('%H:%M:%S')} skip {key}: still training under pid {pid}", flush=True)
+            return
         run.mkdir(parents=True, exist_ok=True)
         info = read_json(run / "study.json", {"dataset": dataset, "arm": arm, "seed": seed, "sessions": []})
         cmd = train_command(data_folder(self.root, dataset), run, arm, seed, resume=done > 0)
         info["sessions"].append({**self.version, "command": shlex.join(cmd), "from_nimg": done, "start": time.time()})
         write_json_file(run / "study.json", info)
-        key = f"{dataset}-{arm}-seed{seed}"
         with self.lock:
             if self.stopping:
                 return
@@ -383,7 +398,9 @@ def cmd_report(args) -> None:
         "python benchmarks/presets.py report",
         "```",
         "",
-        f"Code that trained the runs: {', '.join(c[:12] for c in commits)} (per run in results/presets.json).",
+        f"Code that trained the runs: {', '.join(c[:12] for c in commits)} (per run in results/presets.json). "
+        "The ADA defect found before the study (contrast scaled around each image's own mean instead of "
+        "multiplying by c around 0 as in the ADA paper) is fixed from commit 9c06a16 on, before any run.",
         "",
         "The 'pipeline alone' arm (pipeline on, p = 0) is not trained: a test "
         "(tests/test_training.py::test_fixed_p0_trains_bit_identically_to_no_augmentation) shows `--aug fixed --p 0` "

@@ -87,3 +87,17 @@ def test_run_skips_finished_runs(study, tmp_path):
     assert not list(study.glob("*.pid"))  # the runner's pid file is gone when it ends
     sessions = json.loads((study / "acdc" / "none" / "seed0" / "study.json").read_text())["sessions"]
     assert len(sessions) == 1  # nothing was started again
+
+
+def test_run_leaves_a_run_alone_while_its_training_is_alive(study, tmp_path):
+    """A runner killed with -9 leaves its trainings running: a new runner must not start a second one."""
+    run = study / "acdc" / "ada" / "seed1"
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", str(run)])
+    try:
+        (study / "acdc-ada-seed1.pid").write_text(f"{other.pid}\n")
+        res = presets("run", "--root", str(study), "--arms", "ada", "--seeds", "1", "--allow-dirty", cwd=tmp_path)
+    finally:
+        other.kill()
+        other.wait()
+    assert f"skip acdc-ada-seed1: still training under pid {other.pid}" in res.stdout and "start" not in res.stdout
+    assert len(json.loads((run / "study.json").read_text())["sessions"]) == 1
