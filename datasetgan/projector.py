@@ -22,6 +22,7 @@ reconstruction quality; :func:`datasetgan.render.render_projection` renders it e
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -36,6 +37,7 @@ from .render import render_projection, to_uint8
 
 PERCEPTUAL = ("inception", "discriminator", "none")
 INCEPTION_LAYERS = ("conv_2", "conv_4", "mixed_2")  # 64, 192 and 288 channels, strides 2, 4 and 8
+INDEX = "projections.json"  # the list of a projection folder's images (write_projections)
 
 
 class ProjectionError(DatasetganError, ValueError):
@@ -374,12 +376,17 @@ def read_images(paths, channels: int, resolution: int, fit: str = "crop") -> tup
 
 
 def write_projections(
-    G, names: list[str], images: np.ndarray, projections: list[Projection], out_dir, cfg: ProjectorConfig
+    G,
+    names: list[str],
+    images: np.ndarray,
+    projections: list[Projection],
+    out_dir,
+    cfg: ProjectorConfig,
+    fit: str = "crop",
 ) -> list[dict]:
     """Store each projection as OUT/NAME.safetensors + .json, its exact rendering OUT/NAME.png and
-    OUT/NAME.compare.png (original | reconstruction | difference); OUT/projections.json lists them all."""
-    import json
-
+    OUT/NAME.compare.png (original | reconstruction | difference); OUT/projections.json lists them all
+    (and ``fit``, how the images were made square, so that their masks can be prepared alike)."""
     from .atomic import atomic_write_bytes, atomic_write_text
     from .png import png_bytes
 
@@ -390,12 +397,30 @@ def write_projections(
         original = image.transpose(1, 2, 0)
         recon = reconstruct(G, p)
         q = quality(original, recon)
-        save_projection(out_dir / f"{name}.safetensors", p, G.sha256, {"name": name, **q, "config": cfg.to_dict()})
+        meta = {"name": name, **q, "config": cfg.to_dict(), "fit": fit}
+        save_projection(out_dir / f"{name}.safetensors", p, G.sha256, meta)
         atomic_write_bytes(out_dir / f"{name}.png", png_bytes(recon))
         atomic_write_bytes(out_dir / f"{name}.compare.png", png_bytes(comparison(original, recon)))
         summary.append({"name": name, **q})
     atomic_write_text(
-        out_dir / "projections.json",
-        json.dumps({"generator_sha256": G.sha256, "config": cfg.to_dict(), "images": summary}, indent=1),
+        out_dir / INDEX,
+        json.dumps({"generator_sha256": G.sha256, "config": cfg.to_dict(), "fit": fit, "images": summary}, indent=1),
     )
     return summary
+
+
+def load_projections(folder, G=None) -> tuple[list[str], list[Projection], dict]:
+    """A folder written by :func:`write_projections`: (names, projections, its projections.json);
+    with ``G``, projections made with another generator are refused."""
+    folder = Path(folder)
+    index = folder / INDEX
+    if not index.is_file():
+        raise ProjectionError(f"{index}: not found (write the folder with `datasetgan project RUN IMAGES --out DIR`)")
+    try:
+        doc = json.loads(index.read_text())
+        names = [str(row["name"]) for row in doc["images"]]
+    except (ValueError, KeyError, TypeError) as e:
+        raise ProjectionError(f"{index}: not a projections index ({e.__class__.__name__}: {e})") from None
+    if not names:
+        raise ProjectionError(f"{index}: lists no projection")
+    return names, [load_projection(folder / f"{n}.safetensors", G)[0] for n in names], doc

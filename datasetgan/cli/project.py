@@ -117,7 +117,7 @@ def command(run, images, out, steps, perceptual, optimize_noise, batch, seed, fi
     G = load_generator(rf.generator, device)
     names, arrays = read_images(images, G.cfg.img_channels, G.cfg.resolution, fit)
     projections = project(G, arrays, cfg, features=perceptual_network(cfg, run, device), progress=True)
-    summary = write_projections(G, names, arrays, projections, out, cfg)
+    summary = write_projections(G, names, arrays, projections, out, cfg, fit)
     for row in summary:
         click.echo(f"{row['name']}: PSNR {row['psnr']:.2f} dB, SSIM {row['ssim']:.4f}")
     click.echo(f"wrote {len(summary)} projection(s) to {out}")
