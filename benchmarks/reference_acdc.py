@@ -311,13 +311,17 @@ def section(doc: dict, note: str) -> str:
             f"| {share} | {goal} | {first} | {r['seed_paper_test_r_miou']:.3f} |"
         )
     if doc["timings"]:
+        per_stage: dict[str, list[dict]] = {}  # a stage run again (resumed, or finding its work done) adds rows
+        for t in doc["timings"]:
+            per_stage.setdefault(t["stage"], []).append(t)
         total = sum(t["seconds"] for t in doc["timings"])
-        lines += [
-            "",
-            f"Stage wall times (RUN/timings.tsv, {total / 3600:.1f} h in all): "
-            + ", ".join(f"{t['stage']} {t['seconds']} s (load {t['load_average'].split()[0]})" for t in doc["timings"])
-            + ".",
+        cells = [
+            f"{stage} {sum(t['seconds'] for t in rows)} s"
+            + (f" in {len(rows)} runs" if len(rows) > 1 else "")
+            + f" (load {rows[-1]['load_average'].split()[0]})"
+            for stage, rows in per_stage.items()
         ]
+        lines += ["", f"Stage wall times (RUN/timings.tsv, {total / 3600:.1f} h in all): " + ", ".join(cells) + "."]
     return "\n".join(lines) + "\n"
 
 

@@ -12,8 +12,9 @@
 #   annotator a U-Net trained on all ACDC train/ masks and scored on test/: the model-assisted labeller
 #   fid       FID of N_FID (2,000) generated images against ACDC train/ (pytorch-fid's Frechet distance)
 #   pick      N_REAL (30) ACDC train/ slices with their expert masks, one per patient in a seeded random
-#             order (RUN/real/train), and N_VAL (all 210) ACDC val/ slices the same way (RUN/real/val):
-#             folders of links, nothing copied
+#             order (RUN/real/train), and N_VAL ACDC val/ slices the same way (RUN/real/val): folders of links,
+#             nothing copied. N_VAL defaults to all 210 (10 patients): projecting them costs ~45 min of a run of
+#             8-11 h (see below), and a subset would only add sampling noise to a measure over 10 patients
 #   project   both projected into the generator once (RUN/projected/train, RUN/projected/val; PROJECT_STEPS
 #             steps, the projector's defaults otherwise), shared by the arms
 # Per arm (RUN/arms/ARM, a run folder whose generator links to RUN's; ARMS="seeds real both"):
@@ -34,15 +35,41 @@
 # SYNTH_EPOCHS=7 epochs over the ~1,200 synthetic pairs of a fold, as in the first run.
 # Every stage appends its wall time and the load average to RUN/timings.tsv.
 #
-# Size knobs (the defaults are the full run; the tiny validation of 2026-11-29 used the values in brackets):
+# Against the first run (RESULTS.md "Reference run on ACDC (end to end)"): same folds (5, grouped by patient,
+# seed 0), same steps per fold, same 500 real slices; the hybrid sets' 30 real slices are now the picked ones
+# (arm `real`'s annotations) instead of 30 drawn at random from ACDC train.
+#
+# Size knobs (defaults: the full run; in brackets: the tiny validation of 2026-11-29, /work/runs/s16-tiny):
 #   N_REAL=30 [4]  N_VAL=all [6]  PROJECT_STEPS=300 [20]  N_TRAIN=1500 [40]  N_TEST=300 [12]  N_FID=2000 [64]
 #   N_GRADE=N_TRAIN  FOLDS=5 [2]  MODELS=deeplabv3,fcn,unet [unet]  REAL_EPOCHS=20 [1]  SYNTH_EPOCHS=7 [1]
 #   REAL_LIMIT=500 [40]  ANNOTATOR_LIMIT=all [40]  ANNOTATOR_EPOCHS=20 [1]
-#   INTERPRET_ARGS="" ["--members 2 --epochs 1 --pixels-per-epoch 20000"]
+#   INTERPRET_ARGS="" ["--members 2 --epochs 1 --pixels-per-epoch 20000"]   REPORT_TO=benchmarks [run's report/]
 #
-# Tiny validation (2026-11-29, /work/runs/s16-tiny; 32 px cpu-demo generator of issue 16, 1 thread, nice 10):
-#   see benchmarks/RESULTS.md? No: its report went to /work/runs/s16-tiny/report (toy figures, not results).
-#   COST ESTIMATE AND LAUNCH COMMAND: filled in below after the tiny validation.
+# Cost of the full run on the cpu-small 64 px generator, from stage times measured on 2026-11-29 at 1 thread,
+# nice 10, load average ~4 on the 2 cores (/work/runs/s16-tiny64: the same stages on a random-weight cpu-small
+# generator; /work/runs/s16-tiny64/threads.log: 1 vs 2 threads, interleaved in one process):
+#   annotator  3,280 U-Net steps x 0.065 s                                            ~  4 min
+#   fid        3,312 Inception images x 0.2 s (274 s for 1,376 images measured)       ~ 11 min
+#   project    (4 + 27 batches of 8) x 300 steps x 0.33 s  (train 30: 7 min, val 210: 45 min)   ~ 52 min
+#   per arm    interpret <= 10 members x 10 epochs x 108 steps / 35 steps/s (5 min; 10 for `both`),
+#              generate 1,800 pairs / 7.3 per s (4 min), grade + agreement (~2 min)     ~ 40 min for 3 arms
+#   bench      7 sets (3 arms x synthetic + hybrid, 1 real) x 5 folds x ~1,050 steps x (0.50 + 0.35 + 0.065) s
+#              for DeepLabV3 + FCN + U-Net = 80 min a set under this load (53 min a set at the idle-machine
+#              figures of datasetgan/bench/profiles.py)                                 6.2-9.3 h
+#   total at 1 thread: about 8 to 11 hours (the bench is 80 %; the annotator's U-Net is trained again, since the
+#   first run's folder is gone). At 2 threads: each step measured 2.7x (FCN) to 9.8x (projector) SLOWER than at
+#   1 thread while the machine was loaded (threads spin-wait); only on an otherwise idle machine do 2 threads help
+#   (about 0.6x the 1-thread time for the bench, profiles.py: ~5 h in all). With other work running, use
+#   THREADS=1, and to use both cores run the arms as two 1-thread processes once the shared stages are done
+#   (STAGES=arms ARMS=seeds ... & STAGES=arms ARMS="real both" ...; then STAGES="real report").
+#
+# Launch on the #15 generator (GEN: its run folder; the train stage is skipped, the generator is copied):
+#   mkdir -p /work/runs/acdc64-ref3 && cp $GEN/generator.safetensors $GEN/generator.json /work/runs/acdc64-ref3/
+#   cd /work/main && RUN=/work/runs/acdc64-ref3 ACDC=/work/shared/data/acdc THREADS=1 \
+#     DATASETGAN=/work/main/.venv/bin/datasetgan PYTHON=/work/main/.venv/bin/python \
+#     STAGES="annotator fid pick project arms real report" \
+#     nohup nice -n 5 benchmarks/reference_acdc.sh > /work/runs/acdc64-ref3/log 2>&1 &
+# Rerun the same command after a kill: finished stages are skipped, the benchmark keeps its finished folds.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -81,6 +108,12 @@ timed() { # timed NAME COMMAND...: run it, then append its wall time and the loa
     "$@"
     printf '%s\t%s\t%d\t%s\n' "$(date -u +%FT%TZ)" "$name" $((SECONDS - t0)) "$(cut -d' ' -f1-3 /proc/loadavg)" \
         >>"$RUN/timings.tsv"
+}
+generate() { # generate ARM SET N SEED_START: a finished folder (manifest.json) is kept, a killed one made again
+    local out=$RUN/arms/$1/generated/$2
+    [ ! -f "$out/manifest.json" ] || return 0
+    rm -rf "$out"
+    timed "$1-generate-$2" $DG generate "$RUN/arms/$1" --n "$3" --seed-start "$4" --out "$out" --threads "$THREADS"
 }
 has_key() { [ -f "$1" ] && grep -q "\"$2\"" "$1"; } # has_key results.json key: a stage already stored its result
 bench_common=(--test-real "$ACDC/test" --fold-groups "$GROUPS_RE" --folds "$FOLDS" --models "$MODELS"
@@ -142,10 +175,8 @@ if want arms; then
                 { tr '\r' '\n' <"$A/interpret.err" | tail -5; exit 1; }
         fi
         log "arm $arm: generate $N_TRAIN training pairs and $N_TEST test-G pairs"
-        [ -f "$A/generated/train/manifest.json" ] || timed "$arm-generate-train" $DG generate "$A" --n "$N_TRAIN" \
-            --seed-start 0 --out "$A/generated/train" --threads "$THREADS"
-        [ -f "$A/generated/test/manifest.json" ] || timed "$arm-generate-test" $DG generate "$A" --n "$N_TEST" \
-            --seed-start 1000000 --out "$A/generated/test" --threads "$THREADS"
+        generate "$arm" train "$N_TRAIN" 0
+        generate "$arm" test "$N_TEST" 1000000
         if ! has_key "$A/bench/results.json" grading; then
             log "arm $arm: grade $N_GRADE pairs against the annotator"
             timed "$arm-grade" $DG bench grade "$A" "$A/generated/train" --reference "$RUN/annotator.safetensors" \
