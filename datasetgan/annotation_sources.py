@@ -331,12 +331,12 @@ def import_real(
     features=None,
     fit: str = "crop",
     progress: bool = False,
-    projections=None,
+    projection_dir=None,
 ) -> list[str]:
     """Project the real images of ``folder`` into G and store each as a finished annotation (kind
     "real": real, projected) whose mask is its expert mask, with its reconstruction PSNR and SSIM.
 
-    ``projections``: a folder written by ``datasetgan project`` (same generator, same ``fit``) whose
+    ``projection_dir``: a folder written by ``datasetgan project`` (same generator, same ``fit``) whose
     stored projections are taken instead of projecting again (``cfg`` then does not apply).
     Every file is checked before anything is projected or written; images already imported (by file
     name, with this generator) are skipped. Each item's files are written before its record, so an
@@ -353,8 +353,8 @@ def import_real(
     done = {r.real_name for r in aset.records() if r.kind == "real" and r.generator_sha256 == G.sha256}
     todo = [i for i, name in enumerate(names) if name not in done]
     stored = None
-    if projections is not None and todo:
-        stored = stored_projections(projections, G, [Path(names[i]).stem for i in todo], fit)
+    if projection_dir is not None and todo:
+        stored = stored_projections(projection_dir, G, [Path(names[i]).stem for i in todo], fit)
     if not existing:
         aset.set_classes(classes)
     if not todo:

@@ -219,7 +219,7 @@ def command(
     if import_real_dir is not None:
         cfg = make_config(steps, perceptual, optimize_noise, batch, seed)
         features = None if projections_dir else perceptual_network(cfg, run, device)
-        new = import_real(aset, G, import_real_dir, cfg, features, fit, progress=True, projections=projections_dir)
+        new = import_real(aset, G, import_real_dir, cfg, features, fit, progress=True, projection_dir=projections_dir)
         for rec in (aset.record(i) for i in new):
             click.echo(f"{rec.id} <- {rec.real_name}: PSNR {rec.psnr:.2f} dB, SSIM {rec.ssim:.4f}")
         click.echo(f"imported {len(new)} real image(s) from {import_real_dir} (already there are skipped)")
