@@ -69,7 +69,8 @@
 #     DATASETGAN=/work/main/.venv/bin/datasetgan PYTHON=/work/main/.venv/bin/python \
 #     STAGES="annotator fid pick project arms real report" \
 #     nohup nice -n 5 benchmarks/reference_acdc.sh > /work/runs/acdc64-ref3/log 2>&1 &
-# Rerun the same command after a kill: finished stages are skipped, the benchmark keeps its finished folds.
+# Rerun the same command after a kill: finished stages are skipped, `project` keeps its finished batches of 8
+# (~2 min each) and the benchmark its finished folds.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
