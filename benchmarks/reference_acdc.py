@@ -201,6 +201,7 @@ def collect(run: Path, arms: list[str]) -> dict:
                     records.append(record(arm, model, kind, e, real_rows.get((model, "real")), g_set))
     gen = read_json(run / "generator.json")
     ann = read_json(run / "annotator.json")
+    fid = (read_json(run / "fid.json") or {}).get("fid")
     return {
         "run": str(run),
         "generator": {
@@ -209,12 +210,12 @@ def collect(run: Path, arms: list[str]) -> dict:
             "preset": ((gen.get("training") or {}).get("config") or {}).get("preset"),
             "resolution": (gen.get("config") or {}).get("resolution"),
         },
-        "fid": read_json(run / "fid.json") or None,
+        "fid": read_json(run / "fid.json") or None,  # the figure, the numbers of images, the command
         "annotator": {"n_train": ann["trained_on"]["n"], "test_r_miou": ann["test_r"]["miou"]} if ann else None,
         "real_annotations": read_json(run / "real/train/picked.json") or None,
         "agreement_set": read_json(run / "real/val/picked.json") or None,
         "real_bench_command": shared.get("command"),
-        "arms": {arm: arm_summary(run, arm) for arm in arms},
+        "arms": {arm: {**arm_summary(run, arm), "fid": fid} for arm in arms},  # one generator: one FID
         "records": records,
         "timings": timings(run),
     }
