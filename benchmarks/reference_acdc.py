@@ -119,11 +119,12 @@ def steps_per_fold(entry: dict) -> float | None:
 
 
 def model_rows(doc: dict, kinds: tuple[str, ...]) -> dict[tuple[str, str], dict]:
-    """(model, kind) -> experiment entry of a results.json (prior-only baselines left out)."""
+    """(model, kind) -> experiment entry of a results.json: the plain rows (no prior-only baseline,
+    post-processing or SWA row)."""
     return {
         (e["model_name"], set_kind(e["set"])): e
         for e in doc.get("experiments", {}).values()
-        if e.get("model") and set_kind(e["set"]) in kinds
+        if e.get("model") and not e.get("post") and not e.get("swa") and set_kind(e["set"]) in kinds
     }
 
 
