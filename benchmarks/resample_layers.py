@@ -13,7 +13,8 @@ CPU time:
 
 Two workloads per layer: forward + backward (G main) and forward + backward + double backward
 (path length). ``--steps`` adds our whole amortised training step (benchmarks/vs_official.py's
-timing: G main + D main + path length / 4 + R1 / 16) with the rule against ref order everywhere.
+timing: G main + D main + path length / 4 + R1 / 16) with the rule against ref order everywhere;
+``--render`` the generation path (``render_one`` with feature taps, batch 1, forward only) both ways.
 Prints tables and writes its section of RESULTS.md and results/resample_layers.json.
 
     PYTHONPATH=$PWD python benchmarks/resample_layers.py --threads 1 --rounds 7
@@ -36,6 +37,7 @@ from vs_official import compare as compare_steps
 import stylegan2_ops as ops
 from datasetgan.networks import Generator
 from datasetgan.presets import make_config
+from datasetgan.render import render_one
 from stylegan2_ops import fused
 
 SECTION = "## Upsampling convolutions per layer: reference order vs conv_up"
@@ -43,8 +45,16 @@ CONFIGS = {
     "cpu-tiny": dict(preset="cpu-tiny"),
     "cpu-small": dict(preset="cpu-small"),
     "wide64": dict(preset="cpu-small", channel_base=4096, channel_max=256, z_dim=512, w_dim=512, batch=8),
+    "paper64": dict(preset="cpu-small", channel_base=16384, channel_max=512, z_dim=512, w_dim=512, batch=4),
 }
-PATHS = {"ref order": (10**9, 10**9), "conv_up": (1, 1), "rule": (fused.MIN_UP_SIDE, fused.MIN_UP_CHANNELS)}
+THRESHOLDS = ("MIN_UP_SIDE", "MIN_UP_CHANNELS", "MIN_UP_PIXELS")  # of stylegan2_ops.fused, per path:
+PATHS = {"ref order": (10**9,) * 3, "conv_up": (1,) * 3, "rule": tuple(getattr(fused, t) for t in THRESHOLDS)}
+
+
+def use(path: str) -> None:
+    """Make the fused backend take ``path`` for upsampling convolutions."""
+    for name, value in zip(THRESHOLDS, PATHS[path]):
+        setattr(fused, name, value)
 
 
 def up_layers(cfg) -> list[dict]:
@@ -83,11 +93,11 @@ class Switched(Ours):
         self.name, self.path = path, path
 
     def step(self, step_count: int) -> None:
-        fused.MIN_UP_SIDE, fused.MIN_UP_CHANNELS = PATHS[self.path]
+        use(self.path)
         try:
             super().step(step_count)
         finally:
-            fused.MIN_UP_SIDE, fused.MIN_UP_CHANNELS = PATHS["rule"]
+            use("rule")
 
 
 def whole_steps(name: str, rounds: int) -> dict:
@@ -97,6 +107,27 @@ def whole_steps(name: str, rounds: int) -> dict:
     images = np.random.default_rng(0).integers(0, 256, (64, cfg.img_channels, cfg.resolution, cfg.resolution))
     res = compare_steps([Switched(cfg, images.astype(np.uint8), p) for p in ("ref order", "rule")], cfg, rounds)
     return {path: {k: res[path][k] for k in ("img_s_wall", "img_s_cpu")} for path in res}
+
+
+def render_seconds(name: str, seeds: int, rounds: int) -> dict:
+    """Process CPU seconds to render ``seeds`` seeds with their feature taps, per path, interleaved."""
+    overrides = dict(CONFIGS[name])
+    G = Generator(make_config(overrides.pop("preset"), **overrides).generator_config()).eval()
+
+    def run():
+        with torch.no_grad():
+            for seed in range(seeds):
+                render_one(G, seed, with_taps=True)
+
+    times = {path: [] for path in ("ref order", "rule")}
+    for r in range(rounds + 1):  # round 0 warms up
+        for path in list(times) if r % 2 else list(times)[::-1]:
+            use(path)
+            t = cpu_seconds(run, 1)
+            if r:
+                times[path].append(t)
+    use("rule")
+    return {path: statistics.median(v) for path, v in times.items()}
 
 
 def cpu_seconds(fn, inner: int) -> float:
@@ -111,11 +142,11 @@ def compare(layer: dict, double: bool, rounds: int) -> dict[str, float]:
     times = {name: [] for name in PATHS}
     for r in range(rounds + 1):  # round 0 warms up
         for name in list(PATHS) if r % 2 else list(PATHS)[::-1]:
-            fused.MIN_UP_SIDE, fused.MIN_UP_CHANNELS = PATHS[name]
+            use(name)
             t = cpu_seconds(run, 3)
             if r:
                 times[name].append(t)
-    fused.MIN_UP_SIDE, fused.MIN_UP_CHANNELS = PATHS["rule"]
+    use("rule")
     return {name: statistics.median(v) for name, v in times.items()}
 
 
@@ -125,6 +156,7 @@ def main():
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--steps", type=int, default=0, help="rounds of whole training steps (0: none)")
+    ap.add_argument("--render", type=int, default=0, help="seeds rendered per round (0: no render timing)")
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -146,9 +178,19 @@ def main():
     steps = {name: whole_steps(name, args.steps) for name in args.configs} if args.steps else {}
     for name, res in steps.items():
         print(name, res, flush=True)
+    render = {name: render_seconds(name, args.render, args.rounds) for name in args.configs} if args.render else {}
+    for name, res in render.items():
+        print(name, res, flush=True)
     load1 = os.getloadavg()[0]
     command = "PYTHONPATH=$PWD python benchmarks/resample_layers.py " + " ".join(
-        [f"--threads {args.threads}", f"--rounds {args.rounds}", f"--steps {args.steps}", "--configs", *args.configs]
+        [
+            f"--threads {args.threads}",
+            f"--rounds {args.rounds}",
+            f"--steps {args.steps}",
+            f"--render {args.render}",
+            "--configs",
+            *args.configs,
+        ]
     )
     now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     lines = [
@@ -157,7 +199,8 @@ def main():
         f"Command: `{command}` ({now}; torch {torch.__version__}, {args.threads} thread(s), 2-core machine, "
         f"load average {load0:.1f} → {load1:.1f}). Process CPU ms per modulated_conv2d call (up=2, 3x3), "
         f"median of {args.rounds} interleaved rounds of 3 calls; speed-up = ref order / path (> 1: faster). "
-        f"Rule: conv_up from {fused.MIN_UP_SIDE} px and {fused.MIN_UP_CHANNELS} input channels.",
+        f"Rule: conv_up from {fused.MIN_UP_SIDE} px, {fused.MIN_UP_CHANNELS} input channels and "
+        f"{fused.MIN_UP_PIXELS} pixels per batch (N * H * W).",
         "",
         "| config | x | w | fwd+bwd ref order ms | conv_up | rule | + double bwd ref order ms | conv_up | rule |",
         "|---|---|---|---|---|---|---|---|---|",
@@ -183,6 +226,19 @@ def main():
                 f"| {name} | {a['img_s_cpu']:.2f} | {b['img_s_cpu']:.2f} | {b['img_s_cpu'] / a['img_s_cpu']:.3f}x "
                 f"| {b['img_s_wall'] / a['img_s_wall']:.3f}x |"
             )
+    if render:
+        lines += [
+            "",
+            f"Generation path: {args.render} seeds rendered with their feature taps (render_one, batch 1), process "
+            f"CPU s, median of {args.rounds} interleaved rounds:",
+            "",
+            "| config | ref order s | rule s | speed-up |",
+            "|---|---|---|---|",
+        ]
+        lines += [
+            f"| {name} | {t['ref order']:.3f} | {t['rule']:.3f} | {t['ref order'] / t['rule']:.3f}x |"
+            for name, t in render.items()
+        ]
     text = "\n".join(lines) + "\n"
     print(text)
     if not args.no_write:

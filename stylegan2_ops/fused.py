@@ -158,11 +158,13 @@ MIN_DOWN_SIDE = 32
 
 def up_at_low_resolution(w, x, padding, groups=1) -> bool:
     """Whether conv2d_resample convolves before upsampling (:meth:`FusedBackend.conv_up`): for square
-    odd kernels with 'same' padding, one group of at least MIN_UP_CHANNELS input channels and images
-    of at least MIN_UP_SIDE pixels; below, the FIR at the output's channels, the border strips and
-    the rearranged weight cost more than the convolution saves. Measured on the project's CPU
-    (forward + backward, benchmarks/resample_layers.py): 1.1-1.4x with 128-256 input channels at
-    16-32 pixels, 0.3-0.7x at 4-8 pixels, at most even with fewer channels or grouped convolutions."""
+    odd kernels with 'same' padding, one group of at least MIN_UP_CHANNELS input channels, images of
+    at least MIN_UP_SIDE pixels and batches of at least MIN_UP_PIXELS pixels (N * H * W); below, the
+    FIR at the output's channels, the border strips and the rearranged weight cost more than the
+    convolution saves. Measured on the project's CPU (forward + backward, and double backward,
+    benchmarks/resample_layers.py): 1.1-1.2x with 128-256 channels at 16-32 px (batch 8), 1.45x
+    with 512 channels at 32 px (batch 4); 0.3-0.7x at 4-8 px; 0.94x with 512 channels at 16 px,
+    batch 4; 0.92x rendering one image at a time."""
     kh, kw = w.shape[2:]
     return (
         kh == kw
@@ -171,11 +173,13 @@ def up_at_low_resolution(w, x, padding, groups=1) -> bool:
         and groups == 1
         and w.shape[1] >= MIN_UP_CHANNELS
         and min(x.shape[2], x.shape[3]) >= MIN_UP_SIDE
+        and x.shape[0] * x.shape[2] * x.shape[3] >= MIN_UP_PIXELS
     )
 
 
 MIN_UP_SIDE = 16
 MIN_UP_CHANNELS = 128
+MIN_UP_PIXELS = 2048
 
 
 def phase_weight(w, up, p):

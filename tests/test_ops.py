@@ -330,6 +330,7 @@ def test_modulated_conv2d_up_at_low_resolution(monkeypatch):
     activations (one shared weight) instead of the grouped convolution; same results as ref."""
     monkeypatch.setattr(fused, "MIN_UP_SIDE", 1)
     monkeypatch.setattr(fused, "MIN_UP_CHANNELS", 1)
+    monkeypatch.setattr(fused, "MIN_UP_PIXELS", 1)
     monkeypatch.setattr(fused.FusedBackend, "conv_up", counted(fused.FusedBackend.conv_up))
     torch.manual_seed(11)
     f = ops.setup_filter([1, 3, 3, 1]).double()
