@@ -1,23 +1,24 @@
-"""Per layer: the generator's upsampling convolutions, reference order vs convolution first (conv_up).
+"""The resampling work of our training step, variant against variant, in one process.
 
-For each configuration, the shapes of every upsampling modulated convolution of the generator's
-synthesis network are recorded from one forward pass, and each ``modulated_conv2d`` call is timed in
-the fused ``cpu`` backend three ways, interleaved round by round, median of the rounds, in process
-CPU time:
+Variants of the fused ``cpu`` backend (switched through the thresholds of ``stylegan2_ops.fused``):
 
-* ``ref order``: FIR upsampling, then the convolution at the high resolution (activation-scaled or
-  grouped, as ``stylegan2_ops.fused.modulate_activations`` picks);
-* ``conv_up``: always the sub-pixel convolution at the low resolution (activation-scaled, shared
-  weight), pixel_shuffle, FIR, border strips;
-* ``rule``: what the backend does by default (``fused.up_at_low_resolution``).
+* ``2D FIR``: the state before: every FIR through the one-pass 2D kernel, upsampling convolutions in
+  the reference order (FIR upsampling, then the convolution at the high resolution);
+* ``ref order``: separable FIR (two 1D passes), upsampling convolutions still in the reference order;
+* ``conv_up``: separable FIR, every upsampling convolution at the low resolution (sub-pixel
+  convolution, pixel_shuffle, FIR, border strips; activation-scaled shared weight);
+* ``rule``: the defaults (separable FIR; conv_up where ``fused.up_at_low_resolution`` takes it).
 
-Two workloads per layer: forward + backward (G main) and forward + backward + double backward
-(path length). ``--steps`` adds our whole amortised training step (benchmarks/vs_official.py's
-timing: G main + D main + path length / 4 + R1 / 16) with the rule against ref order everywhere;
-``--render`` the generation path (``render_one`` with feature taps, batch 1, forward only) both ways.
-Prints tables and writes its section of RESULTS.md and results/resample_layers.json.
+Per layer: the shapes of every upsampling modulated convolution of the generator are recorded from
+one forward pass, and each ``modulated_conv2d`` call is timed as ``ref order``, ``conv_up`` and
+``rule`` (forward + backward, as in G main; + double backward, as in path length). ``--steps`` times
+our whole amortised training step (benchmarks/vs_official.py's timing: G main + D main + path
+length / 4 + R1 / 16) as ``2D FIR``, ``ref order`` and ``rule``; ``--render`` the generation path
+(``render_one`` with feature taps, batch 1, forward only) the same three ways. All interleaved
+round by round, median of the rounds, process CPU time. Prints tables and writes its section of
+RESULTS.md and results/resample_layers.json.
 
-    PYTHONPATH=$PWD python benchmarks/resample_layers.py --threads 1 --rounds 7
+    PYTHONPATH=$PWD python benchmarks/resample_layers.py --threads 1 --rounds 5 --steps 3 --render 16
 """
 
 from __future__ import annotations
@@ -40,21 +41,34 @@ from datasetgan.presets import make_config
 from datasetgan.render import render_one
 from stylegan2_ops import fused
 
-SECTION = "## Upsampling convolutions per layer: reference order vs conv_up"
+SECTION = "## Resampling in the training step: separable FIR and conv_up"
 CONFIGS = {
     "cpu-tiny": dict(preset="cpu-tiny"),
     "cpu-small": dict(preset="cpu-small"),
     "wide64": dict(preset="cpu-small", channel_base=4096, channel_max=256, z_dim=512, w_dim=512, batch=8),
     "paper64": dict(preset="cpu-small", channel_base=16384, channel_max=512, z_dim=512, w_dim=512, batch=4),
 }
-THRESHOLDS = ("MIN_UP_SIDE", "MIN_UP_CHANNELS", "MIN_UP_PIXELS")  # of stylegan2_ops.fused, per path:
-PATHS = {"ref order": (10**9,) * 3, "conv_up": (1,) * 3, "rule": tuple(getattr(fused, t) for t in THRESHOLDS)}
+SWITCHES = ("SEPARABLE_FIR", "MIN_UP_SIDE", "MIN_UP_CHANNELS", "MIN_UP_PIXELS")
+DEFAULTS = {name: getattr(fused, name) for name in SWITCHES}
+NEVER = dict(MIN_UP_SIDE=10**9, MIN_UP_CHANNELS=10**9, MIN_UP_PIXELS=10**9)
+VARIANTS = {
+    "2D FIR": dict(NEVER, SEPARABLE_FIR=False),
+    "ref order": NEVER,
+    "conv_up": dict(MIN_UP_SIDE=1, MIN_UP_CHANNELS=1, MIN_UP_PIXELS=1),
+    "rule": {},
+}
+STEP_VARIANTS = ("2D FIR", "ref order", "rule")
 
 
-def use(path: str) -> None:
-    """Make the fused backend take ``path`` for upsampling convolutions."""
-    for name, value in zip(THRESHOLDS, PATHS[path]):
+def use(variant: str) -> None:
+    """Switch the fused backend to ``variant``."""
+    for name, value in dict(DEFAULTS, **VARIANTS[variant]).items():
         setattr(fused, name, value)
+
+
+def config(name: str, **overrides):
+    values = dict(CONFIGS[name], **overrides)
+    return make_config(values.pop("preset"), **values)
 
 
 def up_layers(cfg) -> list[dict]:
@@ -69,7 +83,7 @@ def up_layers(cfg) -> list[dict]:
     return shapes
 
 
-def workload(layer: dict, double: bool):
+def layer_workload(layer: dict, double: bool):
     torch.manual_seed(0)
     x = torch.randn(layer["x"], requires_grad=True)
     w = torch.randn(layer["w"], requires_grad=True)
@@ -85,15 +99,35 @@ def workload(layer: dict, double: bool):
     return run
 
 
-class Switched(Ours):
-    """Our trainer, stepping with the conv_up thresholds of one path."""
+def cpu_seconds(fn, inner: int = 1) -> float:
+    start = time.process_time()
+    for _ in range(inner):
+        fn()
+    return (time.process_time() - start) / inner
 
-    def __init__(self, cfg, images, path):
+
+def interleaved(run, variants, rounds: int, inner: int = 1) -> dict[str, float]:
+    """Median process CPU seconds of run() per variant; round 0 warms up."""
+    times = {v: [] for v in variants}
+    for r in range(rounds + 1):
+        for v in list(variants) if r % 2 else list(variants)[::-1]:
+            use(v)
+            t = cpu_seconds(run, inner)
+            if r:
+                times[v].append(t)
+    use("rule")
+    return {v: statistics.median(t) for v, t in times.items()}
+
+
+class Switched(Ours):
+    """Our trainer, stepping as one variant."""
+
+    def __init__(self, cfg, images, variant):
         super().__init__(cfg, images)
-        self.name, self.path = path, path
+        self.name = variant
 
     def step(self, step_count: int) -> None:
-        use(self.path)
+        use(self.name)
         try:
             super().step(step_count)
         finally:
@@ -101,106 +135,42 @@ class Switched(Ours):
 
 
 def whole_steps(name: str, rounds: int) -> dict:
-    """img/s (wall and CPU) of our amortised step, ref order vs the rule, interleaved."""
-    overrides = dict(CONFIGS[name], aug="fixed", aug_p=0.2)
-    cfg = make_config(overrides.pop("preset"), **overrides)
+    """img/s (wall and CPU) of our amortised training step per variant, interleaved."""
+    cfg = config(name, aug="fixed", aug_p=0.2)
     images = np.random.default_rng(0).integers(0, 256, (64, cfg.img_channels, cfg.resolution, cfg.resolution))
-    res = compare_steps([Switched(cfg, images.astype(np.uint8), p) for p in ("ref order", "rule")], cfg, rounds)
-    return {path: {k: res[path][k] for k in ("img_s_wall", "img_s_cpu")} for path in res}
+    impls = [Switched(cfg, images.astype(np.uint8), v) for v in STEP_VARIANTS]
+    res = compare_steps(impls, cfg, rounds)
+    return {v: {k: res[v][k] for k in ("img_s_wall", "img_s_cpu")} for v in res}
 
 
 def render_seconds(name: str, seeds: int, rounds: int) -> dict:
-    """Process CPU seconds to render ``seeds`` seeds with their feature taps, per path, interleaved."""
-    overrides = dict(CONFIGS[name])
-    G = Generator(make_config(overrides.pop("preset"), **overrides).generator_config()).eval()
+    """Process CPU seconds to render ``seeds`` seeds with their feature taps, per variant."""
+    G = Generator(config(name).generator_config()).eval()
 
     def run():
         with torch.no_grad():
             for seed in range(seeds):
                 render_one(G, seed, with_taps=True)
 
-    times = {path: [] for path in ("ref order", "rule")}
-    for r in range(rounds + 1):  # round 0 warms up
-        for path in list(times) if r % 2 else list(times)[::-1]:
-            use(path)
-            t = cpu_seconds(run, 1)
-            if r:
-                times[path].append(t)
-    use("rule")
-    return {path: statistics.median(v) for path, v in times.items()}
+    return interleaved(run, STEP_VARIANTS, rounds)
 
 
-def cpu_seconds(fn, inner: int) -> float:
-    start = time.process_time()
-    for _ in range(inner):
-        fn()
-    return (time.process_time() - start) / inner
-
-
-def compare(layer: dict, double: bool, rounds: int) -> dict[str, float]:
-    run = workload(layer, double)
-    times = {name: [] for name in PATHS}
-    for r in range(rounds + 1):  # round 0 warms up
-        for name in list(PATHS) if r % 2 else list(PATHS)[::-1]:
-            use(name)
-            t = cpu_seconds(run, 3)
-            if r:
-                times[name].append(t)
-    use("rule")
-    return {name: statistics.median(v) for name, v in times.items()}
-
-
-def main():
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--rounds", type=int, default=7)
-    ap.add_argument("--steps", type=int, default=0, help="rounds of whole training steps (0: none)")
-    ap.add_argument("--render", type=int, default=0, help="seeds rendered per round (0: no render timing)")
-    ap.add_argument("--no-write", action="store_true")
-    args = ap.parse_args()
-    torch.set_num_threads(args.threads)
-    ops.conv2d_resample(
-        torch.zeros(1, 1, 4, 4), torch.zeros(1, 1, 3, 3), f=ops.setup_filter([1, 3, 3, 1]), up=2, padding=1
-    )
-    load0 = os.getloadavg()[0]
-    rows = []
-    for name in args.configs:
-        overrides = dict(CONFIGS[name])
-        cfg = make_config(overrides.pop("preset"), **overrides)
-        for layer in up_layers(cfg):
-            row = dict(config=name, x=list(layer["x"]), w=list(layer["w"]))
-            for label, double in (("fwd_bwd", False), ("fwd_bwd_2bwd", True)):
-                for path, t in compare(layer, double, args.rounds).items():
-                    row[f"{label}_{path.replace(' ', '_')}_ms"] = 1e3 * t
-            rows.append(row)
-            print(row, flush=True)
-    steps = {name: whole_steps(name, args.steps) for name in args.configs} if args.steps else {}
-    for name, res in steps.items():
-        print(name, res, flush=True)
-    render = {name: render_seconds(name, args.render, args.rounds) for name in args.configs} if args.render else {}
-    for name, res in render.items():
-        print(name, res, flush=True)
-    load1 = os.getloadavg()[0]
+def report(args, rows, steps, render, load, now) -> str:
     command = "PYTHONPATH=$PWD python benchmarks/resample_layers.py " + " ".join(
-        [
-            f"--threads {args.threads}",
-            f"--rounds {args.rounds}",
-            f"--steps {args.steps}",
-            f"--render {args.render}",
-            "--configs",
-            *args.configs,
-        ]
+        [f"--threads {args.threads}", f"--rounds {args.rounds}", f"--steps {args.steps}", f"--render {args.render}"]
+        + ["--configs", *args.configs]
     )
-    now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     lines = [
         SECTION,
         "",
-        f"Command: `{command}` ({now}; torch {torch.__version__}, {args.threads} thread(s), 2-core machine, "
-        f"load average {load0:.1f} → {load1:.1f}). Process CPU ms per modulated_conv2d call (up=2, 3x3), "
-        f"median of {args.rounds} interleaved rounds of 3 calls; speed-up = ref order / path (> 1: faster). "
-        f"Rule: conv_up from {fused.MIN_UP_SIDE} px, {fused.MIN_UP_CHANNELS} input channels and "
-        f"{fused.MIN_UP_PIXELS} pixels per batch (N * H * W).",
+        f"Command: `{command}` ({now}; torch {torch.__version__}, {args.threads} thread(s), 2-core machine "
+        f"shared with other jobs, load average {load[0]:.1f} → {load[1]:.1f}). Process CPU time, interleaved, "
+        f"median of {args.rounds} rounds. Variants: 2D FIR = before (one-pass 2D FIR kernel, upsampling "
+        "convolutions in the reference order); ref order = separable FIR only; conv_up = separable FIR and every "
+        f"upsampling convolution at the low resolution; rule = the defaults (conv_up from {fused.MIN_UP_SIDE} px, "
+        f"{fused.MIN_UP_CHANNELS} input channels and {fused.MIN_UP_PIXELS} pixels per batch).",
+        "",
+        "Per layer (modulated_conv2d, up=2, 3x3; ms per call of ref order, speed-up of the others):",
         "",
         "| config | x | w | fwd+bwd ref order ms | conv_up | rule | + double bwd ref order ms | conv_up | rule |",
         "|---|---|---|---|---|---|---|---|---|",
@@ -208,47 +178,77 @@ def main():
     for r in rows:
         cells = [r["config"], "x".join(map(str, r["x"])), "x".join(map(str, r["w"]))]
         for label in ("fwd_bwd", "fwd_bwd_2bwd"):
-            base = r[f"{label}_ref_order_ms"]
-            cells += [f"{base:.1f}"] + [f"{base / r[f'{label}_{p}_ms']:.2f}x" for p in ("conv_up", "rule")]
+            base = r[label]["ref order"]
+            cells += [f"{1e3 * base:.1f}"] + [f"{base / r[label][v]:.2f}x" for v in ("conv_up", "rule")]
         lines.append("| " + " | ".join(cells) + " |")
     if steps:
         lines += [
             "",
-            f"Our whole amortised training step, ref order everywhere vs the rule (img/s, median of {args.steps} "
-            "interleaved rounds, vs_official.py's timing):",
+            f"Our whole amortised training step (img/s from CPU time; median of {args.steps} interleaved rounds):",
             "",
-            "| config | ref order img/s CPU | rule img/s CPU | speed-up CPU | speed-up wall |",
-            "|---|---|---|---|---|",
+            "| config | 2D FIR (before) | ref order (separable FIR) | rule (+ conv_up) | after / before CPU "
+            "| after / before wall |",
+            "|---|---|---|---|---|---|",
         ]
         for name, res in steps.items():
-            a, b = res["ref order"], res["rule"]
+            a, b, c = (res[v] for v in STEP_VARIANTS)
             lines.append(
-                f"| {name} | {a['img_s_cpu']:.2f} | {b['img_s_cpu']:.2f} | {b['img_s_cpu'] / a['img_s_cpu']:.3f}x "
-                f"| {b['img_s_wall'] / a['img_s_wall']:.3f}x |"
+                f"| {name} | {a['img_s_cpu']:.2f} | {b['img_s_cpu']:.2f} | {c['img_s_cpu']:.2f} "
+                f"| **{c['img_s_cpu'] / a['img_s_cpu']:.3f}x** | {c['img_s_wall'] / a['img_s_wall']:.3f}x |"
             )
     if render:
         lines += [
             "",
-            f"Generation path: {args.render} seeds rendered with their feature taps (render_one, batch 1), process "
-            f"CPU s, median of {args.rounds} interleaved rounds:",
+            f"Generation path: {args.render} seeds rendered with their feature taps (render_one, batch 1), CPU s:",
             "",
-            "| config | ref order s | rule s | speed-up |",
-            "|---|---|---|---|",
+            "| config | 2D FIR (before) | ref order (separable FIR) | rule (+ conv_up) | after / before speed |",
+            "|---|---|---|---|---|",
         ]
-        lines += [
-            f"| {name} | {t['ref order']:.3f} | {t['rule']:.3f} | {t['ref order'] / t['rule']:.3f}x |"
-            for name, t in render.items()
-        ]
-    text = "\n".join(lines) + "\n"
+        for name, t in render.items():
+            a, b, c = (t[v] for v in STEP_VARIANTS)
+            lines.append(f"| {name} | {a:.3f} | {b:.3f} | {c:.3f} | **{a / c:.3f}x** |")
+    return "\n".join(lines) + "\n", command
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
+    ap.add_argument("--step-configs", nargs="+", default=["cpu-tiny", "cpu-small", "wide64"], choices=list(CONFIGS))
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--steps", type=int, default=0, help="rounds of whole training steps (0: none)")
+    ap.add_argument("--render", type=int, default=0, help="seeds rendered per round (0: no render timing)")
+    ap.add_argument("--skip-layers", action="store_true")
+    ap.add_argument("--no-write", action="store_true")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    load0 = os.getloadavg()[0]
+    rows = []
+    for name in [] if args.skip_layers else args.configs:
+        for layer in up_layers(config(name)):
+            row = dict(config=name, x=list(layer["x"]), w=list(layer["w"]))
+            for label, double in (("fwd_bwd", False), ("fwd_bwd_2bwd", True)):
+                row[label] = interleaved(
+                    layer_workload(layer, double), ("ref order", "conv_up", "rule"), args.rounds, 3
+                )
+            rows.append(row)
+            print(row, flush=True)
+    steps = {}
+    for name in args.step_configs if args.steps else []:
+        steps[name] = whole_steps(name, args.steps)
+        print(name, steps[name], flush=True)
+    render = {}
+    for name in args.configs if args.render else []:
+        render[name] = render_seconds(name, args.render, args.rounds)
+        print(name, render[name], flush=True)
+    now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    load = (load0, os.getloadavg()[0])
+    text, command = report(args, rows, steps, render, load, now)
     print(text)
     if not args.no_write:
         write_section(text)
-        write_json(
-            "resample_layers",
-            dict(
-                command=command, date=now, threads=args.threads, load_average=[load0, load1], layers=rows, steps=steps
-            ),
-        )
+        doc = dict(command=command, date=now, threads=args.threads, load_average=list(load))
+        write_json("resample_layers", dict(doc, layers_cpu_s=rows, steps=steps, render_cpu_s=render))
 
 
 if __name__ == "__main__":
