@@ -161,10 +161,10 @@ def up_at_low_resolution(w, x, padding, groups=1) -> bool:
     odd kernels with 'same' padding, one group of at least MIN_UP_CHANNELS input channels, images of
     at least MIN_UP_SIDE pixels and batches of at least MIN_UP_PIXELS pixels (N * H * W); below, the
     FIR at the output's channels, the border strips and the rearranged weight cost more than the
-    convolution saves. Measured on the project's CPU (forward + backward, and double backward,
-    benchmarks/resample_layers.py): 1.1-1.2x with 128-256 channels at 16-32 px (batch 8), 1.45x
-    with 512 channels at 32 px (batch 4); 0.3-0.7x at 4-8 px; 0.94x with 512 channels at 16 px,
-    batch 4; 0.92x rendering one image at a time."""
+    convolution saves. Measured on the project's CPU (forward + backward, and double backward, against
+    the reference order with the separable FIR; benchmarks/resample_layers.py): 1.4x with 512 channels
+    at 32 px (batch 4), 1.0-1.1x with 128 channels at 32 px (batch 8); 0.9-1.0x at 16 px, 0.3-0.7x
+    at 4-8 px; 0.92x rendering one image at a time (512 channels at 32 px, batch 1)."""
     kh, kw = w.shape[2:]
     return (
         kh == kw
@@ -178,7 +178,7 @@ def up_at_low_resolution(w, x, padding, groups=1) -> bool:
 
 
 SEPARABLE_FIR = True  # 1D filters as two 1D passes (False: through the 2D kernel, for comparison)
-MIN_UP_SIDE = 16
+MIN_UP_SIDE = 32
 MIN_UP_CHANNELS = 128
 MIN_UP_PIXELS = 2048
 
