@@ -16,9 +16,10 @@ and downsampled 2x with the same filter, so that rotation and scaling do not ali
 the content is mirrored (symmetric reflection about the border), which avoids the black corners a
 discriminator would use to tell augmented images apart.
 
-Colour operations act on values in [-1, 1]: brightness adds b, contrast scales around the image's own
-mean, luma flip reflects the colour along the luma axis, hue rotates around it and saturation scales
-the distance from it. With one channel the luma axis is the only axis: luma flip becomes intensity
+Colour operations act on values in [-1, 1], as the paper's 4x4 colour matrix does: brightness adds b,
+contrast multiplies every value by c (around 0, the middle of the range, not the image's own mean),
+luma flip reflects the colour along the luma axis, hue rotates around it and saturation scales the
+distance from it. With one channel the luma axis is the only axis: luma flip becomes intensity
 inversion (x -> -x) and hue and saturation have nothing to act on, so grayscale images get brightness,
 contrast and luma flip only.
 
@@ -302,8 +303,7 @@ class AugmentPipe:
         b = prm["brightness"]
         x = where(b != 0, x + per_image(b), x)
         k = prm["contrast"]
-        mean = x.mean(dim=(1, 2, 3), keepdim=True)
-        x = where(k != 1, mean + (x - mean) * per_image(k), x)
+        x = where(k != 1, x * per_image(k), x)
         flip = prm["lumaflip"] != 0
         if c == 1:
             return where(flip, -x, x)

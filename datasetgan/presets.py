@@ -44,6 +44,8 @@ class TrainConfig:
     mapping_layers: int = 8
     channel_base: int = 16384
     channel_max: int = 512
+    d_channel_base: int | None = None  # the discriminator's channel base/max; None: the generator's
+    d_channel_max: int | None = None
     mbstd_group: int = 4
     # optimisation (Adam as in StyleGAN2: lr 0.0025, betas (0, 0.99), eps 1e-8)
     batch: int = 32
@@ -81,6 +83,14 @@ class TrainConfig:
             raise ConfigError(f"aug_p must be in [0, 1], got {self.aug_p}")
         if self.batch < 1:
             raise ConfigError(f"batch must be positive, got {self.batch}")
+        for name, option in (("d_channel_base", "--d-cbase"), ("d_channel_max", "--d-cmax")):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ConfigError(f"{option} ({name}) must be positive, got {getattr(self, name)}")
+        for name, option in (("g_lr", "--glr"), ("d_lr", "--dlr")):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"{option} ({name}) must be positive, got {getattr(self, name)}")
+        if not self.pl_weight >= 0:
+            raise ConfigError(f"--pl-weight (pl_weight) must be 0 (off) or positive, got {self.pl_weight}")
 
     def generator_config(self) -> GeneratorConfig:
         return GeneratorConfig(
@@ -97,8 +107,8 @@ class TrainConfig:
         return DiscriminatorConfig(
             resolution=self.resolution,
             img_channels=self.img_channels,
-            channel_base=self.channel_base,
-            channel_max=self.channel_max,
+            channel_base=self.d_channel_base or self.channel_base,
+            channel_max=self.d_channel_max or self.channel_max,
             mbstd_group=self.mbstd_group,
         )
 

@@ -29,7 +29,8 @@ Snapshot layout in RUN/training/:
     config.json                          the TrainConfig (also stored in every snapshot)
     snapshot-<images seen>.safetensors   G, G_ema, D, optimiser states, RNG states (+ .json sidecar)
     latest.json                          which snapshot is the newest (written last, atomically)
-    log.jsonl                            one JSON line per tick: kimg, losses, p, r_t, FID, images/s, time
+    log.jsonl                            one JSON line per tick: kimg, losses, p, r_t, FID, images/s, wall and
+                                         CPU seconds of training (without FID and snapshots), FID's CPU seconds
     grid-<images seen>.png, reals.png    fixed-seed samples of G_ema; a grid of training images
     curves.png                           losses, p and r_t, FID against thousands of images
 """
@@ -198,6 +199,7 @@ class Trainer:
         self.step_count = 0
         self.nimg = 0
         self.train_seconds = 0.0  # time spent training, summed over resumes
+        self.train_cpu_seconds = 0.0  # CPU time of this process spent training (no FID, snapshots), summed
         self.stats = StepStats()
 
     # -- helpers ----------------------------------------------------------------------------------
@@ -380,6 +382,7 @@ class Trainer:
                 "step": self.step_count,
                 "nimg": self.nimg,
                 "train_seconds": self.train_seconds,
+                "train_cpu_seconds": self.train_cpu_seconds,
                 "ada": self.ada.state(),
                 "shares": self.num_shares,
             },
@@ -403,6 +406,7 @@ class Trainer:
         state = meta["state"]
         self.step_count, self.nimg = int(state["step"]), int(state["nimg"])
         self.train_seconds = float(state["train_seconds"])
+        self.train_cpu_seconds = float(state.get("train_cpu_seconds", 0.0))  # 0: a snapshot older than the field
         self.ada.load_state(state["ada"])
 
 
@@ -545,10 +549,11 @@ def train(trainer: Trainer, run_dir, opts: LoopOptions, reals_grid: np.ndarray |
     tick_start, tick_nimg = time.perf_counter(), trainer.nimg
     try:
         while trainer.nimg < total:
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             before = trainer.nimg
             trainer.train_step()
             trainer.train_seconds += time.perf_counter() - t0
+            trainer.train_cpu_seconds += time.process_time() - c0
             bar.update(trainer.nimg - before)
             means = trainer.stats.means()
             bar.set_postfix(
@@ -561,9 +566,13 @@ def train(trainer: Trainer, run_dir, opts: LoopOptions, reals_grid: np.ndarray |
                 now = time.perf_counter()
                 speed = (trainer.nimg - tick_nimg) / max(now - tick_start, 1e-9)
                 stats = trainer.all_stats()  # every rank's losses
-                fid = opts.fid(trainer.G_ema) if (crossed_snap and opts.fid is not None and main) else None
+                fid, fid_cpu = None, None
+                if crossed_snap and opts.fid is not None and main:
+                    c0 = time.process_time()
+                    fid = opts.fid(trainer.G_ema)
+                    fid_cpu = time.process_time() - c0
                 if main:
-                    append_log(log_path, log_row(trainer, stats, speed, fid))
+                    append_log(log_path, log_row(trainer, stats, speed, fid, fid_cpu))
                 trainer.stats = StepStats()
                 if crossed_snap:
                     write_outputs(fid)
@@ -574,7 +583,9 @@ def train(trainer: Trainer, run_dir, opts: LoopOptions, reals_grid: np.ndarray |
         bar.close()
 
 
-def log_row(trainer: Trainer, stats: StepStats, speed: float, fid: float | None) -> dict:
+def log_row(trainer: Trainer, stats: StepStats, speed: float, fid: float | None, fid_cpu: float | None = None) -> dict:
+    """One line of log.jsonl. ``train_seconds``/``train_cpu_seconds``: wall and CPU time of the training
+    steps so far (over resumes), excluding FID, snapshots and grids; ``fid_cpu_seconds``: this FID's."""
     return {
         "kimg": trainer.nimg / 1000,
         "nimg": trainer.nimg,
@@ -585,5 +596,7 @@ def log_row(trainer: Trainer, stats: StepStats, speed: float, fid: float | None)
         "fid": fid,
         "images_per_s": round(speed, 3),
         "train_seconds": round(trainer.train_seconds, 1),
+        "train_cpu_seconds": round(trainer.train_cpu_seconds, 1),
+        **({"fid_cpu_seconds": round(fid_cpu, 1)} if fid_cpu is not None else {}),
         "time": time.time(),
     }

@@ -126,13 +126,26 @@ def test_brightness_adds():
 
 
 @pytest.mark.parametrize("c", [1, 3])
-def test_contrast_scales_around_the_mean(c):
-    x = images(c=c)
+def test_contrast_multiplies_values_around_zero(c):
+    """The ADA paper scales all colour values by c (values in [-1, 1]), not around the image's mean:
+    a dark image (mean below 0) gets darker with c > 1."""
+    x = images(c=c) * 0.3 - 0.5
     pipe, prm = with_param(4, contrast=1.7)
+    assert torch.allclose(pipe.apply(x, prm), 1.7 * x, atol=1e-6)
+
+
+@pytest.mark.parametrize("c", [1, 3])
+def test_colour_ops_apply_in_the_papers_order(c):
+    """brightness, then contrast, then luma flip: y = -(c * (x + b))."""
+    x = images(c=c) * 0.3
+    pipe, prm = with_param(4, brightness=0.2, contrast=1.5, lumaflip=1.0)
     y = pipe.apply(x, prm)
-    mean = x.mean(dim=(1, 2, 3), keepdim=True)
-    assert torch.allclose(y, mean + 1.7 * (x - mean), atol=1e-6)
-    assert torch.allclose(y.mean(dim=(1, 2, 3)), x.mean(dim=(1, 2, 3)), atol=1e-6)
+    if c == 1:
+        expected = -(1.5 * (x + 0.2))
+    else:  # luma flip negates the luma (channel mean) and keeps the chroma
+        z = 1.5 * (x + 0.2)
+        expected = z - 2 * z.mean(dim=1, keepdim=True)
+    assert torch.allclose(y, expected, atol=1e-5)
 
 
 def test_lumaflip_inverts_grayscale():
@@ -188,6 +201,31 @@ def test_probability_of_each_op_is_p():
     # Two rotations with 1 - sqrt(1 - p) each: at least one rotation with probability p.
     rotated = (prm["rotate_pre"] != 0) | (prm["rotate_post"] != 0)
     assert abs(rotated.float().mean().item() - 0.3) < 0.02
+
+
+def test_parameter_distributions_match_the_paper():
+    """ADA paper, appendix B: log2 of scale/aniso ~ N(0, 0.2^2), of contrast ~ N(0, 0.5^2), of saturation
+    ~ N(0, 1); brightness ~ N(0, 0.2^2); fractional shift ~ N(0, 0.125^2); integer shift ~ U(-0.125, 0.125);
+    rotations ~ U(-pi, pi); x-flip ~ U{0, 1}, quarter turns ~ U{0..3}."""
+    prm = AugmentPipe("bgc").sample_params(40000, 1.0, torch.Generator().manual_seed(0))
+
+    def std(v):
+        return v.std().item()
+
+    for name, expected in [("scale", 0.2), ("aniso", 0.2), ("contrast", 0.5), ("saturation", 1.0)]:
+        assert std(torch.log2(prm[name])) == pytest.approx(expected, rel=0.03), name
+        assert abs(torch.log2(prm[name]).mean().item()) < 0.02, name
+    for name, expected in [("brightness", 0.2), ("xfrac_x", 0.125), ("xfrac_y", 0.125)]:
+        assert std(prm[name]) == pytest.approx(expected, rel=0.03), name
+    for name, bound in [("xint_x", 0.125), ("xint_y", 0.125), ("hue", math.pi)]:
+        assert prm[name].abs().max().item() <= bound and std(prm[name]) == pytest.approx(bound / math.sqrt(3), rel=0.03)
+    rot = prm["rotate_pre"][prm["rotate_pre"] != 0]  # drawn with 1 - sqrt(1 - p) = 1 at p = 1
+    assert len(rot) == 40000 and std(rot) == pytest.approx(math.pi / math.sqrt(3), rel=0.03)
+    assert set(prm["xflip"].unique().tolist()) == {0.0, 1.0} and prm["xflip"].mean().item() == pytest.approx(
+        0.5, abs=0.02
+    )
+    assert set(prm["rotate90"].unique().tolist()) == {0.0, 1.0, 2.0, 3.0}
+    assert set(prm["lumaflip"].unique().tolist()) == {0.0, 1.0}
 
 
 @pytest.mark.parametrize("c", [1, 3])

@@ -229,3 +229,93 @@ def test_training_step_with_fused_ops_matches_reference(monkeypatch):
     assert sum(bool(g.abs().sum() > 0) for g in ref_grads) > 10
     for got, expected in zip(cpu_grads, ref_grads):
         torch.testing.assert_close(got, expected, rtol=1e-3, atol=1e-4)
+
+
+def test_every_image_d_sees_is_augmented_and_r_t_counts_augmented_reals():
+    """ADA: D sees A(x) in G's loss (fakes), D's loss (fakes and reals) and R1; r_t's signs are those of
+    D on augmented reals. The pipeline is replaced by a marker (a constant image) to see which ran."""
+    cfg = make_config("cpu-tiny", channel_base=128, channel_max=16, mapping_layers=1, batch=4, aug="fixed", aug_p=0.5)
+    tr = Trainer(cfg, np.random.default_rng(0).integers(0, 256, (8, 1, 32, 32), dtype=np.uint8))
+    tr.augment = lambda x, p, generator: torch.full_like(x, 0.25) + 0 * x  # keeps the graph for R1
+    seen, outputs = [], []
+
+    def record(module, args, out):
+        seen.append(args[0].detach())
+        outputs.append(out.detach())
+
+    tr.D.register_forward_hook(record)
+    tr.step_count = 0  # R1 is due
+    tr.train_step()
+    assert len(seen) == 4  # G main, D main on fakes, D main on reals, R1
+    assert all(torch.equal(x, torch.full_like(x, 0.25)) for x in seen)
+    assert tr.ada.sign_sum == float(torch.sign(outputs[2]).sum()) and tr.ada.count == cfg.batch
+
+
+def test_fixed_p0_trains_bit_identically_to_no_augmentation(acdc, tmp_path, monkeypatch):
+    """The pipeline switched on at p = 0 changes nothing: `--aug fixed --p 0` gives the same weights,
+    optimiser and random states as `--aug none` (while p = 0.2 does change them)."""
+    monkeypatch.setenv("DATASETGAN_CACHE", str(tmp_path / "cache"))
+    runs = {}
+    for name, aug in (
+        ("none", ["--aug", "none"]),
+        ("p0", ["--aug", "fixed", "--p", "0"]),
+        ("p02", ["--aug", "fixed", "--p", "0.2"]),
+    ):
+        out = tmp_path / name
+        run_cli(["train", acdc, "--out", str(out), "--kimg", "0.064", "--snap", "0.064", *tiny_train_args(32), *aug])
+        runs[name] = snapshot_state(out)[0]
+    assert runs["none"].keys() == runs["p0"].keys()
+    for key in runs["none"]:
+        assert torch.equal(runs["none"][key], runs["p0"][key]), key
+    assert not torch.equal(
+        runs["none"]["G.synthesis.blocks.3.torgb.bias"], runs["p02"]["G.synthesis.blocks.3.torgb.bias"]
+    )
+
+
+def test_d_capacity_learning_rates_and_path_length_weight_are_kept_on_resume(acdc, tmp_path, monkeypatch):
+    monkeypatch.setenv("DATASETGAN_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "run"
+    opts = "--d-cbase 512 --d-cmax 64 --glr 0.002 --dlr 0.003 --pl-weight 0".split()
+    run_cli(["train", acdc, "--out", str(out), "--kimg", "0.032", "--snap", "0.032", *tiny_train_args(32), *opts])
+    run_cli(["train", acdc, "--out", str(out), "--kimg", "0.064", "--snap", "0.032", "--resume", *tiny_train_args(32)])
+    tensors, meta = load_tensors(latest_snapshot(out / "training"))
+    cfg = meta["config"]
+    assert meta["state"]["nimg"] == 64
+    assert (cfg["d_channel_base"], cfg["d_channel_max"], cfg["g_lr"], cfg["d_lr"], cfg["pl_weight"]) == (
+        512,
+        64,
+        0.002,
+        0.003,
+        0.0,
+    )
+    assert json.loads((out / "training" / "config.json").read_text())["d_channel_base"] == 512
+    # D is twice as wide as G (min(512 / 32, 64) = 16 channels at 32x32 against G's min(256 / 32, 32) = 8).
+    assert (
+        tensors["D.blocks.0.fromrgb.weight"].shape[0] == 16
+        and tensors["G.synthesis.blocks.3.torgb.affine.bias"].shape[0] == 8
+    )
+    lr_d = meta["opt_D"]["param_groups"][0]["lr"]
+    lr_g = meta["opt_G"]["param_groups"][0]["lr"]
+    assert lr_d == pytest.approx(0.003 * 16 / 17) and lr_g == pytest.approx(0.002 * 8 / 9)
+    rows = [json.loads(line) for line in (out / "training" / "log.jsonl").read_text().splitlines()]
+    assert not any("pl_penalty" in r for r in rows)  # path length off
+    cpu = [r["train_cpu_seconds"] for r in rows]
+    assert cpu[0] == 0 and cpu[-1] > cpu[len(cpu) // 2] > 0 and cpu == sorted(cpu)  # counted over the resume
+
+
+@pytest.mark.parametrize(
+    "option, message",
+    [
+        ("--glr 0", "--glr (g_lr) must be positive"),
+        ("--dlr -1", "--dlr (d_lr) must be positive"),
+        ("--d-cbase 0", "--d-cbase (d_channel_base) must be positive"),
+        ("--d-cmax -4", "--d-cmax (d_channel_max) must be positive"),
+        ("--pl-weight -1", "--pl-weight (pl_weight) must be 0 (off) or positive"),
+    ],
+)
+def test_bad_capacity_rate_or_weight_is_a_one_line_error(tmp_path, option, message):
+    res = CliRunner().invoke(
+        main, ["train", str(tmp_path), "--out", str(tmp_path / "run"), "--dry-run", *option.split()]
+    )
+    assert res.exit_code != 0 and message in res.output and "Traceback" not in res.output
+    assert len(res.output.strip().splitlines()) == 1

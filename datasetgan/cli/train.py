@@ -71,6 +71,28 @@ CONFIG, LOOP = defaults(TrainConfig), defaults(LoopOptions)
 @click.option("--cbase", "channel_base", type=int, default=None, help="Channel base (default from the preset).")
 @click.option("--cmax", "channel_max", type=int, default=None, help="Channel maximum (default from the preset).")
 @click.option(
+    "--d-cbase",
+    "d_channel_base",
+    type=int,
+    default=None,
+    help="The discriminator's channel base, independent of G's (default: --cbase).",
+)
+@click.option(
+    "--d-cmax",
+    "d_channel_max",
+    type=int,
+    default=None,
+    help="The discriminator's channel maximum, independent of G's (default: --cmax).",
+)
+@click.option("--glr", "g_lr", type=float, default=None, help=f"G's learning rate (default {CONFIG['g_lr']}).")
+@click.option("--dlr", "d_lr", type=float, default=None, help=f"D's learning rate (default {CONFIG['d_lr']}).")
+@click.option(
+    "--pl-weight",
+    type=float,
+    default=None,
+    help=f"Path-length regularisation weight, 0 = off (default from the preset, else {CONFIG['pl_weight']:g}).",
+)
+@click.option(
     "--map", "mapping_layers", type=int, default=None, help="Mapping network depth (default from the preset)."
 )
 @click.option(
@@ -82,7 +104,12 @@ CONFIG, LOOP = defaults(TrainConfig), defaults(LoopOptions)
     + ").",
 )
 @click.option("--resolution", type=int, default=None, help="Override the preset's resolution (power of two).")
-@click.option("--mirror/--no-mirror", default=None, help="Also train on x-flipped copies of the images.")
+@click.option(
+    "--mirror/--no-mirror",
+    default=None,
+    help="Also train on x-flipped copies of the images. Wrong where left and right matter (chest X-rays, "
+    "cardiac MRI in a fixed orientation): the generator then makes mirrored anatomy.",
+)
 @click.option("--seed", type=int, default=None, help=f"Random seed of the run (default {CONFIG['seed']}).")
 @click.option(
     "--fid",
@@ -137,6 +164,11 @@ def command(
     r1_gamma,
     channel_base,
     channel_max,
+    d_channel_base,
+    d_channel_max,
+    g_lr,
+    d_lr,
+    pl_weight,
     mapping_layers,
     ada_kimg,
     resolution,
@@ -174,6 +206,11 @@ def command(
         r1_gamma=r1_gamma,
         channel_base=channel_base,
         channel_max=channel_max,
+        d_channel_base=d_channel_base,
+        d_channel_max=d_channel_max,
+        g_lr=g_lr,
+        d_lr=d_lr,
+        pl_weight=pl_weight,
         mapping_layers=mapping_layers,
         ada_kimg=ada_kimg,
         resolution=resolution,
