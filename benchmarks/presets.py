@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import shlex
 import signal
@@ -264,6 +265,7 @@ def collect(root: Path) -> list[dict]:
                 "options": ARM_ARGS.get(info["arm"]),
                 "commits": commits,
                 "finished": images_seen(run) >= KIMG * 1000,
+                "train_cpu_seconds": rows[-1].get("train_cpu_seconds", 0) if rows else 0,
                 "snapshots": snaps,
             }
         )
@@ -280,9 +282,9 @@ def mean_std(values: list[float]) -> str:
 
 def fid_at_cpu(run: dict, budget: float) -> float | None:
     """FID of the run's newest snapshot within ``budget`` training CPU seconds; None if the run has not
-    got that far yet (an unfinished run whose last snapshot is below the budget)."""
+    got that far yet (an unfinished run whose newest log line is below the budget)."""
     within = [s for s in run["snapshots"] if s["train_cpu_seconds"] <= budget]
-    if not within or (not run["finished"] and run["snapshots"][-1]["train_cpu_seconds"] < budget):
+    if not within or (not run["finished"] and run["train_cpu_seconds"] < budget):
         return None
     return within[-1]["fid"]
 
@@ -313,16 +315,18 @@ def tables(runs: list[dict], dataset: str) -> tuple[str, dict]:
         n_fin = sum(r["finished"] for r in by_arm[arm])
         out.append(f"| {arm} | {len(by_arm[arm])} ({n_fin}) | " + " | ".join(cells) + f" | {p_end} | {rt_end} |")
 
-    # CPU budgets: the baseline's median training CPU time at its snapshots (or the first arm's).
+    # CPU budgets: the baseline's (or the first arm's) training CPU time at each snapshot, its slowest seed's,
+    # rounded up to 10 s, so that every baseline seed's snapshot counts at its budget.
     ref = (by_arm.get("none") or by_arm[arms[0]]) if arms else []
     budgets = []
     for k in kimgs:
         t = [s["train_cpu_seconds"] for r in ref for s in r["snapshots"] if abs(s["kimg"] - k) < 1e-6]
         if t:
-            budgets.append(round(statistics.median(t), -1))
+            budgets.append(math.ceil(max(t) / 10) * 10)
     out.append(f"\n### FID-{FID_N} at equal training CPU time ({dataset})\n")
     out.append(
-        "Budgets: the baseline's median training CPU seconds at its snapshots. Each run contributes the FID of "
+        "Budgets: the baseline's training CPU seconds at its snapshots (its slowest seed, rounded up to 10 s). "
+        "Each run contributes the FID of "
         "its newest snapshot within the budget (a run that has not reached the budget yet is left out).\n"
     )
     out.append("| arm | " + " | ".join(f"{b / 60:.1f} CPU min" for b in budgets) + " | CPU s per kimg |")

@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from results import write_json, write_section  # benchmarks/results.py, next to this script
 
-from datasetgan.bench.metrics import confusion_matrix, scores_from_confusion
+from datasetgan.bench.agreement import agreement, predict_masks
 from datasetgan.checkpoint import load_generator
 from datasetgan.data import load_image_folder
 from datasetgan.demo import bundled_run
@@ -85,9 +85,8 @@ def acdc_set(split: str, n: int, resolution: int) -> tuple[np.ndarray, np.ndarra
 
 
 def interpreter_miou(G, interp, projections, masks) -> float:
-    preds = [interp.predict(reconstruct(G, p, with_taps=True)[1]).mask[0].numpy() for p in projections]
-    cm = confusion_matrix(np.stack(preds), masks, len(interp.info.classes))
-    return scores_from_confusion(cm)["miou"]
+    """The interpreter's agreement with the real masks (datasetgan bench agreement's measure)."""
+    return agreement(predict_masks(G, interp, projections), masks, [c.name for c in interp.info.classes])["miou"]
 
 
 def train_on_projections(G, projections, masks, classes, seed: int = 0):

@@ -324,11 +324,20 @@ def read_real_folder(folder, classes: list[ClassInfo] | None, channels: int, res
 
 
 def import_real(
-    aset: AnnotationSet, G, folder, cfg=None, features=None, fit: str = "crop", progress: bool = False
+    aset: AnnotationSet,
+    G,
+    folder,
+    cfg=None,
+    features=None,
+    fit: str = "crop",
+    progress: bool = False,
+    projection_dir=None,
 ) -> list[str]:
     """Project the real images of ``folder`` into G and store each as a finished annotation (kind
     "real": real, projected) whose mask is its expert mask, with its reconstruction PSNR and SSIM.
 
+    ``projection_dir``: a folder written by ``datasetgan project`` (same generator, same ``fit``) whose
+    stored projections are taken instead of projecting again (``cfg`` then does not apply).
     Every file is checked before anything is projected or written; images already imported (by file
     name, with this generator) are skipped. Each item's files are written before its record, so an
     interrupted import never shows a half-written item. Returns the new item ids."""
@@ -343,11 +352,17 @@ def import_real(
     )
     done = {r.real_name for r in aset.records() if r.kind == "real" and r.generator_sha256 == G.sha256}
     todo = [i for i, name in enumerate(names) if name not in done]
+    stored = None
+    if projection_dir is not None and todo:
+        stored = stored_projections(projection_dir, G, [Path(names[i]).stem for i in todo], fit)
     if not existing:
         aset.set_classes(classes)
     if not todo:
         return []
-    projections = project(G, images[todo], cfg, features=features, progress=progress)
+    if stored is not None:
+        projections, config = stored
+    else:
+        projections, config = project(G, images[todo], cfg, features=features, progress=progress), cfg.to_dict()
     number = max([r.seed + 1 for r in aset.records() if r.kind == "real"], default=0)
     ids = []
     for k, (i, p) in enumerate(zip(todo, projections)):
@@ -367,9 +382,26 @@ def import_real(
             real_name=names[i],
             **q,
         )
-        save_projection(aset.path(rec.id, "projection"), p, G.sha256, {"name": names[i], **q, "config": cfg.to_dict()})
+        save_projection(aset.path(rec.id, "projection"), p, G.sha256, {"name": names[i], **q, "config": config})
         atomic_write_bytes(aset.path(rec.id, "original"), png_bytes(original))
         atomic_write_bytes(aset.path(rec.id, "mask"), png_bytes(masks[i]))
         aset.add_item(rec, recon)  # the image, then the record: the item exists from here on
         ids.append(rec.id)
     return ids
+
+
+def stored_projections(folder, G, stems: list[str], fit: str) -> tuple[list, dict]:
+    """The projections of the images ``stems`` from a folder written by ``datasetgan project`` with G
+    (and the projector options they were made with); every one must be there, made with ``fit``."""
+    from .projector import INDEX, load_projections
+
+    names, projections, index = load_projections(folder, G)
+    if index.get("fit", "crop") != fit:
+        raise AnnotationError(f"{Path(folder) / INDEX}: images were made square by {index.get('fit')!r}, not {fit!r}")
+    stored = dict(zip(names, projections))
+    missing = [s for s in stems if s not in stored]
+    if missing:
+        raise AnnotationError(
+            f"{Path(folder) / INDEX}: has no projection of {missing[0]!r} ({len(missing)} image(s) missing)"
+        )
+    return [stored[s] for s in stems], index.get("config", {})

@@ -22,6 +22,7 @@ reconstruction quality; :func:`datasetgan.render.render_projection` renders it e
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -36,6 +37,8 @@ from .render import render_projection, to_uint8
 
 PERCEPTUAL = ("inception", "discriminator", "none")
 INCEPTION_LAYERS = ("conv_2", "conv_4", "mixed_2")  # 64, 192 and 288 channels, strides 2, 4 and 8
+INDEX = "projections.json"  # the list of a projection folder's images (write_projections)
+BATCH_SEED_STRIDE = 1_000_003  # batch k's random numbers come from seed + k * this (batch 0: the seed itself)
 
 
 class ProjectionError(DatasetganError, ValueError):
@@ -210,23 +213,35 @@ def project(
     ``features``: the perceptual network (made from ``cfg.perceptual`` if None; the discriminator
     must be given). ``log(step, losses)`` is called every 50 steps with the batch's mean losses.
     """
+    return [p for _, batch in project_batches(G, images, cfg, features, progress, log) for p in batch]
+
+
+def project_batches(
+    G, images, cfg: ProjectorConfig | None = None, features=None, progress: bool = False, log=None, skip=()
+):
+    """Yield (index of its first image, projections) for each batch of ``cfg.batch`` images, in order
+    (arguments as :func:`project`). Each batch draws its random numbers from a generator of its own,
+    seeded by ``cfg.seed`` and the batch's place, so its result does not depend on the batches before
+    it: a run that leaves out the batches already done (``skip``: their first indices) and finishes
+    the rest gives what one uninterrupted run gives."""
     cfg = cfg or ProjectorConfig()
     target = as_float_images(images, G.cfg.img_channels, G.cfg.resolution)
+    skip = set(skip)
+    starts = [i for i in range(0, len(target), cfg.batch) if i not in skip]
+    if not starts:
+        return
     if features is None and cfg.perceptual == "inception":
         features = InceptionFeatures(next(G.parameters()).device)
     if features is None and cfg.perceptual == "discriminator":
         raise ProjectionError("perceptual='discriminator' needs the run's discriminator (load_discriminator)")
     w_mean, w_std = w_statistics(G, seed=cfg.seed)
-    gen = torch.Generator().manual_seed(cfg.seed)
-    chunks = range(0, len(target), cfg.batch)
     if progress:
         from tqdm import tqdm
 
-        chunks = tqdm(chunks, desc="project", unit="batch")
-    out = []
-    for i in chunks:
-        out += _project_batch(G, target[i : i + cfg.batch], cfg, features, w_mean, w_std, gen, log)
-    return out
+        starts = tqdm(starts, desc="project", unit="batch")
+    for i in starts:
+        gen = torch.Generator().manual_seed(cfg.seed + BATCH_SEED_STRIDE * (i // cfg.batch))
+        yield i, _project_batch(G, target[i : i + cfg.batch], cfg, features, w_mean, w_std, gen, log)
 
 
 def _project_batch(G, target, cfg, features, w_mean, w_std, gen, log) -> list[Projection]:
@@ -373,29 +388,76 @@ def read_images(paths, channels: int, resolution: int, fit: str = "crop") -> tup
     return list(seen), np.stack(out)
 
 
-def write_projections(
-    G, names: list[str], images: np.ndarray, projections: list[Projection], out_dir, cfg: ProjectorConfig
-) -> list[dict]:
-    """Store each projection as OUT/NAME.safetensors + .json, its exact rendering OUT/NAME.png and
-    OUT/NAME.compare.png (original | reconstruction | difference); OUT/projections.json lists them all."""
-    import json
-
-    from .atomic import atomic_write_bytes, atomic_write_text
+def write_projection(G, name: str, image: np.ndarray, p: Projection, out_dir, cfg: ProjectorConfig, fit: str) -> dict:
+    """Store one projection as OUT/NAME.safetensors + .json, its exact rendering OUT/NAME.png and
+    OUT/NAME.compare.png (original | reconstruction | difference); returns its row of projections.json."""
+    from .atomic import atomic_write_bytes
     from .png import png_bytes
 
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    summary = []
-    for name, image, p in zip(names, images, projections):
-        original = image.transpose(1, 2, 0)
-        recon = reconstruct(G, p)
-        q = quality(original, recon)
-        save_projection(out_dir / f"{name}.safetensors", p, G.sha256, {"name": name, **q, "config": cfg.to_dict()})
-        atomic_write_bytes(out_dir / f"{name}.png", png_bytes(recon))
-        atomic_write_bytes(out_dir / f"{name}.compare.png", png_bytes(comparison(original, recon)))
-        summary.append({"name": name, **q})
-    atomic_write_text(
-        out_dir / "projections.json",
-        json.dumps({"generator_sha256": G.sha256, "config": cfg.to_dict(), "images": summary}, indent=1),
+    original = image.transpose(1, 2, 0)
+    recon = reconstruct(G, p)
+    q = quality(original, recon)
+    atomic_write_bytes(out_dir / f"{name}.png", png_bytes(recon))
+    atomic_write_bytes(out_dir / f"{name}.compare.png", png_bytes(comparison(original, recon)))
+    # the tensors last: a projection whose .safetensors is there is complete
+    save_projection(
+        out_dir / f"{name}.safetensors", p, G.sha256, {"name": name, **q, "config": cfg.to_dict(), "fit": fit}
     )
-    return summary
+    return {"name": name, **q}
+
+
+def stored_row(G, name: str, out_dir, cfg: ProjectorConfig, fit: str) -> dict | None:
+    """The row of OUT/NAME if it is stored there, made with G, ``cfg`` and ``fit`` (else None)."""
+    path = Path(out_dir) / f"{name}.safetensors"
+    if not path.is_file():
+        return None
+    try:
+        _, meta = load_projection(path, G)
+    except ProjectionError:
+        return None
+    if meta.get("config") != cfg.to_dict() or meta.get("fit", "crop") != fit:
+        return None
+    return {"name": name, "psnr": meta["psnr"], "ssim": meta["ssim"]}
+
+
+def write_index(G, out_dir, cfg: ProjectorConfig, fit: str, rows: list[dict]) -> None:
+    """OUT/projections.json: the folder's images in order, with their PSNR and SSIM, the options and ``fit``
+    (how the images were made square, so that their masks can be prepared alike)."""
+    from .atomic import atomic_write_text
+
+    doc = {"generator_sha256": G.sha256, "config": cfg.to_dict(), "fit": fit, "images": rows}
+    atomic_write_text(Path(out_dir) / INDEX, json.dumps(doc, indent=1))
+
+
+def write_projections(
+    G,
+    names: list[str],
+    images: np.ndarray,
+    projections: list[Projection],
+    out_dir,
+    cfg: ProjectorConfig,
+    fit: str = "crop",
+) -> list[dict]:
+    """Store every projection (:func:`write_projection`) and OUT/projections.json listing them."""
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    rows = [write_projection(G, n, im, p, out_dir, cfg, fit) for n, im, p in zip(names, images, projections)]
+    write_index(G, out_dir, cfg, fit, rows)
+    return rows
+
+
+def load_projections(folder, G=None) -> tuple[list[str], list[Projection], dict]:
+    """A folder written by :func:`write_projections`: (names, projections, its projections.json);
+    with ``G``, projections made with another generator are refused."""
+    folder = Path(folder)
+    index = folder / INDEX
+    if not index.is_file():
+        raise ProjectionError(f"{index}: not found (write the folder with `datasetgan project RUN IMAGES --out DIR`)")
+    try:
+        doc = json.loads(index.read_text())
+        names = [str(row["name"]) for row in doc["images"]]
+    except (ValueError, KeyError, TypeError) as e:
+        raise ProjectionError(f"{index}: not a projections index ({e.__class__.__name__}: {e})") from None
+    if not names:
+        raise ProjectionError(f"{index}: lists no projection")
+    return names, [load_projection(folder / f"{n}.safetensors", G)[0] for n in names], doc

@@ -195,3 +195,50 @@ def test_classes_must_match_the_set(run, tmp_path):
     result = annotate(run.root, "--import-real", tmp_path / "real", *FAST)
     assert result.exit_code == 1 and "labels.json: its classes differ" in result.output
     assert [p.name for p in run.annotations.iterdir()] == ["labels.json"]
+
+
+def test_import_takes_stored_projections(run, tmp_path):
+    """--projections: the projections `datasetgan project` stored are imported as they are, not recomputed."""
+    G = load_generator(run.generator)
+    expected = real_folder(tmp_path / "real", G)
+    project = ["project", run.root, tmp_path / "real", "--out", tmp_path / "proj", "--steps", 5, "--perceptual", "none"]
+    assert CliRunner().invoke(main, [str(a) for a in project]).exit_code == 0
+    result = annotate(run.root, "--import-real", tmp_path / "real", "--projections", tmp_path / "proj", "--no-serve")
+    assert result.exit_code == 0 and "imported 3 real image(s)" in result.output, result.output
+    aset = AnnotationSet(run.annotations)
+    for rec in aset.records():
+        stored, meta = load_projection(tmp_path / "proj" / f"{rec.real_name[:-4]}.safetensors", G)
+        imported, imported_meta = load_projection(aset.path(rec.id, "projection"), G)
+        assert torch.equal(stored.ws, imported.ws) and stored.noise.keys() == imported.noise.keys()
+        assert all(torch.equal(stored.noise[k], imported.noise[k]) for k in stored.noise)
+        assert imported_meta["config"]["steps"] == 5 and rec.psnr == meta["psnr"]
+        assert np.array_equal(aset.mask(rec.id), expected[rec.real_name])
+
+
+@pytest.mark.parametrize(
+    "change,message",
+    [
+        (lambda proj: (proj / "projections.json").unlink(), "proj/projections.json: not found"),
+        (
+            lambda proj: (proj / "projections.json").write_text(
+                json.dumps({**json.loads((proj / "projections.json").read_text()), "fit": "pad"})
+            ),
+            "proj/projections.json: images were made square by 'pad', not 'crop'",
+        ),
+        (
+            lambda proj: (proj / "projections.json").write_text(
+                json.dumps({"images": [{"name": "case11"}, {"name": "case13"}]})
+            ),
+            "proj/projections.json: has no projection of 'case12'",
+        ),
+    ],
+)
+def test_bad_stored_projections_are_refused_and_nothing_is_written(run, tmp_path, change, message):
+    real_folder(tmp_path / "real", load_generator(run.generator))
+    project = ["project", run.root, tmp_path / "real", "--out", tmp_path / "proj", "--steps", 1, "--perceptual", "none"]
+    assert CliRunner().invoke(main, [str(a) for a in project]).exit_code == 0
+    change(tmp_path / "proj")
+    result = annotate(run.root, "--import-real", tmp_path / "real", "--projections", tmp_path / "proj", "--no-serve")
+    lines = result.output.strip().splitlines()
+    assert result.exit_code == 1 and len(lines) == 1 and message in lines[0], result.output
+    assert not run.annotations.exists() or not any(run.annotations.iterdir())

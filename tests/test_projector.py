@@ -227,6 +227,38 @@ def test_project_command(tmp_path):
     assert not (tmp_path / "out2").exists()
 
 
+def test_project_command_resumes_after_a_kill(tmp_path):
+    """Run again after a kill, `project` keeps the batches stored with the same options and projects the
+    rest, with the result of one uninterrupted run (each batch has random numbers of its own)."""
+    G = tiny_generator()
+    run = RunFolder(tmp_path / "run")
+    save_generator(run.generator, G)
+    G = load_generator(run.generator)
+    for seed, img in zip((2, 3, 4), seed_images(G, [2, 3, 4])):
+        write_png(tmp_path / "real" / "images" / f"s{seed}.png", img[0])
+
+    def project_into(out, *extra):
+        args = ["project", run.root, tmp_path / "real", "--out", out, "--steps", 8, "--perceptual", "none", *extra]
+        result = CliRunner().invoke(main, [str(a) for a in [*args, "--project-batch", 1, "--threads", 1]])
+        assert result.exit_code == 0, result.output
+        return result.output
+
+    assert "already projected" not in project_into(tmp_path / "whole")
+    out = tmp_path / "killed"
+    project_into(out)
+    for name in ("s3.safetensors", "s3.json", "projections.json"):  # killed while writing s3
+        (out / name).unlink()
+    kept = {f: (out / f).stat().st_mtime_ns for f in ("s2.safetensors", "s4.safetensors")}
+    assert "2 image(s) already projected" in project_into(out)
+    assert {f: (out / f).stat().st_mtime_ns for f in kept} == kept
+    for name in ("s2", "s3", "s4"):
+        a, b = (load_projection(d / f"{name}.safetensors", G)[0] for d in (tmp_path / "whole", out))
+        assert torch.equal(a.ws, b.ws) and all(torch.equal(a.noise[k], b.noise[k]) for k in a.noise), name
+    index = json.loads((out / "projections.json").read_text())
+    assert index == json.loads((tmp_path / "whole" / "projections.json").read_text())
+    assert "already projected" not in project_into(out, "--project-seed", 1)  # other options: all again
+
+
 def test_discriminator_features_come_from_the_runs_newest_snapshot(tmp_path):
     from datasetgan.presets import make_config
     from datasetgan.training import Trainer, save_snapshot

@@ -104,6 +104,14 @@ def run_generator(rf: RunFolder, device: str):
     "projected into the generator and stored with its expert mask as a finished annotation "
     "(real, projected). The projector options below apply.",
 )
+@click.option(
+    "--projections",
+    "projections_dir",
+    type=click.Path(file_okay=False, exists=True, path_type=Path),
+    default=None,
+    help="With --import-real: take the projections stored in this folder by `datasetgan project` "
+    "(same generator, same --fit) instead of projecting again.",
+)
 @projector_options
 @click.option(
     "--pre-annotate",
@@ -141,6 +149,7 @@ def command(
     labels,
     import_dir,
     import_real_dir,
+    projections_dir,
     steps,
     perceptual,
     optimize_noise,
@@ -165,8 +174,11 @@ def command(
       datasetgan annotate runs/acdc64 --seeds 1,2,5-9 --labels data/labels.json --port 8800
       datasetgan annotate runs/acdc64 --import painted/ --no-serve
       datasetgan annotate runs/acdc64 --import-real labelled/ --steps 300 --no-serve
+      datasetgan annotate runs/acdc64 --import-real labelled/ --projections runs/acdc64/projected --no-serve
       datasetgan annotate runs/acdc64 --pre-annotate interpreter
     """
+    if projections_dir is not None and import_real_dir is None:
+        raise click.UsageError("--projections goes with --import-real DIR")
     rf = RunFolder(run)
     if not rf.root.is_dir():
         raise click.ClickException(f"{run}: not a run folder (train one with `datasetgan train DATA --out {run}`)")
@@ -206,7 +218,8 @@ def command(
 
     if import_real_dir is not None:
         cfg = make_config(steps, perceptual, optimize_noise, batch, seed)
-        new = import_real(aset, G, import_real_dir, cfg, perceptual_network(cfg, run, device), fit, progress=True)
+        features = None if projections_dir else perceptual_network(cfg, run, device)
+        new = import_real(aset, G, import_real_dir, cfg, features, fit, progress=True, projection_dir=projections_dir)
         for rec in (aset.record(i) for i in new):
             click.echo(f"{rec.id} <- {rec.real_name}: PSNR {rec.psnr:.2f} dB, SSIM {rec.ssim:.4f}")
         click.echo(f"imported {len(new)} real image(s) from {import_real_dir} (already there are skipped)")

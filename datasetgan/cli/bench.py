@@ -1,7 +1,8 @@
 """``datasetgan bench``: the segmenter benchmark (the seed paper's Tables I-III and the method comparison).
 
 Subcommands: ``run`` (train and score), ``annotator`` (train the model-assisted labeller), ``grade``
-(grade a generated folder's masks), ``report`` (tables and figures from results.json). The single
+(grade a generated folder's masks), ``agreement`` (score the interpreter on projected real images),
+``report`` (tables and figures from results.json). The single
 command of the previous release (``datasetgan bench RUN --real ... [--train-annotator F] [--grade D]
 [--report-only]``) still works for this release, with a notice.
 """
@@ -473,6 +474,42 @@ def annotator_command(run, out, **p):
 def grade_command(run, folder, reference, n, device):
     """Grade a generated folder's masks as good / partial / bad against a reference (the seed's Fig. 7)."""
     do_grade(run, folder, reference, n, device)
+    _write_report(run)
+
+
+@command.command("agreement", cls=Command)
+@click.argument("run", type=RUN_DIR)
+@click.argument("projections", type=DATA_DIR)
+@click.option(
+    "--real",
+    type=DATA_DIR,
+    required=True,
+    help="Labelled folder (images/, masks/, labels.json) holding the projected images' expert masks.",
+)
+@click.option("--device", default="cpu", show_default=True, help="cpu or cuda[:N].")
+@click.option("--threads", type=click.IntRange(1), help="torch.set_num_threads (default: torch's choice).")
+def agreement_command(run, projections, real, device, threads):
+    """Score RUN's interpreter on real anatomy: its masks of real images projected into RUN's generator.
+
+    PROJECTIONS is a folder written by `datasetgan project RUN IMAGES --out PROJECTIONS`; each projected
+    image's mask, read by the interpreter from the features of its exact rendering, is scored against the
+    expert mask of the same-named image in --real (IoU and Dice per class, mIoU, one confusion matrix
+    over all images). Stored as 'agreement' in RUN/bench/results.json.
+
+    \b
+    Example:
+      datasetgan project runs/acdc64 ../shared/data/acdc/val --out runs/acdc64/projected/val
+      datasetgan bench agreement runs/acdc64 runs/acdc64/projected/val --real ../shared/data/acdc/val
+    """
+    import torch
+
+    from ..bench import agreement
+
+    if threads:
+        torch.set_num_threads(threads)
+    a = agreement.score_run(run, projections, real, device)
+    agreement.store(run / "bench", a)
+    click.echo(agreement.summary_line(a))
     _write_report(run)
 
 

@@ -95,7 +95,9 @@ def command(run, images, out, steps, perceptual, optimize_noise, batch, seed, fi
     data, then the generator input that reproduces it is found by optimisation. Per image, OUT gets
     NAME.safetensors (w+ and noise maps) + NAME.json (generator hash, options, PSNR, SSIM), NAME.png
     (the reconstruction, rendered exactly from the stored tensors) and NAME.compare.png (original |
-    reconstruction | 4x difference); OUT/projections.json lists every image's PSNR and SSIM.
+    reconstruction | 4x difference); OUT/projections.json lists every image's PSNR and SSIM. Run again
+    after a kill, the command keeps the batches already stored with the same options and projects the
+    rest: the result is the same as one uninterrupted run's.
 
     \b
     Example:
@@ -105,7 +107,7 @@ def command(run, images, out, steps, perceptual, optimize_noise, batch, seed, fi
     import torch
 
     from ..checkpoint import load_generator
-    from ..projector import project, read_images, write_projections
+    from ..projector import project_batches, read_images, stored_row, write_index, write_projection
     from ..runfolder import RunFolder
 
     if threads:
@@ -116,8 +118,18 @@ def command(run, images, out, steps, perceptual, optimize_noise, batch, seed, fi
     cfg = make_config(steps, perceptual, optimize_noise, batch, seed)
     G = load_generator(rf.generator, device)
     names, arrays = read_images(images, G.cfg.img_channels, G.cfg.resolution, fit)
-    projections = project(G, arrays, cfg, features=perceptual_network(cfg, run, device), progress=True)
-    summary = write_projections(G, names, arrays, projections, out, cfg)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = {n: row for n in names if (row := stored_row(G, n, out, cfg, fit)) is not None}
+    done = [i for i in range(0, len(names), cfg.batch) if all(n in rows for n in names[i : i + cfg.batch])]
+    if done:
+        kept = sum(len(names[i : i + cfg.batch]) for i in done)
+        click.echo(f"{kept} image(s) already projected in {out} with these options: kept")
+    features = perceptual_network(cfg, run, device) if len(done) < -(-len(names) // cfg.batch) else None
+    for start, batch in project_batches(G, arrays, cfg, features=features, progress=True, skip=done):
+        for j, p in enumerate(batch, start):
+            rows[names[j]] = write_projection(G, names[j], arrays[j], p, out, cfg, fit)
+    summary = [rows[n] for n in names]
+    write_index(G, out, cfg, fit, summary)  # last: a folder with projections.json is complete
     for row in summary:
         click.echo(f"{row['name']}: PSNR {row['psnr']:.2f} dB, SSIM {row['ssim']:.4f}")
     click.echo(f"wrote {len(summary)} projection(s) to {out}")
