@@ -228,6 +228,13 @@ def test_conv_down_matches_ref_to_second_order(case, monkeypatch):
     kwargs = dict(f=f, down=2, padding=k // 2, groups=g)
     assert fused.down_at_low_resolution(w, x, f, 2, k // 2)
 
+    assert_same_to_second_order(x, w, kwargs, x[:1, :, :6, :5])
+
+
+def assert_same_to_second_order(x, w, kwargs, small_x):
+    """conv2d_resample's cpu backend gives ref's outputs, gradients and double-backward gradients
+    (float64), and passes gradgradcheck on ``small_x``."""
+
     def outputs(backend):
         y = ops.conv2d_resample(x, w, backend=backend, **kwargs)
         dy = torch.linspace(-1, 1, y.numel(), dtype=y.dtype).reshape(y.shape)
@@ -236,8 +243,44 @@ def test_conv_down_matches_ref_to_second_order(case, monkeypatch):
 
     for got, expected in zip(outputs("cpu"), outputs("ref")):
         torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-10)
-    small = (x[:1, :, :6, :5].detach().clone().requires_grad_(), w)
+    small = (small_x.detach().clone().requires_grad_(), w)
     assert gradgradcheck(lambda a, b: ops.conv2d_resample(a, b, backend="cpu", **kwargs), small)
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        dict(k=3, groups=1, hw=(7, 6), f=[1, 3, 3, 1], up=2),
+        dict(k=3, groups=2, hw=(9, 11), f=[1, 3, 3, 1], up=2),
+        dict(k=5, groups=1, hw=(8, 8), f=[1, 3, 3, 1], up=2),
+        dict(k=7, groups=1, hw=(3, 4), f=[1, 3, 3, 1], up=2),  # kernel wider than the image
+        dict(k=3, groups=1, hw=(6, 7), f=[1, 4, 6, 4, 1], up=2),
+        dict(k=5, groups=1, hw=(4, 6), f=[1, 3, 3, 1], up=3),
+        dict(k=3, groups=1, hw=(8, 7), f=[[1, 2, 1, 1], [2, 4, 2, 1], [1, 2, 3, 1], [0, 1, 1, 1]], up=2),
+    ],
+)
+def test_conv_up_matches_ref_to_second_order(case, monkeypatch):
+    """The low-resolution upsampling convolution (sub-pixel convolution, pixel_shuffle, FIR, border
+    strips) is the reference's upsample-then-convolve: outputs, gradients and double backward."""
+    monkeypatch.setattr(fused, "up_at_low_resolution", lambda *args: True)  # by default only large layers
+    torch.manual_seed(10)
+    g, k = case["groups"], case["k"]
+    f = ops.setup_filter(case["f"]).double()
+    x = torch.randn(2, 2 * g, *case["hw"], dtype=torch.float64, requires_grad=True)
+    w = torch.randn(3 * g, 2, k, k, dtype=torch.float64, requires_grad=True)
+    kwargs = dict(f=f, up=case["up"], padding=k // 2, groups=g)
+    monkeypatch.setattr(fused.FusedBackend, "conv_up", counted(fused.FusedBackend.conv_up))
+    assert_same_to_second_order(x, w, kwargs, x[:1, :, :4, :3])
+    assert fused.FusedBackend.conv_up.calls > 0
+
+
+def counted(method):
+    def wrapper(*args, **kwargs):
+        wrapper.calls += 1
+        return method(*args, **kwargs)
+
+    wrapper.calls = 0
+    return wrapper
 
 
 @pytest.mark.parametrize(
@@ -280,6 +323,31 @@ def test_modulated_conv2d_matches_ref_and_gradchecks(shape, demodulate):
 
     assert gradcheck(fn, small)
     assert gradgradcheck(fn, small)
+
+
+def test_modulated_conv2d_up_at_low_resolution(monkeypatch):
+    """Where the upsampling convolution runs at the low resolution, modulated_conv2d scales the
+    activations (one shared weight) instead of the grouped convolution; same results as ref."""
+    monkeypatch.setattr(fused, "MIN_UP_SIDE", 1)
+    monkeypatch.setattr(fused, "MIN_UP_CHANNELS", 1)
+    monkeypatch.setattr(fused, "MIN_UP_PIXELS", 1)
+    monkeypatch.setattr(fused.FusedBackend, "conv_up", counted(fused.FusedBackend.conv_up))
+    torch.manual_seed(11)
+    f = ops.setup_filter([1, 3, 3, 1]).double()
+    x = torch.randn(2, 2, 9, 9, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(2, 2, 3, 3, dtype=torch.float64, requires_grad=True)
+    s = (torch.randn(2, 2, dtype=torch.float64) + 1).requires_grad_()
+    assert not modulate_activations(w.shape, x.shape, 2)  # grouped before conv_up
+    kwargs = dict(f=f, up=2, padding=1)
+    got = ops.modulated_conv2d(x, w, s, backend="cpu", **kwargs)
+    expected = ops.modulated_conv2d(x, w, s, backend="ref", **kwargs)
+    torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-10)
+    dy = torch.randn_like(expected)
+    for a, e in zip(torch.autograd.grad(got, (x, w, s), dy), torch.autograd.grad(expected, (x, w, s), dy)):
+        torch.testing.assert_close(a, e, rtol=1e-10, atol=1e-10)
+    small = (x[:, :, :4, :4].detach().clone().requires_grad_(), w, s)
+    assert gradgradcheck(lambda a, b, c: ops.modulated_conv2d(a, b, c, backend="cpu", **kwargs), small)
+    assert fused.FusedBackend.conv_up.calls > 0
 
 
 def small_networks():
