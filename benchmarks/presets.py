@@ -47,6 +47,8 @@ from pathlib import Path
 
 from results import write_json, write_section
 
+from datasetgan.atomic import atomic_write_text
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 ROOT = Path("/work/runs/presets")
@@ -115,9 +117,7 @@ def read_json(path: Path, default):
 
 
 def write_json_file(path: Path, doc) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(doc, indent=1) + "\n")
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(doc, indent=1) + "\n")
 
 
 def train_command(data: Path, run: Path, arm: str, seed: int, resume: bool) -> list[str]:
