@@ -36,6 +36,7 @@ import json
 import math
 import os
 import shlex
+import shutil
 import signal
 import statistics
 import subprocess
@@ -162,6 +163,8 @@ class Runner:
         if pid:
             print(f"{time.strftime('%H:%M:%S')} skip {key}: still training under pid {pid}", flush=True)
             return
+        if done == 0 and (run / "training").exists():  # killed before its first snapshot: nothing to resume
+            shutil.rmtree(run / "training")
         run.mkdir(parents=True, exist_ok=True)
         info = read_json(run / "study.json", {"dataset": dataset, "arm": arm, "seed": seed, "sessions": []})
         cmd = train_command(data_folder(self.root, dataset), run, arm, seed, resume=done > 0)
