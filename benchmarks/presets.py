@@ -15,12 +15,15 @@ study. Each run's ``study.json`` names the git commit of the code that trained i
 was resumed on other code); the pids of the runner and of its trainings are in ROOT/*.pid.
 
 The setting: preset cpu-tiny (32x32), 20 kimg, a snapshot with FID every 4 kimg, seeds 0, 1, 2. FID
-is computed from 500 generated images against all training images (FID-1000 cost 148 CPU seconds per
-snapshot here, more than the training between two snapshots). FID from so few images is biased
-upwards (by tens of points against FID-50k): compare arms only with each other, never with the
-literature. ``train_cpu_seconds`` counts the CPU time of the training steps alone (no FID, no
-snapshots); runs share the 2 cores with each other and with other work, which inflates CPU time a
-little (shared caches), equally for every arm running in the same period.
+is computed from 500 generated images against all training images: FID-500 takes 60-66 CPU seconds
+per snapshot (fid_cpu_seconds in the logs), 4 kimg of training about 72; FID-1000 would have taken
+about 150 (Inception on 1000 images, timed on 64), and a run over 15 CPU minutes. FID from so few
+images is biased upwards (the fewer images, the higher): compare arms only with each other (all at
+the same n), never with the literature. ``train_cpu_seconds`` counts the CPU time of the training
+steps alone (no FID, no snapshots); runs share the 2 cores with each other and with other work,
+which may inflate CPU time a little (shared caches), alike for arms running in the same period. All
+runs of a study should train on one commit (the report lists them): code that trains faster would
+bias the tables at equal CPU time.
 
 Arm 'pipeline alone' (the pipeline switched on at p = 0) is not trained: tests/test_training.py
 (test_fixed_p0_trains_bit_identically_to_no_augmentation) shows that it trains bit-identically to
@@ -397,7 +400,7 @@ def cmd_report(args) -> None:
         f"Setting: preset {PRESET} (32x32) on {ACDC} (1312 slices), {KIMG:g} kimg, a snapshot and "
         f"FID-{FID_N} (generated images against all training images) every {SNAP:g} kimg, seeds "
         f"{', '.join(map(str, SEEDS))}, one thread per run, 2 runs at a time at niceness 10 on a 2-core machine "
-        "shared with other work. FID from 500 images is biased upwards (tens of points above FID-50k): "
+        "shared with other work. FID from 500 images is biased upwards (the fewer images, the higher): "
         "compare the arms with each other only. CPU time counts training steps only (no FID, no snapshots).",
         "",
         "```",
