@@ -36,6 +36,7 @@ import json
 import math
 import os
 import shlex
+import shutil
 import signal
 import statistics
 import subprocess
@@ -46,6 +47,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from results import write_json, write_section
+
+from datasetgan.atomic import atomic_write_text
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -115,9 +118,7 @@ def read_json(path: Path, default):
 
 
 def write_json_file(path: Path, doc) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(doc, indent=1) + "\n")
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(doc, indent=1) + "\n")
 
 
 def train_command(data: Path, run: Path, arm: str, seed: int, resume: bool) -> list[str]:
@@ -162,6 +163,8 @@ class Runner:
         if pid:
             print(f"{time.strftime('%H:%M:%S')} skip {key}: still training under pid {pid}", flush=True)
             return
+        if done == 0 and (run / "training").exists():  # killed before its first snapshot: nothing to resume
+            shutil.rmtree(run / "training")
         run.mkdir(parents=True, exist_ok=True)
         info = read_json(run / "study.json", {"dataset": dataset, "arm": arm, "seed": seed, "sessions": []})
         cmd = train_command(data_folder(self.root, dataset), run, arm, seed, resume=done > 0)
@@ -266,6 +269,7 @@ def collect(root: Path) -> list[dict]:
                 "commits": commits,
                 "finished": images_seen(run) >= KIMG * 1000,
                 "train_cpu_seconds": rows[-1].get("train_cpu_seconds", 0) if rows else 0,
+                "p_max": max((r["p"] for r in rows), default=0.0),
                 "snapshots": snaps,
             }
         )
@@ -353,16 +357,16 @@ def plot(runs: list[dict], dataset: str, path: Path) -> None:
 
     fig = Figure(figsize=(15, 4.2), dpi=80)
     ax_k, ax_c, ax_p = fig.subplots(1, 3)
-    colours = matplotlib.colormaps["tab20"]
+    colours = matplotlib.colormaps["tab10"]
     for i, (arm, _, _) in enumerate(ARMS):
         mine = [r for r in runs if r["arm"] == arm and r["dataset"] == dataset and r["snapshots"]]
         for j, r in enumerate(mine):
             s = r["snapshots"]
             label = arm if j == 0 else None
-            kw = dict(color=colours(i), lw=1, ms=3, alpha=0.8)
-            ax_k.plot([x["kimg"] for x in s], [x["fid"] for x in s], "o-", label=label, **kw)
-            ax_c.plot([x["train_cpu_seconds"] / 60 for x in s], [x["fid"] for x in s], "o-", **kw)
-            ax_p.plot([x["kimg"] for x in s], [x["p"] for x in s], "-", **kw)
+            kw = dict(color=colours(i % 10), ls="-" if i < 10 else "--", lw=1, ms=3, alpha=0.8)
+            ax_k.plot([x["kimg"] for x in s], [x["fid"] for x in s], marker="o", label=label, **kw)
+            ax_c.plot([x["train_cpu_seconds"] / 60 for x in s], [x["fid"] for x in s], marker="o", **kw)
+            ax_p.plot([x["kimg"] for x in s], [x["p"] for x in s], **kw)
     ax_k.set(title=f"FID-{FID_N} vs kimg ({dataset}; one line per seed)", xlabel="kimg", ylabel="FID")
     ax_c.set(title="FID vs training CPU minutes", xlabel="CPU min (training steps only)")
     ax_p.set(title="p at snapshots", xlabel="kimg")
@@ -427,6 +431,14 @@ def cmd_report(args) -> None:
         "runs": runs,
         "tables": {},
     }
+    ada = [r for r in runs if "--aug ada" in (r["options"] or "")]
+    if ada:
+        top = max(ada, key=lambda r: r["p_max"])
+        md += [
+            f"Highest p any ADA run reached so far (any log line): {top['p_max']:.4f} ({top['dataset']}, "
+            f"{top['arm']}, seed {top['seed']}).",
+            "",
+        ]
     for dataset in sorted({r["dataset"] for r in runs}):
         text, figures = tables(runs, dataset)
         md += [text]

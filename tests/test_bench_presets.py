@@ -101,3 +101,42 @@ def test_run_leaves_a_run_alone_while_its_training_is_alive(study, tmp_path):
         other.wait()
     assert f"skip acdc-ada-seed1: still training under pid {other.pid}" in res.stdout and "start" not in res.stdout
     assert len(json.loads((run / "study.json").read_text())["sessions"]) == 1
+
+
+@pytest.fixture()
+def presets_module(monkeypatch):
+    """benchmarks/presets.py imported in this process (it imports `results` from its own folder)."""
+    import importlib.util
+
+    monkeypatch.syspath_prepend(str(SCRIPT.parent))
+    spec = importlib.util.spec_from_file_location("presets_study", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_runner_resumes_a_stopped_run_and_restarts_one_killed_before_its_first_snapshot(
+    presets_module, tmp_path, monkeypatch
+):
+    calls = []
+
+    def command(data, run, arm, seed, resume):
+        calls.append((run.name, arm, resume))
+        return [sys.executable, "-c", "pass"]  # stands in for `datasetgan train`
+
+    monkeypatch.setattr(presets_module, "train_command", command)
+    root = tmp_path / "runs"
+    stopped = root / "acdc" / "ada" / "seed0"
+    (stopped / "training").mkdir(parents=True)
+    (stopped / "training" / "latest.json").write_text(json.dumps({"snapshot": "x", "nimg": 8000}))
+    early = root / "acdc" / "ada" / "seed1"  # killed before its first snapshot: a stale log, no latest.json
+    (early / "training").mkdir(parents=True)
+    (early / "training" / "log.jsonl").write_text('{"nimg": 0}\n')
+    runner = presets_module.Runner(root, {"commit": "c0ffee", "dirty": False, "code": "."})
+    runner.train("acdc", "ada", 0)
+    runner.train("acdc", "ada", 1)
+    assert calls == [("seed0", "ada", True), ("seed1", "ada", False)]
+    assert not (early / "training").exists()  # the fresh start does not append to the stale log
+    session = json.loads((stopped / "study.json").read_text())["sessions"][0]
+    assert session["commit"] == "c0ffee" and session["from_nimg"] == 8000 and session["returncode"] == 0
+    assert not list(root.glob("*.pid"))
