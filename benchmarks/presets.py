@@ -2,8 +2,8 @@
 
     # from a clean checkout (the runner refuses uncommitted code, and records the commit of every run)
     cd /work/wt/study && export PYTHONPATH=$PWD
-    nohup nice -n 10 /work/main/.venv/bin/python benchmarks/presets.py run --jobs 2 \
-        > /work/runs/presets/log 2>&1 &
+    nohup nice -n 10 /work/main/.venv/bin/python benchmarks/presets.py run --jobs 2 [--kimg 100 --arms ...] \
+        >> /work/runs/presets/log 2>&1 &
     python benchmarks/presets.py phantom             # once: the second data set, for `run --dataset phantom`
     python benchmarks/presets.py report              # benchmarks/presets.md, results/presets.json, curves
 
@@ -14,7 +14,10 @@ finished one (its newest snapshot at --kimg) is skipped, so rerunning the same c
 study. Each run's ``study.json`` names the git commit of the code that trained it (every commit, if it
 was resumed on other code); the pids of the runner and of its trainings are in ROOT/*.pid.
 
-The setting: preset cpu-tiny (32x32), 20 kimg, a snapshot with FID every 4 kimg, seeds 0, 1, 2. FID
+The setting: preset cpu-tiny (32x32), 20 kimg, a snapshot with FID every 4 kimg, seeds 0, 1, 2.
+``run --kimg K`` takes runs further (a finished 20 kimg run resumes), snapshotting every 8 kimg after
+the first 20 (:data:`CADENCE`): at 20 kimg D does not overfit yet (ADA's p stayed below 0.01), so the
+arms that change ADA can only differ on longer runs. The report's columns are every snapshot reached. FID
 is computed from 500 generated images against all training images: FID-500 takes 60-66 CPU seconds
 per snapshot (fid_cpu_seconds in the logs), 4 kimg of training about 72; FID-1000 would have taken
 about 150 (Inception on 1000 images, timed on 64), and a run over 15 CPU minutes. FID from so few
@@ -58,7 +61,10 @@ REPO = HERE.parent
 ROOT = Path("/work/runs/presets")
 ACDC = Path("/work/shared/data/acdc/train")
 DATASETS = ("acdc", "phantom")
-PRESET, KIMG, SNAP, FID_N, SEEDS = "cpu-tiny", 20.0, 4.0, 500, (0, 1, 2)
+PRESET, KIMG, FID_N, SEEDS = "cpu-tiny", 20.0, 500, (0, 1, 2)
+# Snapshot (and FID) cadence: (until kimg, every kimg). A FID costs about as much CPU as 4 kimg of
+# training, so runs longer than 20 kimg snapshot every 8 kimg after the first 20.
+CADENCE = ((20.0, 4.0), (math.inf, 8.0))
 GAMMA = 0.0002 * 32**2 / 16  # cpu-tiny's automatic R1 gamma (presets.auto_r1_gamma(32, 16))
 NICENESS = 10
 
@@ -124,13 +130,23 @@ def write_json_file(path: Path, doc) -> None:
     atomic_write_text(path, json.dumps(doc, indent=1) + "\n")
 
 
-def train_command(data: Path, run: Path, arm: str, seed: int, resume: bool) -> list[str]:
+def legs(kimg: float) -> list[tuple[float, float]]:
+    """(until kimg, snapshot every kimg) legs of :data:`CADENCE` that take a run to ``kimg``."""
+    out, start = [], 0.0
+    for until, snap in CADENCE:
+        if start < kimg:
+            out.append((min(until, kimg), snap))
+        start = until
+    return out
+
+
+def train_command(data: Path, run: Path, arm: str, seed: int, kimg: float, snap: float, resume: bool) -> list[str]:
     """`datasetgan train` at niceness NICENESS (nice adds to the runner's own niceness)."""
     return [
         *("nice", "-n", str(max(NICENESS - os.nice(0), 0))),
         sys.executable,
         *("-m", "datasetgan", "train", str(data), "--out", str(run), "--preset", PRESET),
-        *("--kimg", f"{KIMG:g}", "--snap", f"{SNAP:g}", "--fid", str(FID_N), "--seed", str(seed)),
+        *("--kimg", f"{kimg:g}", "--snap", f"{snap:g}", "--fid", str(FID_N), "--seed", str(seed)),
         *("--threads", "1", "--keep", "1", "--no-progress"),
         *shlex.split(ARM_ARGS[arm]),
         *(["--resume"] if resume else []),
@@ -156,26 +172,36 @@ class Runner:
         self.procs: dict[str, subprocess.Popen] = {}
         self.lock, self.stopping = threading.Lock(), False
 
-    def train(self, dataset: str, arm: str, seed: int) -> None:
+    def train(self, dataset: str, arm: str, seed: int, kimg: float) -> None:
+        """Take the run to ``kimg`` thousand images, leg by leg of :data:`CADENCE`."""
+        for until, snap in legs(kimg):
+            if not self.train_leg(dataset, arm, seed, until, snap, kimg):
+                return
+
+    def train_leg(self, dataset: str, arm: str, seed: int, kimg: float, snap: float, target: float) -> bool:
+        """Train until ``kimg``; False if the run cannot go on now (stopped, failed, trained elsewhere)."""
         run = run_dir(self.root, dataset, arm, seed)
         done = images_seen(run)
-        if done >= KIMG * 1000 or self.stopping:
-            return
+        if self.stopping:
+            return False
+        if done >= kimg * 1000:
+            return True
         key = f"{dataset}-{arm}-seed{seed}"
         pid = training_alive(self.root / f"{key}.pid", run)
         if pid:
             print(f"{time.strftime('%H:%M:%S')} skip {key}: still training under pid {pid}", flush=True)
-            return
+            return False
         if done == 0 and (run / "training").exists():  # killed before its first snapshot: nothing to resume
             shutil.rmtree(run / "training")
         run.mkdir(parents=True, exist_ok=True)
         info = read_json(run / "study.json", {"dataset": dataset, "arm": arm, "seed": seed, "sessions": []})
-        cmd = train_command(data_folder(self.root, dataset), run, arm, seed, resume=done > 0)
+        cmd = train_command(data_folder(self.root, dataset), run, arm, seed, kimg, snap, resume=done > 0)
+        info["kimg"] = max(info.get("kimg", KIMG), target)  # the length the study asked for, finished or not
         info["sessions"].append({**self.version, "command": shlex.join(cmd), "from_nimg": done, "start": time.time()})
         write_json_file(run / "study.json", info)
         with self.lock:
             if self.stopping:
-                return
+                return False
             env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
             with open(run / "train.log", "a") as log:
                 proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
@@ -188,7 +214,10 @@ class Runner:
             (self.root / f"{key}.pid").unlink(missing_ok=True)
         info["sessions"][-1].update(end=time.time(), returncode=rc, to_nimg=images_seen(run))
         write_json_file(run / "study.json", info)
-        print(f"{time.strftime('%H:%M:%S')} {'done' if rc == 0 else f'FAILED ({rc})'} {key}", flush=True)
+        print(
+            f"{time.strftime('%H:%M:%S')} {'done' if rc == 0 else f'FAILED ({rc})'} {key} at {kimg:g} kimg", flush=True
+        )
+        return rc == 0
 
     def stop(self, *_):
         with self.lock:
@@ -214,13 +243,15 @@ def cmd_run(args) -> None:
     pid_file = args.root / "runner.pid"
     pid_file.write_text(f"{os.getpid()}\n")
     print(
-        f"{time.strftime('%F %T')} study on {args.dataset}: {len(arms)} arm(s) x seeds {args.seeds}, "
+        f"{time.strftime('%F %T')} study on {args.dataset}: {len(arms)} arm(s) x seeds {args.seeds} to {args.kimg:g} kimg, "
         f"{args.jobs} at a time; code {version['commit'][:12]} in {version['code']}; load {load_average()}",
         flush=True,
     )
     try:
         with ThreadPoolExecutor(args.jobs) as pool:
-            jobs = [pool.submit(runner.train, args.dataset, arm, seed) for arm in arms for seed in args.seeds]
+            jobs = [
+                pool.submit(runner.train, args.dataset, arm, seed, args.kimg) for arm in arms for seed in args.seeds
+            ]
             for job in jobs:
                 job.result()
     finally:
@@ -270,7 +301,8 @@ def collect(root: Path) -> list[dict]:
                 "seed": info["seed"],
                 "options": ARM_ARGS.get(info["arm"]),
                 "commits": commits,
-                "finished": images_seen(run) >= KIMG * 1000,
+                "kimg": info.get("kimg", KIMG),
+                "finished": images_seen(run) >= info.get("kimg", KIMG) * 1000,
                 "train_cpu_seconds": rows[-1].get("train_cpu_seconds", 0) if rows else 0,
                 "p_max": max((r["p"] for r in rows), default=0.0),
                 "snapshots": snaps,
@@ -300,7 +332,7 @@ def tables(runs: list[dict], dataset: str) -> tuple[str, dict]:
     """Markdown tables (FID at equal kimg, at equal CPU time, p and r_t) and their figures."""
     arms = [name for name, _, _ in ARMS if any(r["arm"] == name and r["dataset"] == dataset for r in runs)]
     by_arm = {a: [r for r in runs if r["arm"] == a and r["dataset"] == dataset] for a in arms}
-    kimgs = [SNAP * (i + 1) for i in range(int(KIMG / SNAP))]
+    kimgs = sorted({s["kimg"] for a in arms for r in by_arm[a] for s in r["snapshots"]})
     out, figures = [], {"kimg": {}, "cpu": {}}
 
     out.append(f"### FID-{FID_N} at equal images seen ({dataset})\n")
@@ -380,6 +412,12 @@ def plot(runs: list[dict], dataset: str, path: Path) -> None:
     fig.savefig(path)
 
 
+def cadence_text() -> str:
+    """'4 kimg up to 20 kimg, then every 8 kimg' from :data:`CADENCE`."""
+    parts = [f"{snap:g} kimg" + (f" up to {until:g} kimg" if math.isfinite(until) else "") for until, snap in CADENCE]
+    return ", then every ".join(parts)
+
+
 def cmd_report(args) -> None:
     runs = collect(args.root)
     if not runs:
@@ -397,8 +435,9 @@ def cmd_report(args) -> None:
         f"(1/5/15 min). {finished} of {planned} planned ACDC runs finished"
         + (" (the study is still running: figures will change)." if interim else "."),
         "",
-        f"Setting: preset {PRESET} (32x32) on {ACDC} (1312 slices), {KIMG:g} kimg, a snapshot and "
-        f"FID-{FID_N} (generated images against all training images) every {SNAP:g} kimg, seeds "
+        f"Setting: preset {PRESET} (32x32) on {ACDC} (1312 slices), {KIMG:g} kimg (longer where a run's `kimg` "
+        f"in results/presets.json says so), a snapshot and FID-{FID_N} (generated images against all training "
+        f"images) every {cadence_text()}, seeds "
         f"{', '.join(map(str, SEEDS))}, one thread per run, 2 runs at a time at niceness 10 on a 2-core machine "
         "shared with other work. FID from 500 images is biased upwards (the fewer images, the higher): "
         "compare the arms with each other only. CPU time counts training steps only (no FID, no snapshots).",
@@ -429,7 +468,13 @@ def cmd_report(args) -> None:
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "load_average": study_load,
         "interim": interim,
-        "setting": {"preset": PRESET, "kimg": KIMG, "snap_kimg": SNAP, "fid_images": FID_N, "seeds": list(SEEDS)},
+        "setting": {
+            "preset": PRESET,
+            "kimg": KIMG,
+            "cadence": [[until if math.isfinite(until) else None, snap] for until, snap in CADENCE],
+            "fid_images": FID_N,
+            "seeds": list(SEEDS),
+        },
         "report_code": version,
         "runs": runs,
         "tables": {},
@@ -472,6 +517,7 @@ def main():
     run.add_argument("--dataset", choices=DATASETS, default="acdc")
     run.add_argument("--arms", nargs="+", help="only these arms (default: all, in priority order)")
     run.add_argument("--seeds", nargs="+", type=int, default=list(SEEDS))
+    run.add_argument("--kimg", type=float, default=KIMG, help=f"train each run to this many kimg (default {KIMG:g})")
     run.add_argument("--allow-dirty", action="store_true", help="run uncommitted code (recorded as +dirty)")
     ph = sub.add_parser("phantom", parents=[common], help="write the phantom data set once")
     ph.add_argument("--n", type=int, default=3000)

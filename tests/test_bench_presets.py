@@ -120,7 +120,7 @@ def test_runner_resumes_a_stopped_run_and_restarts_one_killed_before_its_first_s
 ):
     calls = []
 
-    def command(data, run, arm, seed, resume):
+    def command(data, run, arm, seed, kimg, snap, resume):
         calls.append((run.name, arm, resume))
         return [sys.executable, "-c", "pass"]  # stands in for `datasetgan train`
 
@@ -133,10 +133,34 @@ def test_runner_resumes_a_stopped_run_and_restarts_one_killed_before_its_first_s
     (early / "training").mkdir(parents=True)
     (early / "training" / "log.jsonl").write_text('{"nimg": 0}\n')
     runner = presets_module.Runner(root, {"commit": "c0ffee", "dirty": False, "code": "."})
-    runner.train("acdc", "ada", 0)
-    runner.train("acdc", "ada", 1)
+    runner.train("acdc", "ada", 0, 20)
+    runner.train("acdc", "ada", 1, 20)
     assert calls == [("seed0", "ada", True), ("seed1", "ada", False)]
     assert not (early / "training").exists()  # the fresh start does not append to the stale log
     session = json.loads((stopped / "study.json").read_text())["sessions"][0]
     assert session["commit"] == "c0ffee" and session["from_nimg"] == 8000 and session["returncode"] == 0
     assert not list(root.glob("*.pid"))
+
+
+def test_a_longer_study_resumes_finished_short_runs_with_the_sparser_cadence(presets_module, tmp_path, monkeypatch):
+    """`run --kimg 100` on a run finished at 20 kimg: one more leg, resumed, every 8 kimg; 12 kimg: one leg."""
+    assert presets_module.legs(12) == [(12, 4.0)]
+    assert presets_module.legs(20) == [(20.0, 4.0)]
+    assert presets_module.legs(100) == [(20.0, 4.0), (100, 8.0)]
+    calls = []
+
+    def command(data, run, arm, seed, kimg, snap, resume):
+        calls.append((kimg, snap, resume))
+        return [sys.executable, "-c", "pass"]
+
+    monkeypatch.setattr(presets_module, "train_command", command)
+    root = tmp_path / "runs"
+    run = root / "acdc" / "none" / "seed0"
+    (run / "training").mkdir(parents=True)
+    (run / "training" / "latest.json").write_text(json.dumps({"snapshot": "x", "nimg": 20000}))
+    runner = presets_module.Runner(root, {"commit": "c0ffee", "dirty": False, "code": "."})
+    runner.train("acdc", "none", 0, 20)
+    assert calls == []  # finished at 20 kimg
+    runner.train("acdc", "none", 0, 100)
+    assert calls == [(100, 8.0, True)]
+    assert json.loads((run / "study.json").read_text())["kimg"] == 100  # the report counts it unfinished
