@@ -79,6 +79,16 @@ def test_report_tables_at_equal_kimg_and_cpu_time(study, tmp_path):
     assert "CPU preset study" in (out / "RESULTS.md").read_text() and (out / "presets_acdc.png").stat().st_size > 0
 
 
+def test_a_run_that_ended_early_does_not_count_at_larger_cpu_budgets(tmp_path):
+    """A run that stopped at 8 kimg (80 CPU s) has no FID at 120-200 CPU s, even though it is finished."""
+    root, out = tmp_path / "runs", tmp_path / "out"
+    fake_run(root, "none", 0, [200, 150, 120, 110, 100], cpu_per_kimg=10, finished=True)
+    fake_run(root, "ada", 0, [150, 140], cpu_per_kimg=10, finished=True)
+    presets("report", "--root", str(root), "--out", str(out), cwd=tmp_path)
+    cpu_table = (out / "presets.md").read_text().split("at equal training CPU time")[1]
+    assert "| ada | 150.0 (n=1) | 140.0 (n=1) | – | – | – | 10.0 |" in cpu_table
+
+
 def test_run_skips_finished_runs(study, tmp_path):
     res = presets(
         "run", "--root", str(study), "--arms", "none", "--seeds", "0", "1", "--allow-dirty", "--jobs", "2", cwd=tmp_path
