@@ -132,8 +132,21 @@ def miou(entry: dict, split: str) -> list | None:
     return ((entry.get("summary") or {}).get(split) or {}).get("miou")
 
 
-def record(arm: str, model: str, kind: str, e: dict, real_e: dict | None, test_g_set) -> dict:
-    tr, tg = miou(e, "test_r"), miou(e, "test_g")
+def shared_test_g(shared: dict, e: dict, arm: str, arm_test_g: str | None) -> tuple[list | None, str | None]:
+    """A real-trained row's test-G mIoU on ``arm``'s test-G set, and that set's path: the set the shared
+    benchmark named after the arm, or (results of one unnamed test-G set) its set if it is the arm's;
+    else nothing (another arm's test-G masks come from another interpreter)."""
+    sets = (shared.get("test_sets") or {}).get("test_g_sets") or {}
+    if arm in sets:
+        return ((e.get("summary") or {}).get("test_g_sets") or {}).get(arm, {}).get("miou"), sets[arm].get("path")
+    path = ((shared.get("test_sets") or {}).get("test_g") or {}).get("path")
+    same = bool(path and arm_test_g) and Path(path).resolve() == Path(arm_test_g).resolve()
+    return (miou(e, "test_g"), path) if same else (None, None)
+
+
+def record(arm: str, model: str, kind: str, e: dict, real_e: dict | None, test_g: tuple) -> dict:
+    """``test_g``: the row's test-G mIoU [mean, std] (or None) and the test-G set's path."""
+    tr, (tg, test_g_set) = miou(e, "test_r"), test_g
     real = miou(real_e, "test_r") if real_e else None
     share = tr[0] / real[0] if tr and real and kind != "real" else None
     goal = GOALS.get(kind)
@@ -188,7 +201,6 @@ def timings(run: Path) -> list[dict]:
 def collect(run: Path, arms: list[str]) -> dict:
     shared = read_json(run / "bench/results.json")
     real_rows = model_rows(shared, ("real",))
-    test_g = ((shared.get("test_sets") or {}).get("test_g") or {}).get("path")
     records = []
     for arm in arms:
         doc = read_json(run / "arms" / arm / "bench/results.json")
@@ -198,8 +210,8 @@ def collect(run: Path, arms: list[str]) -> dict:
             for kind in KINDS:
                 e = real_rows.get((model, kind)) if kind == "real" else rows.get((model, kind))
                 if e:
-                    g_set = test_g if kind == "real" else arm_test_g
-                    records.append(record(arm, model, kind, e, real_rows.get((model, "real")), g_set))
+                    g = shared_test_g(shared, e, arm, arm_test_g) if kind == "real" else (miou(e, "test_g"), arm_test_g)
+                    records.append(record(arm, model, kind, e, real_rows.get((model, "real")), g))
     gen = read_json(run / "generator.json")
     ann = read_json(run / "annotator.json")
     fid = (read_json(run / "fid.json") or {}).get("fid")
@@ -294,9 +306,9 @@ def section(doc: dict, note: str) -> str:
         "**Goals** (share of the same model's real-trained test-R mIoU):",
         *goal_lines(doc),
         "",
-        "test-R = ACDC test (unseen patients); test-G = each arm's generated pairs from unseen seeds (the real "
-        "rows: the test-G of the arm named in the JSON's `test_g_set`); mIoU with background; mean ± std over "
-        "the folds completed.",
+        "test-R = ACDC test (unseen patients); test-G = the arm's generated pairs from unseen seeds (masks from "
+        "the arm's interpreter; the real-set models, trained once, are scored on every arm's test-G: JSON "
+        "`test_g_set`); mIoU with background; mean ± std over the folds completed.",
         "",
         "| arm | model | training set | folds | epochs (steps per fold) | test-R mIoU | test-G mIoU | share of real | "
         "goal | first run test-R | seed paper test-R (DeepLabV3, 256 px) |",

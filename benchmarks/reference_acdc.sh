@@ -27,8 +27,10 @@
 #   agreement`), bench (MODELS on the synthetic set and the hybrid set = the pairs + the N_REAL real slices,
 #   FOLDS folds grouped by patient, SYNTH_EPOCHS epochs, scored on test-R = ACDC test/ and the arm's test-G)
 # Then, shared again:
-#   real      MODELS on 500 real ACDC train/ slices (REAL_EPOCHS epochs, same folds), on test-R and on the
-#             test-G of the first arm (test-G masks differ by arm; the real models are trained once)
+#   real      MODELS on 500 real ACDC train/ slices (REAL_EPOCHS epochs, same folds), trained once and scored on
+#             test-R and on every arm's test-G (`--test-generated ARM=...`: the test-G masks differ by arm, each
+#             arm's from its own interpreter); the report gives each arm's real rows on that arm's test-G.
+#             An arm whose test-G exists only later: rerun this stage (its folds are trained again, same seeds)
 #   report    the "Second reference run on ACDC (labelling arms)" section of REPORT_TO/RESULTS.md and
 #             REPORT_TO/results/reference_acdc.json (REPORT_TO: benchmarks/; benchmarks/reference_acdc.py)
 # Equal compute per fold: 20 epochs over the ~400 real slices of a fold are ~1,000 steps of 8, and so are
@@ -194,10 +196,12 @@ if want arms; then
     done
 fi
 if want real; then
-    first=$RUN/arms/${ARMS%% *}/generated/test
-    log "real: $MODELS on $REAL_LIMIT real ACDC train slices, $FOLDS folds"
     test_g=()
-    [ ! -f "$first/manifest.json" ] || test_g=(--test-generated "$first")
+    for arm in $ARMS; do
+        g=$RUN/arms/$arm/generated/test
+        [ ! -f "$g/manifest.json" ] || test_g+=(--test-generated "$arm=$g")
+    done
+    log "real: $MODELS on $REAL_LIMIT real ACDC train slices, $FOLDS folds, test-G of $((${#test_g[@]} / 2)) arm(s)"
     timed real-bench $DG bench run "$RUN" --sets real --real "$ACDC/train" --real-limit "$REAL_LIMIT" \
         --epochs "$REAL_EPOCHS" "${test_g[@]}" "${bench_common[@]}"
 fi

@@ -418,3 +418,97 @@ def test_paper_profile_runs_on_tiny_data(data, tmp_path):
     e = doc["experiments"]["real4/deeplabv3_resnet101/ce"]
     assert e["model"]["aux_loss"] is True and e["summary"]["test_r"]["folds"] == 2
     assert e["folds"][0]["test_r"]["bf_tau_px"] == pytest.approx(2.0)
+
+
+FACTORY_TINY = ["--models", "unet", "--folds", "2", "--resolution", "16", "--epochs", "1", "--batch-size", "4"]
+FACTORY_TINY += ["--threads", "1", "--no-progress", "--unet-channels", "4,8"]
+
+
+def _bench(run: Path, *args: str) -> dict:
+    run.mkdir(exist_ok=True)
+    r = CliRunner().invoke(main, ["bench", "run", str(run), *args, *FACTORY_TINY])
+    assert r.exit_code == 0, r.output
+    return json.loads((run / "bench/results.json").read_text())
+
+
+def _folds(doc: dict, key: str, split: str, name: str | None = None) -> list[dict]:
+    """Per fold, the figures of one split (a test-G set by name if ``name``)."""
+    folds = doc["experiments"][key]["folds"]
+    return [f["test_g_sets"][name] if name else f[split] for f in folds]
+
+
+def test_several_test_g_sets_score_as_runs_with_each_alone(tiny_run, tmp_path):
+    """#16: every model, trained once, is scored on each named test-G set; each set's figures are those of
+    a run given that set alone (same seeds: same models), and a bare folder still works as before."""
+    from datasetgan.factory import PairFactory, generate
+
+    factory = PairFactory(tiny_run)
+    gen = tmp_path / "generated"
+    generate(factory, range(0, 10), gen / "train")
+    generate(factory, range(1000, 1004), gen / "a")
+    generate(factory, range(2000, 2006), gen / "b")
+    train = ["--synthetic", str(gen / "train"), "--sets", "synthetic"]
+    both = _bench(tmp_path / "both", *train, "--test-generated", f"a={gen / 'a'}", "--test-generated", f"b={gen / 'b'}")
+    alone_a = _bench(tmp_path / "a", *train, "--test-generated", str(gen / "a"))  # a bare folder, as before
+    alone_b = _bench(tmp_path / "b", *train, "--test-generated", f"b={gen / 'b'}")
+    assert both["test_sets"]["test_g_sets"]["b"]["path"] == str(gen / "b")
+    assert both["test_sets"]["test_g"] == both["test_sets"]["test_g_sets"]["a"]
+    assert alone_a["test_sets"]["test_g"]["path"] == str(gen / "a")
+    for key in ("synthetic10/unet/dice_ce", "synthetic10/prior"):
+        e = both["experiments"][key]
+        assert (
+            e["summary"]["test_g_sets"]["b"]["folds"] == 2
+            and e["summary"]["test_g"] == e["summary"]["test_g_sets"]["a"]
+        )
+        for split, name, alone in (("test_g", "a", alone_a), ("test_g", "b", alone_b), ("val", None, alone_a)):
+            got, want = _folds(both, key, split, name), _folds(alone, key, split)
+            assert [f["miou"] for f in got] == pytest.approx([f["miou"] for f in want], abs=1e-6), (key, name)
+            assert [f["dice"] for f in got] == [pytest.approx(f["dice"], abs=1e-6, nan_ok=True) for f in want]
+        assert _folds(both, key, "test_g") == _folds(both, key, "", "a")  # test_g: the first set's figures
+    unet = "synthetic10/unet/dice_ce"
+    assert [f["miou"] for f in _folds(both, unet, "", "a")] != [f["miou"] for f in _folds(both, unet, "", "b")]
+    # an older single-set run given one more set: its folds are trained again (same seeds), scored on both
+    r = CliRunner().invoke(
+        main,
+        ["bench", "run", str(tmp_path / "a"), *train, "--test-generated", str(gen / "a")]
+        + ["--test-generated", f"b={gen / 'b'}", *FACTORY_TINY],
+    )
+    assert r.exit_code == 0 and r.output.count("has no figures on test_g:b; trained again") == 4, r.output
+    again = json.loads((tmp_path / "a/bench/results.json").read_text())
+    for key in ("synthetic10/unet/dice_ce", "synthetic10/prior"):
+        assert [f["miou"] for f in _folds(again, key, "", "test-G")] == pytest.approx(
+            [f["miou"] for f in _folds(alone_a, key, "test_g")], abs=1e-6
+        )
+        assert [f["miou"] for f in _folds(again, key, "", "b")] == pytest.approx(
+            [f["miou"] for f in _folds(alone_b, key, "test_g")], abs=1e-6
+        )
+    tables = (tmp_path / "a/bench/tables.md").read_text()
+    assert "mIoU on each test-G set" in tables and "| mIoU test-G b |" in tables
+
+
+def test_bad_test_generated_is_a_one_line_error(data, tmp_path):
+    """#16: a missing folder, an empty or repeated name, a set whose classes differ or whose seeds overlap
+    the training pairs: one error naming the option or the set; nothing written."""
+    swapped = _swapped_labels(data / "testg", tmp_path / "swapped")
+    run = tmp_path / "run"
+    run.mkdir()
+    base = ["bench", "run", str(run), "--synthetic", str(data / "synth"), "--sets", "synthetic", "--models", "unet"]
+    good = f"a={data / 'testg'}"
+    cases = [
+        ([good, f"b={tmp_path / 'nowhere'}"], f"--test-generated: 'b={tmp_path / 'nowhere'}': no folder"),
+        ([str(tmp_path / "nowhere")], "no folder"),
+        ([good, f"a={data / 'testg'}"], "--test-generated: the name 'a' is given twice"),
+        ([str(data / "testg"), str(swapped)], "name each set: --test-generated NAME=DIR"),
+        ([f"={data / 'testg'}"], "the NAME of NAME=DIR is empty"),
+        ([f"a b={data / 'testg'}"], "may hold only letters"),
+        ([good, f"b={swapped}"], f"test-G b ({swapped}): class 1 is 'left_ventricle'"),
+        ([good, f"b={data / 'synth'}"], f"test-G b ({data / 'synth'}) shares 10 seed(s)"),
+        ([good, f"b={data / 'real'}"], "--test-generated b: "),  # not a generated folder
+    ]
+    for values, message in cases:
+        args = base + [a for v in values for a in ("--test-generated", v)] + TINY
+        r = CliRunner().invoke(main, args)
+        assert r.exit_code != 0 and message in r.output and "Traceback" not in r.output, (values, r.output)
+        assert r.output.count("Error:") == 1 and not (run / "bench").exists(), r.output
+        if "class 1" not in message:
+            assert len(r.output.strip().splitlines()) == 1, r.output

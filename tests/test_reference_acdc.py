@@ -85,10 +85,23 @@ def write(path: Path, doc: dict) -> None:
     path.write_text(json.dumps(doc))
 
 
+def arm_test_g(run: Path, arm: str) -> str:
+    return str(run / "arms" / arm / "generated/test")
+
+
 def test_report_has_one_record_per_arm_model_and_set(tmp_path):
     run = tmp_path / "run"
     real = experiment("real", "500", "unet", 0.60, 0.50, 20, 400)
-    write(run / "bench/results.json", {"experiments": {"real500/unet": real, "real500/prior": {**real, "model": None}}})
+    # the real-trained models, trained once, scored on each arm's test-G (bench run --test-generated ARM=DIR)
+    real["summary"]["test_g_sets"] = {"seeds": {"miou": [0.50, 0.02]}, "real": {"miou": [0.31, 0.03]}}
+    test_sets = {
+        "test_g": {"path": arm_test_g(run, "seeds")},
+        "test_g_sets": {arm: {"path": arm_test_g(run, arm)} for arm in ("seeds", "real")},
+    }
+    write(
+        run / "bench/results.json",
+        {"experiments": {"real500/unet": real, "real500/prior": {**real, "model": None}}, "test_sets": test_sets},
+    )
     write(run / "fid.json", {"fid": 150.0, "generated": 2000, "real": 1312})
     for arm, synth in (("seeds", 0.48), ("real", 0.54)):
         write(
@@ -99,6 +112,7 @@ def test_report_has_one_record_per_arm_model_and_set(tmp_path):
                     "h/unet": experiment("hybrid", "1500+30", "unet", 0.63, 0.7, 7, 1224),
                     "h/unet+swa": {**experiment("hybrid", "1500+30", "unet", 0.9, 0.7, 7, 1224), "swa": True},
                 },
+                "test_sets": {"test_g": {"path": arm_test_g(run, arm)}},
                 "grading": {"n": 10, "counts": {"good": 2, "partial": 7, "bad": 1}, "mean_wrong": 0.1},
                 "agreement": {
                     "n": 4,
@@ -123,6 +137,23 @@ def test_report_has_one_record_per_arm_model_and_set(tmp_path):
     assert by["seeds", "real"]["shared_across_arms"] and by["seeds", "real"]["share_of_real"] is None
     assert by["seeds", "synthetic"]["steps_per_fold"] == 7 * 150 and by["seeds", "real"]["steps_per_fold"] == 20 * 50
     assert (by["real", "hybrid"]["test_r_miou_mean"], by["real", "hybrid"]["test_r_miou_std"]) == (0.63, 0.01)
+    # each arm's real rows on that arm's test-G; the arms' own rows on theirs
+    for arm, g in (("seeds", (0.50, 0.02)), ("real", (0.31, 0.03))):
+        r = by[arm, "real"]
+        assert (r["test_g_miou_mean"], r["test_g_miou_std"], r["test_g_set"]) == (*g, arm_test_g(run, arm))
+        assert by[arm, "synthetic"]["test_g_set"] == arm_test_g(run, arm)
+    assert by["real", "real"]["test_r_miou_mean"] == by["seeds", "real"]["test_r_miou_mean"] == 0.60
+    # results of the first version (one unnamed test-G: the first arm's): no test-G figures for another arm
+    del real["summary"]["test_g_sets"], test_sets["test_g_sets"]
+    write(run / "bench/results.json", {"experiments": {"real500/unet": real}, "test_sets": test_sets})
+    script("report", run, "--arms", "seeds,real", "--to", tmp_path / "old")
+    old = json.loads((tmp_path / "old/results/reference_acdc.json").read_text())
+    by = {(r["arm"], r["training_set"]): r for r in old["records"]}
+    assert (by["seeds", "real"]["test_g_miou_mean"], by["seeds", "real"]["test_g_set"]) == (
+        0.50,
+        arm_test_g(run, "seeds"),
+    )
+    assert (by["real", "real"]["test_g_miou_mean"], by["real", "real"]["test_g_set"]) == (None, None)
     arm = doc["arms"]["real"]
     assert arm["fid"] == 150.0 and arm["agreement"]["miou"] == 0.6 and arm["grading"]["good"] == 0.2
     text = (tmp_path / "out/RESULTS.md").read_text()

@@ -163,7 +163,10 @@ def load_generated(
     """The first ``size`` pairs of a generated folder (seed order), minus the ``drop_uncertain``
     fraction with the highest uncertainty scores (round(fraction * size) pairs dropped)."""
     full = _load(path, resolution, what, cache_dir)
-    seeds = generated_seeds(full.names, path)
+    try:
+        seeds = generated_seeds(full.names, path)
+    except DataError as e:
+        raise DataError(f"{what}: {e}") from None
     n = len(full) if size is None else size
     if n > len(full):
         raise DataError(f"{path}: {n} pairs asked for but the folder holds only {len(full)}")
@@ -191,12 +194,12 @@ def load_generated(
     return out
 
 
-def check_disjoint(train: LabelledSet, test: LabelledSet) -> None:
+def check_disjoint(train: LabelledSet, test: LabelledSet, label: str = "test-G") -> None:
     """Refuse a test-G set that shares seeds with a synthetic training set."""
     common = sorted(set(train.seeds) & set(test.seeds))
     if common:
         raise DataError(
-            f"test-G shares {len(common)} seed(s) with the synthetic training set "
+            f"{label} shares {len(common)} seed(s) with the synthetic training set "
             f"(e.g. {common[:5]}); generate test-G from a disjoint seed range"
         )
 
@@ -270,6 +273,43 @@ def parse_class_map(text: str) -> dict[int, int]:
             raise ConfigError(f"--class-map: expected each OLD=NEW once, got {item!r}")
         out[old_id] = new_id
     return out
+
+
+UNNAMED_TEST_G = "test-G"  # the name of a test-G set given as a bare folder
+TEST_G_NAME = re.compile(r"[A-Za-z0-9_.+-]+")
+
+
+def parse_test_generated(items) -> dict[str, Path]:
+    """``--test-generated`` values, each ``NAME=DIR`` or a bare ``DIR`` (named ``test-G``) -> {name: folder},
+    in the order given."""
+    out: dict[str, Path] = {}
+    for item in items:
+        name, sep, folder = str(item).partition("=")
+        if not sep or Path(item).is_dir():  # a bare folder (its path may itself hold a '=')
+            name, folder = UNNAMED_TEST_G, str(item)
+        elif not TEST_G_NAME.fullmatch(name):
+            raise ConfigError(
+                f"--test-generated: {item!r}: "
+                + (
+                    "the NAME of NAME=DIR is empty"
+                    if not name
+                    else f"NAME {name!r} may hold only letters, digits, _ . + -"
+                )
+            )
+        if not Path(folder).is_dir():
+            raise ConfigError(f"--test-generated: {item!r}: no folder {folder}")
+        if name in out:
+            raise ConfigError(
+                f"--test-generated: the name {name!r} is given twice"
+                + ("; name each set: --test-generated NAME=DIR" if name == UNNAMED_TEST_G else "")
+            )
+        out[name] = Path(folder)
+    return out
+
+
+def test_g_label(name: str) -> str:
+    """How messages name a test-G set: 'test-G' for a bare folder, else 'test-G NAME'."""
+    return UNNAMED_TEST_G if name == UNNAMED_TEST_G else f"{UNNAMED_TEST_G} {name}"
 
 
 def remap_classes(s: LabelledSet, mapping: dict[int, int]) -> LabelledSet:

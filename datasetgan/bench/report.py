@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from ..atomic import atomic_write_bytes, atomic_write_text
-from .runner import safe_name
+from .runner import TEST_G_SETS, safe_name
 
 SPLIT_NAMES = {"val": "held-out fold", "test_r": "test-R", "test_g": "test-G"}
 
@@ -57,9 +57,17 @@ def build_tables(doc: dict) -> str:
         f"Metric conventions: {doc.get('metric_notes', '')}\n",
     ]
     tests = doc.get("test_sets") or {}
-    for name, key in (("test-R", "test_r"), ("test-G", "test_g")):
-        if tests.get(key):
-            t = tests[key]
+    test_g_sets = tests.get(TEST_G_SETS) or {}
+    named = (
+        [
+            (f"test-G {n}" + (" (the test-G columns)" if i == 0 else ""), t)
+            for i, (n, t) in enumerate(test_g_sets.items())
+        ]
+        if len(test_g_sets) > 1
+        else [("test-G", tests.get("test_g"))]
+    )
+    for name, t in [("test-R", tests.get("test_r"))] + named:
+        if t:
             extra = f", seeds {t.get('seed_min')}..{t.get('seed_max')}" if t.get("seed_min") is not None else ""
             out.append(f"- {name}: `{t.get('path')}`, {t.get('n')} images{extra}")
     out.append("")
@@ -106,6 +114,15 @@ def build_tables(doc: dict) -> str:
             ),
             "",
         ]
+
+        if len(test_g_sets) > 1:
+            rows = [
+                [e["set"], method(e)]
+                + [fmt(((e.get("summary") or {}).get(TEST_G_SETS) or {}).get(n, {}).get("miou")) for n in test_g_sets]
+                for e in entries
+            ]
+            head = ["training set", "model/loss"] + [f"mIoU test-G {n}" for n in test_g_sets]
+            out += ["### mIoU on each test-G set (every model trained once)\n", _table(head, rows), ""]
 
         for split in ("test_r", "test_g"):
             if not _has(entries, split):

@@ -43,6 +43,11 @@ METRIC_NOTES = (
     "removed), +gate (image classifier gate), SET/prior (per-pixel majority class of the fold's training masks)."
 )
 SPLITS = ("val", "test_r", "test_g")
+# Every test-G set's figures are stored by name under "test_g_sets" (in each fold record and summary);
+# "test_g" holds the first set's, as before there could be several. Inside a run the sets are split keys
+# "test_g:NAME" (see nest_splits).
+TEST_G_SETS = "test_g_sets"
+TEST_G_SPLIT = "test_g:"
 SUMMARY_KEYS = (
     "miou",
     "miou_fg",
@@ -90,8 +95,13 @@ class PostProcessing:
 class BenchInputs:
     train_sets: dict[str, datasets.LabelledSet]
     test_r: datasets.LabelledSet | None = None
-    test_g: datasets.LabelledSet | None = None
+    test_g_sets: dict[str, datasets.LabelledSet] = field(default_factory=dict)  # by name, in the order given
     classes: list = field(default_factory=list)
+
+    @property
+    def test_g(self) -> datasets.LabelledSet | None:
+        """The first test-G set (the one results.json's "test_g" keys describe)."""
+        return next(iter(self.test_g_sets.values()), None)
 
 
 def parse_models(spec: list[str], profile: Profile, in_channels: int, num_classes: int) -> list[SegmenterConfig]:
@@ -134,7 +144,10 @@ def load_inputs(
     cache_dir=None,
     class_map: dict[int, int] | None = None,
 ) -> BenchInputs:
-    """Load and check every set the run needs; ``class_map`` renumbers the real folders' classes."""
+    """Load and check every set the run needs; ``class_map`` renumbers the real folders' classes.
+
+    ``test_generated``: a generated folder, or {name: folder} for several test-G sets (see
+    :func:`datasets.parse_test_generated`); every trained model is scored on each."""
     res = profile.resolution
     unknown = set(sets) - {"real", "synthetic", "hybrid"}
     if unknown:
@@ -178,23 +191,25 @@ def load_inputs(
             h = datasets.hybrid(s, r)
             train_sets[f"hybrid{len(s)}+{len(r)}{tag}"] = h
     test_r = datasets.load_real(test_real, res, None, 0, "--test-real", cache_dir, class_map) if test_real else None
-    test_g = (
-        datasets.load_generated(test_generated, res, None, 0.0, "--test-generated", cache_dir)
-        if test_generated
-        else None
-    )
-    if test_g is not None:
-        for name, s in train_sets.items():
+    if test_generated and not isinstance(test_generated, dict):
+        test_generated = {datasets.UNNAMED_TEST_G: test_generated}
+    test_g_sets = {}
+    for name, path in (test_generated or {}).items():
+        what = "--test-generated" + ("" if name == datasets.UNNAMED_TEST_G else f" {name}")
+        test_g_sets[name] = datasets.load_generated(path, res, None, 0.0, what, cache_dir)
+    labelled = {f"{datasets.test_g_label(n)} ({t.info['path']})": t for n, t in test_g_sets.items()}
+    for name, s in train_sets.items():
+        for label, t in labelled.items():
             if s.seeds:
                 try:
-                    datasets.check_disjoint(s, test_g)
+                    datasets.check_disjoint(s, t, label)
                 except datasets.DataError as e:
                     raise datasets.DataError(f"{name}: {e}") from None
-    everything = {**train_sets, **({"test-R": test_r} if test_r else {}), **({"test-G": test_g} if test_g else {})}
+    everything = {**train_sets, **({"test-R": test_r} if test_r else {}), **labelled}
     if not everything:
         raise ConfigError("nothing to do: give training data (--real / --synthetic) or test data")
     classes = datasets.check_compatible(everything)
-    return BenchInputs(train_sets, test_r, test_g, classes)
+    return BenchInputs(train_sets, test_r, test_g_sets, classes)
 
 
 def name_groups(names: list[str], pattern: str) -> list[str]:
@@ -261,18 +276,48 @@ class Results:
 
 
 def summarise(folds: list[dict], num_classes: int) -> dict:
-    out = {}
-    for split in SPLITS:
-        rows = [f[split] for f in folds if f.get(split)]
-        if not rows:
-            continue
-        s = {k: mean_std([r.get(k) for r in rows]) for k in SUMMARY_KEYS if any(k in r for r in rows)}
-        for k in PER_CLASS_KEYS:
-            if any(k in r for r in rows):
-                s[k] = [mean_std([(r.get(k) or [None] * num_classes)[c] for r in rows]) for c in range(num_classes)]
-        s["folds"] = len(rows)
-        out[split] = s
+    """Mean and std over folds of every split, and of every test-G set by name (under "test_g_sets")."""
+    out = {split: _summarise([f[split] for f in folds if f.get(split)], num_classes) for split in SPLITS}
+    names = dict.fromkeys(n for f in folds for n in f.get(TEST_G_SETS) or {})
+    if names:
+        out[TEST_G_SETS] = {
+            n: _summarise([f[TEST_G_SETS][n] for f in folds if (f.get(TEST_G_SETS) or {}).get(n)], num_classes)
+            for n in names
+        }
+    return {k: v for k, v in out.items() if v}
+
+
+def _summarise(rows: list[dict], num_classes: int) -> dict:
+    if not rows:
+        return {}
+    s = {k: mean_std([r.get(k) for r in rows]) for k in SUMMARY_KEYS if any(k in r for r in rows)}
+    for k in PER_CLASS_KEYS:
+        if any(k in r for r in rows):
+            s[k] = [mean_std([(r.get(k) or [None] * num_classes)[c] for r in rows]) for c in range(num_classes)]
+    s["folds"] = len(rows)
+    return s
+
+
+def nest_splits(scores: dict) -> dict:
+    """A fold's scores keyed by split ("test_g:NAME" for each test-G set) -> the stored record: the test-G
+    sets under "test_g_sets" by name, the first one also as "test_g"; other keys unchanged."""
+    out = {k: v for k, v in scores.items() if not k.startswith(TEST_G_SPLIT)}
+    named = {k.removeprefix(TEST_G_SPLIT): v for k, v in scores.items() if k.startswith(TEST_G_SPLIT)}
+    if named:
+        out["test_g"] = next(iter(named.values()))
+        out[TEST_G_SETS] = named
     return out
+
+
+def missing_splits(rec: dict, splits) -> list[str]:
+    """The splits (as in :func:`nest_splits`) a stored fold record has no figures for. A record written
+    before several test-G sets existed holds its one set as "test_g": the unnamed set."""
+    named = rec.get(TEST_G_SETS) or {datasets.UNNAMED_TEST_G: rec.get("test_g")}
+    return [
+        s
+        for s in splits
+        if (named.get(s.removeprefix(TEST_G_SPLIT)) if s.startswith(TEST_G_SPLIT) else rec.get(s)) is None
+    ]
 
 
 def sample_indices(masks: np.ndarray, n: int = N_SAMPLES) -> np.ndarray:
@@ -372,6 +417,7 @@ def run_benchmark(
         test_sets={
             "test_r": inputs.test_r.info if inputs.test_r else None,
             "test_g": inputs.test_g.info if inputs.test_g else None,
+            TEST_G_SETS: {n: t.info for n, t in inputs.test_g_sets.items()},
         },
     )
     if inputs.test_r is not None:
@@ -435,27 +481,33 @@ def run_benchmark(
         for e_i, (exp, entry, derived) in enumerate(plans):
             if should_stop is not None and should_stop():
                 return results.doc
-            if all(any(f["fold"] == f_i for f in e["folds"]) for e in [entry] + [d for _, d in derived]):
-                log(f"[{exp.key}] fold {f_i + 1}/{k} already done; skipped")
-                continue
             t0, c0 = time.time(), time.process_time()
             tr, va = splits_of[exp.set_key][f_i]
             train = exp.train
             tests = {
                 "val": (train.images[va], train.masks[va]) if len(va) else None,
                 "test_r": (inputs.test_r.images, inputs.test_r.masks) if inputs.test_r else None,
-                "test_g": (inputs.test_g.images, inputs.test_g.masks) if inputs.test_g else None,
+                **{TEST_G_SPLIT + n: (t.images, t.masks) for n, t in inputs.test_g_sets.items()},
             }
             tests = {s: t for s, t in tests.items() if t is not None}
+            stored = [f for e in [entry] + [d for _, d in derived] for f in e["folds"] if f["fold"] == f_i]
+            missing = sorted({s for f in stored for s in missing_splits(f, tests)})
+            if len(stored) == 1 + len(derived) and not missing:
+                log(f"[{exp.key}] fold {f_i + 1}/{k} already done; skipped")
+                continue
+            if missing:  # e.g. a test-G set added since: the fold is trained again (same seed) and scored on all
+                log(f"[{exp.key}] fold {f_i + 1}/{k} has no figures on {', '.join(missing)}; trained again")
             base = {"fold": f_i, "n_train": int(len(tr)), "n_val": int(len(va))}
             if exp.model is None:
                 prior, freq = prior_map(train.masks[tr], nc)
                 rec = dict(
                     base,
-                    **{
-                        s: evaluate(np.broadcast_to(prior, m.shape), m, nc, np.broadcast_to(freq, m.shape))
-                        for s, (_, m) in tests.items()
-                    },
+                    **nest_splits(
+                        {
+                            s: evaluate(np.broadcast_to(prior, m.shape), m, nc, np.broadcast_to(freq, m.shape))
+                            for s, (_, m) in tests.items()
+                        }
+                    ),
                 )
                 _store(results, entry, rec, nc)
                 log(_fold_line(exp.key, f_i, k, rec))
@@ -475,7 +527,7 @@ def run_benchmark(
                 base,
                 losses=losses_seen,
                 train_seconds=round(time.time() - t0, 1),
-                **{s: score(*preds[s], tests[s][1], nc) for s in tests},
+                **nest_splits({s: score(*preds[s], tests[s][1], nc) for s in tests}),
             )
             if "test_r" in preds:
                 sample = bench / "samples" / f"pred_{safe_name(exp.key)}.npy"
@@ -493,7 +545,10 @@ def run_benchmark(
                 if d_exp.post == "gate" and exp.set_key not in gates:
                     gates[exp.set_key] = train_gate(train.images[tr], train.masks[tr], cfg)
                 d_rec = dict(
-                    base, **postprocess(d_exp.post, preds, tests, nc, post.min_component, gates.get(exp.set_key))
+                    base,
+                    **nest_splits(
+                        postprocess(d_exp.post, preds, tests, nc, post.min_component, gates.get(exp.set_key))
+                    ),
                 )
                 _store(results, d_entry, d_rec, nc)
                 log(_fold_line(d_exp.key, f_i, k, d_rec))
@@ -531,9 +586,12 @@ def _store(results: "Results", entry: dict, rec: dict, nc: int) -> None:
 
 
 def _fold_line(key: str, f_i: int, k: int, rec: dict) -> str:
+    named = rec.get(TEST_G_SETS) or {}
+    shown = [(s, rec.get(s)) for s in SPLITS if s != "test_g" or len(named) < 2]
+    shown += [(f"test_g[{n}]", r) for n, r in named.items() if len(named) > 1]
     return (
         f"[{key}] fold {f_i + 1}/{k}: "
-        + ", ".join(f"{s} mIoU {rec[s]['miou']:.3f}" for s in SPLITS if rec.get(s) and rec[s].get("miou") is not None)
+        + ", ".join(f"{s} mIoU {r['miou']:.3f}" for s, r in shown if r and r.get("miou") is not None)
         + (f" ({rec['seconds']:.0f}s)" if "seconds" in rec else "")
     )
 

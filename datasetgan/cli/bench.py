@@ -141,8 +141,11 @@ RUN_OPTIONS = _options(
     ),
     click.option(
         "--test-generated",
-        type=DATA_DIR,
-        help="Generated folder scored as test-G; its seeds must be disjoint from the training pairs.",
+        multiple=True,
+        metavar="[NAME=]DIR",
+        help="Generated folder scored as test-G; its seeds must be disjoint from the training pairs. Repeat "
+        "it as NAME=DIR to score every model, trained once, on several test-G sets (e.g. one per "
+        "interpreter); results.json keeps each under test_g_sets.NAME, the first also as test_g.",
     ),
     click.option(
         "--models",
@@ -270,6 +273,12 @@ def _weights(items) -> dict:
     return out
 
 
+def _test_generated(p: dict) -> dict[str, Path]:
+    from ..bench.datasets import parse_test_generated
+
+    return parse_test_generated(p.get("test_generated") or ())
+
+
 def _class_map(p: dict) -> dict[int, int]:
     from ..bench.datasets import parse_class_map
 
@@ -317,7 +326,7 @@ def do_run(run: Path, p: dict) -> None:
         real,
         p.get("test_real"),
         synthetic,
-        p.get("test_generated"),
+        _test_generated(p),
         limit,
         p.get("hybrid_real"),
         _csv(p.get("synthetic_sizes"), int) or None,
@@ -412,7 +421,8 @@ def command():
     """Benchmark segmenters trained on synthetic, real and hybrid sets; score on test-R/test-G.
 
     Each (training set, model, loss) is trained once per fold of a k-fold split and scored on its
-    held-out part, on test-R (real labelled images) and test-G (generated pairs from unseen seeds):
+    held-out part, on test-R (real labelled images) and test-G (generated pairs from unseen seeds; several
+    named sets with --test-generated NAME=DIR, each model scored on all):
     Dice, IoU, HD95, ASSD, Chamfer, BF score, MMCL and ECE, mean +- std over folds. Writes
     RUN/bench/results.json, tables.md, methods.md/.json/.png, bars.png and predictions.png.
 
@@ -424,6 +434,8 @@ def command():
       datasetgan bench run runs/acdc64 --synthetic runs/acdc64/generated/train \\
           --test-generated runs/acdc64/generated/test --real ../shared/data/acdc/train \\
           --test-real ../shared/data/acdc/test --sets synthetic,real,hybrid --models deeplabv3
+      datasetgan bench run runs/acdc64 --sets real --real ../shared/data/acdc/train \\
+          --test-generated a=runs/a/generated/test --test-generated b=runs/b/generated/test
       datasetgan bench annotator runs/acdc64 --real ../shared/data/acdc/train --out runs/acdc64/annotator.safetensors
       datasetgan bench grade runs/acdc64 runs/acdc64/generated/train --reference runs/acdc64/annotator.safetensors
       datasetgan bench report runs/acdc64
