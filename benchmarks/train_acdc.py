@@ -1,31 +1,72 @@
-"""Figures and a table comparing two training runs (ADA vs no augmentation) at equal images seen.
+"""Two training runs side by side (the preset's default vs no augmentation): FID by images seen and by
+training CPU time, ADA's p, and the goals of issue 15.
 
-Reads RUN/training/log.jsonl of each run, draws FID and p/r_t against thousands of images into
-benchmarks/train_acdc_curves.png, copies each run's sample grid at the newest snapshot both runs
-have reached into benchmarks/train_acdc_grid_<name>.png, and prints a Markdown table of FID at every
-snapshot both runs reached.
-With ``--heldout DIR`` it also measures how far each run's D overfits: the share of positive logits
-(r_t without augmentation) and the mean logit of D on the training images and on held-out real images
-of the same kind, at every snapshot on disk (ADA's premise is that the two drift apart).
+Reads RUN/training/log.jsonl of each run (FID-500 at every snapshot, `train_cpu_seconds`, p, r_t) and
+measures FID-2000 (pytorch-fid's distance, `datasetgan fid --n 2000` on the snapshot) at the last
+snapshot each run reached within ``--budget-hours`` of training CPU time, plus every ``--fid2000-every``
+kimg; those scores are cached in RUN/fid2000.json, so a rerun only scores new snapshots. Writes the
+curves (benchmarks/train_acdc_curves.png), the section "cpu-small on ACDC: default vs no augmentation"
+of RESULTS.md and benchmarks/results/train_acdc.json. The first run is the one the goals are about:
+its FID-2000 within the budget (``--goal-fid``), and never behind the second run at a snapshot after
+``--after-kimg``, at equal images seen.
 
-    PYTHONPATH=$PWD python benchmarks/train_acdc.py /work/runs/acdc64-ada /work/runs/acdc64-noaug \
-        --names ada noaug --heldout ../shared/data/acdc/val
+    PYTHONPATH=$PWD python benchmarks/train_acdc.py /work/runs/acdc64-s15/ada /work/runs/acdc64-s15/none \\
+        --names default none --data ../shared/data/acdc/train --code eef6c79 [--heldout ../shared/data/acdc/val]
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
-import shutil
+import os
 from pathlib import Path
 
+import results
 import torch
 
+from datasetgan.atomic import atomic_write_text
+
 HERE = Path(__file__).resolve().parent
+FID_N = 2000
 
 
-def rows(run: Path) -> list[dict]:
-    return [json.loads(line) for line in (run / "training/log.jsonl").read_text().splitlines() if line.strip()]
+def snapshots(run: Path) -> list[dict]:
+    """The log rows of the run's snapshots (the rows with a FID), in order."""
+    rows = [json.loads(line) for line in (run / "training/log.jsonl").read_text().splitlines() if line.strip()]
+    return [r for r in rows if r.get("fid") is not None]
+
+
+def within_budget(snaps: list[dict], budget_s: float) -> dict | None:
+    inside = [r for r in snaps if r["train_cpu_seconds"] <= budget_s]
+    return inside[-1] if inside else None
+
+
+def goal_text(snap: dict | None, goal: float) -> str:
+    if snap is None:
+        return "no snapshot within the budget yet"
+    if snap.get("fid2000") is None:
+        return f"not measured: the snapshot at {snap['kimg']:g} kimg is not on disk (train with --keep 0)"
+    return f"{snap['fid2000']:.1f} at {snap['kimg']:g} kimg ({'met' if snap['fid2000'] <= goal else 'not met'})"
+
+
+def fid2000(run: Path, nimg: int, data: str) -> float | None:
+    """FID-2000 of the snapshot at ``nimg`` (cached in RUN/fid2000.json), None if that snapshot is gone."""
+    from datasetgan.data import load_image_folder
+    from datasetgan.fid import FIDEvaluator
+    from datasetgan.training import snapshot_generator, snapshot_name
+
+    cache_path = run / "fid2000.json"
+    cache = json.loads(cache_path.read_text()) if cache_path.exists() else {}
+    if str(nimg) not in cache:
+        snap = run / "training" / snapshot_name(nimg)
+        if not snap.exists():
+            return None
+        G, _ = snapshot_generator(snap)
+        images = load_image_folder(data, G.cfg.resolution, masks="ignore").images
+        cache[str(nimg)] = FIDEvaluator(images, FID_N, seed=0, reference=True)(G)
+        atomic_write_text(cache_path, json.dumps(cache, indent=1))
+    return cache[str(nimg)]
 
 
 @torch.no_grad()
@@ -59,74 +100,148 @@ def d_overfit(run: Path, train_dir: str, heldout_dir: str) -> list[tuple]:
     return out
 
 
-def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("runs", nargs="+", type=Path)
-    ap.add_argument("--names", nargs="+", default=None)
-    ap.add_argument("--heldout", help="held-out real images (e.g. ../shared/data/acdc/val) for the D overfitting table")
-    ap.add_argument("--train-data", default="../shared/data/acdc/train", help="the runs' training images")
-    args = ap.parse_args()
-    names = args.names or [r.name for r in args.runs]
-    logs = {n: rows(r) for n, r in zip(names, args.runs)}
-
+def plot(runs: dict[str, list[dict]], logs: dict[str, list[dict]], budget_h: float, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(11, 3.6), dpi=90)
-    ax_fid, ax_p = fig.subplots(1, 2)
-    for name, rs in logs.items():
-        pts = [(r["kimg"], r["fid"]) for r in rs if r.get("fid") is not None]
-        if pts:
-            ax_fid.plot(*zip(*pts), "o-", ms=3, label=name)
-        ax_p.plot([r["kimg"] for r in rs], [r["p"] for r in rs], label=f"{name} p")
-        rt = [(r["kimg"], r["r_t"]) for r in rs if r.get("r_t") is not None]
+    fig = Figure(figsize=(14, 3.8), dpi=90)
+    ax_k, ax_h, ax_p = fig.subplots(1, 3)
+    for name, snaps in runs.items():
+        ax_k.plot([r["kimg"] for r in snaps], [r["fid"] for r in snaps], "o-", ms=3, label=name)
+        ax_h.plot([r["train_cpu_seconds"] / 3600 for r in snaps], [r["fid"] for r in snaps], "o-", ms=3, label=name)
+        rows = logs[name]
+        ax_p.plot([r["kimg"] for r in rows], [r["p"] for r in rows], label=f"{name} p")
+        rt = [(r["kimg"], r["r_t"]) for r in rows if r.get("r_t") is not None]
         if rt:
-            ax_p.plot(*zip(*rt), "--", lw=0.8, label=f"{name} r_t")
-    ax_p.axhline(0.6, color="gray", lw=0.5, ls=":")
-    ax_fid.set_title("FID (500 generated images) vs kimg")
-    ax_p.set_title("ADA p and r_t (target 0.6) vs kimg")
-    for ax in (ax_fid, ax_p):
-        ax.set_xlabel("kimg")
+            ax_p.plot(*zip(*rt), lw=0.5, alpha=0.6, label=f"{name} r_t")
+    ax_h.axvline(budget_h, color="gray", lw=0.8, ls=":")
+    ax_k.set(title="FID-500 by images seen", xlabel="kimg")
+    ax_h.set(title="FID-500 by training CPU time", xlabel="CPU hours (training only)")
+    ax_p.set(title="ADA p and r_t", xlabel="kimg")
+    for ax in (ax_k, ax_h, ax_p):
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(HERE / "train_acdc_curves.png")
+    fig.savefig(path)
 
-    # FID at snapshots both runs reached.
-    fids = {n: {r["nimg"]: r["fid"] for r in rs if r.get("fid") is not None} for n, rs in logs.items()}
-    common = sorted(set.intersection(*(set(f) for f in fids.values())))
-    print("| kimg | " + " | ".join(f"FID {n}" for n in names) + " | " + " | ".join(f"p {n}" for n in names) + " |")
-    print("|---" * (1 + 2 * len(names)) + "|")
-    p_at = {n: {r["nimg"]: r["p"] for r in rs} for n, rs in logs.items()}
-    for nimg in common:
-        print(
-            f"| {nimg / 1000:.1f} | "
-            + " | ".join(f"{fids[n][nimg]:.1f}" for n in names)
-            + " | "
-            + " | ".join(f"{p_at[n][nimg]:.3f}" for n in names)
-            + " |"
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("runs", nargs=2, type=Path, help="the default's run folder, then the no-augmentation run's")
+    ap.add_argument("--names", nargs=2, default=["default", "none"])
+    ap.add_argument("--data", required=True, help="the runs' training images (FID-2000 is measured against them)")
+    ap.add_argument("--budget-hours", type=float, default=4.0, help="training CPU hours of the goal")
+    ap.add_argument("--goal-fid", type=float, default=100.0)
+    ap.add_argument("--after-kimg", type=float, default=16.0)
+    ap.add_argument("--fid2000-every", type=float, default=0, help="also FID-2000 every this many kimg (0: none)")
+    ap.add_argument("--code", default="", help="the commit that trained the runs (recorded)")
+    ap.add_argument("--heldout", help="held-out real images: also print how far each run's D overfits")
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    budget_s = args.budget_hours * 3600
+    names = args.names
+    folders = dict(zip(names, args.runs))
+    logs = {
+        n: [json.loads(x) for x in (r / "training/log.jsonl").read_text().splitlines() if x.strip()]
+        for n, r in folders.items()
+    }
+    runs = {n: snapshots(r) for n, r in folders.items()}
+
+    # FID-2000 at the budget's last snapshot (and every --fid2000-every kimg).
+    for name, snaps in runs.items():
+        last = within_budget(snaps, budget_s)
+        for r in snaps:
+            every = args.fid2000_every and r["nimg"] % round(args.fid2000_every * 1000) == 0
+            if r is last or every:
+                r["fid2000"] = fid2000(folders[name], r["nimg"], args.data)
+    plot(runs, logs, args.budget_hours, HERE / "train_acdc_curves.png")
+
+    a, b = names
+    fid_b = {r["nimg"]: r["fid"] for r in runs[b]}
+    common = [r for r in runs[a] if r["nimg"] in fid_b]
+    behind = [
+        (r["kimg"], r["fid"] - fid_b[r["nimg"]])
+        for r in common
+        if r["kimg"] > args.after_kimg and r["fid"] > fid_b[r["nimg"]]
+    ]
+    at_budget = {n: within_budget(s, budget_s) for n, s in runs.items()}
+    goal = at_budget[a].get("fid2000") if at_budget[a] else None
+    load = os.getloadavg()
+
+    lines = [
+        f"## cpu-small on ACDC: {a} vs {b} (issue 15)",
+        "",
+        f"{datetime.date.today()}, load average {load[0]:.1f}; code {args.code or 'not recorded'}. Command:",
+        "",
+        "```",
+        "PYTHONPATH=$PWD python benchmarks/train_acdc.py "
+        + " ".join(str(r) for r in args.runs)
+        + f" --names {a} {b} --data {args.data} --budget-hours {args.budget_hours:g}",
+        "```",
+        "",
+        f"FID-500 at every snapshot (eigenvalue distance, 500 generated images vs all training images); "
+        f"FID-{FID_N} with pytorch-fid's distance where measured. CPU h = training CPU time (`train_cpu_seconds`, "
+        "no FID or snapshot time).",
+        "",
+        f"| kimg | CPU h {a} | FID-500 {a} | p {a} | CPU h {b} | FID-500 {b} | {a} - {b} |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    by_nimg_b = {r["nimg"]: r for r in runs[b]}
+    for r in common:
+        q = by_nimg_b[r["nimg"]]
+        lines.append(
+            f"| {r['kimg']:g} | {r['train_cpu_seconds'] / 3600:.2f} | {r['fid']:.1f} | {r['p']:.3f} | "
+            f"{q['train_cpu_seconds'] / 3600:.2f} | {q['fid']:.1f} | {r['fid'] - q['fid']:+.1f} |"
         )
-    # Sample grids at the newest snapshot both runs reached.
-    grids = [set(int(p.stem.split("-")[1]) for p in (r / "training").glob("grid-*.png")) for r in args.runs]
-    last = max(set.intersection(*grids))
-    for name, run in zip(names, args.runs):
-        shutil.copy(run / "training" / f"grid-{last:09d}.png", HERE / f"train_acdc_grid_{name}.png")
-    shutil.copy(args.runs[0] / "training" / "reals.png", HERE / "train_acdc_reals.png")
-    for name, rs in logs.items():
-        r = rs[-1]
-        print(
-            f"{name}: {r['nimg']} images seen, {r['train_seconds'] / 3600:.2f} h of training, "
-            f"p {r['p']:.3f}, last images/s {r['images_per_s']}"
-        )
-    print(f"grids at {last} images")
+    lines += ["", f"FID-{FID_N} (pytorch-fid distance):", "", "| run | kimg | CPU h | FID-2000 |", "|---|---|---|---|"]
+    for name, snaps in runs.items():
+        for r in snaps:
+            if r.get("fid2000") is not None:
+                lines.append(f"| {name} | {r['kimg']:g} | {r['train_cpu_seconds'] / 3600:.2f} | {r['fid2000']:.1f} |")
+    lines += [
+        "",
+        f"- **FID-{FID_N} of {a} within {args.budget_hours:g} CPU h ≤ {args.goal_fid:g}:** "
+        + goal_text(at_budget[a], args.goal_fid),
+        f"- **{a} never behind {b} after {args.after_kimg:g} kimg (FID-500, equal images seen):** "
+        + ("met" if not behind else "not met: behind at " + ", ".join(f"{k:g} kimg by {d:.1f}" for k, d in behind))
+        + f" ({sum(r['kimg'] > args.after_kimg for r in common)} common snapshots).",
+        "",
+        "![curves](train_acdc_curves.png)",
+    ]
+    section = "\n".join(lines) + "\n"
+    print(section)
+    results.write_section(section)
+    doc = {
+        "command": "benchmarks/train_acdc.py",
+        "date": str(datetime.date.today()),
+        "load_average": list(load),
+        "code": args.code,
+        "budget_cpu_hours": args.budget_hours,
+        "runs": {
+            n: {
+                "folder": str(folders[n]),
+                "snapshots": [
+                    {k: r.get(k) for k in ("kimg", "nimg", "train_cpu_seconds", "fid", "fid2000", "p", "r_t")}
+                    for r in s
+                ],
+            }
+            for n, s in runs.items()
+        },
+        "goals": {
+            "fid2000_within_budget": goal,
+            "fid2000_goal": args.goal_fid,
+            "behind_after_kimg": [{"kimg": k, "fid500_gap": d} for k, d in behind],
+        },
+    }
+    results.write_json("train_acdc", doc)
     if args.heldout:
-        torch.set_num_threads(1)
-        for name, run in zip(names, args.runs):
+        for name, run in folders.items():
             print(f"\nD of {name} (no augmentation applied): share of positive logits and mean logit\n")
             print("| kimg | sign train | sign held-out | logit train | logit held-out |\n|---|---|---|---|---|")
-            for row in d_overfit(run, args.train_data, args.heldout):
+            for row in d_overfit(run, args.data, args.heldout):
                 print("| {:.0f} | {:.3f} | {:.3f} | {:.2f} | {:.2f} |".format(*row))
 
 

@@ -453,6 +453,23 @@ def load_snapshot(path: Path) -> tuple[dict, dict]:
     return tensors, meta
 
 
+def snapshot_generator(path: Path) -> tuple[Generator, dict]:
+    """The EMA generator a training snapshot holds (what the run exported at that snapshot), and the
+    snapshot's metadata: FID, rendering or a generator file at any snapshot kept on disk."""
+    tensors, meta = load_snapshot(path)
+    G = Generator(TrainConfig.from_dict(meta["config"]).generator_config())
+    G.load_state_dict({k[len("G_ema.") :]: v for k, v in tensors.items() if k.startswith("G_ema.")})
+    return G.eval().requires_grad_(False), meta
+
+
+def export_snapshot(path: Path, out: Path, data: str | None = None) -> None:
+    """Write a snapshot's EMA generator to ``out`` exactly as training exports it (same tensors and metadata)."""
+    G, meta = snapshot_generator(path)
+    state = meta["state"]
+    extra = {"training": {"nimg": state["nimg"], "step": state["step"], "config": meta["config"]}}
+    checkpoint.save_generator(out, G, {**extra, **({"data": data} if data else {})})
+
+
 def read_log(path: Path) -> list[dict]:
     return jsonlog.read(path)[0]
 

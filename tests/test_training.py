@@ -12,10 +12,17 @@ from click.testing import CliRunner
 from support import ACDC as ACDC_ROOT
 from support import tiny_train_args
 
-from datasetgan.checkpoint import load_generator, load_tensors
+from datasetgan.checkpoint import load_generator, load_meta, load_tensors
 from datasetgan.cli import main
 from datasetgan.presets import make_config
-from datasetgan.training import Trainer, flatten_optimizer, latest_snapshot, unflatten_optimizer
+from datasetgan.training import (
+    Trainer,
+    export_snapshot,
+    flatten_optimizer,
+    latest_snapshot,
+    snapshot_generator,
+    unflatten_optimizer,
+)
 
 ACDC = ACDC_ROOT / "train"
 
@@ -89,6 +96,24 @@ def test_train_writes_outputs_and_resume_is_exact(acdc, tmp_path, monkeypatch):
     assert G.cfg.resolution == 32 and G.cfg.img_channels == 1
     for key, t in G.state_dict().items():
         assert torch.equal(t, t_full[f"G_ema.{key}"]), key
+    # Any snapshot kept on disk gives the generator the run exported at that point, and `fid` scores it.
+    export_snapshot(tdir / "snapshot-000000320.safetensors", tmp_path / "g320.safetensors", acdc)
+    exported, meta = load_tensors(tmp_path / "g320.safetensors")
+    assert meta["training"] == load_meta(full / "generator.safetensors")["training"]
+    assert exported.keys() == G.state_dict().keys()
+    assert all(torch.equal(t, exported[k]) for k, t in G.state_dict().items())
+    G160, meta160 = snapshot_generator(tdir / "snapshot-000000160.safetensors")
+    assert meta160["state"]["nimg"] == 160
+    assert not all(torch.equal(t, G160.state_dict()[k]) for k, t in G.state_dict().items())
+    data = tmp_path / "four"
+    data.mkdir()
+    for f in sorted(Path(acdc).glob("images/*.png"))[:4]:
+        (data / f.name).write_bytes(f.read_bytes())
+    fids = [
+        json.loads(run_cli(["fid", str(src), str(data), "--n", "4", "--fast", "--json"]).output.splitlines()[-1])["fid"]
+        for src in (full, tdir / "snapshot-000000320.safetensors", tdir / "snapshot-000000160.safetensors")
+    ]
+    assert fids[0] == fids[1] != fids[2]
     rows = [json.loads(line) for line in (tdir / "log.jsonl").read_text().splitlines()]
     assert rows[-1]["nimg"] == 320 and {"loss_G", "loss_D", "p", "r_t", "images_per_s"} <= rows[-1].keys()
     # The resumed log continues the curve: same kimg sequence as the uninterrupted one.

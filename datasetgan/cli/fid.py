@@ -34,7 +34,9 @@ from . import Command
 def command(source, data, n_images, truncation, seed, batch, threads, fast, as_json):
     """FID of a generator against the real images in DATA.
 
-    SOURCE is a run folder (its generator.safetensors is used) or a generator .safetensors file.
+    SOURCE is a run folder (its generator.safetensors is used), a generator .safetensors file, or a
+    training snapshot (RUN/training/snapshot-*.safetensors: its EMA generator, to score any snapshot
+    kept on disk, e.g. with `train --keep 0`).
     DATA is loaded at the generator's resolution; its Inception statistics are cached per data set
     and resolution, so the second call only pays for the generated images.
 
@@ -46,10 +48,11 @@ def command(source, data, n_images, truncation, seed, batch, threads, fast, as_j
 
     import torch
 
-    from ..checkpoint import load_generator
+    from ..checkpoint import load_generator, load_meta
     from ..data import load_image_folder
     from ..fid import FIDEvaluator
     from ..runfolder import RunFolder
+    from ..training import SNAPSHOT_KIND, snapshot_generator
 
     if threads:
         torch.set_num_threads(threads)
@@ -58,7 +61,8 @@ def command(source, data, n_images, truncation, seed, batch, threads, fast, as_j
     path = RunFolder(source).generator if source.is_dir() else source
     if not path.is_file():
         raise click.ClickException(f"{path} does not exist; run `datasetgan train` first")
-    G = load_generator(path)
+    snapshot = load_meta(path).get("kind") == SNAPSHOT_KIND
+    G = snapshot_generator(path)[0] if snapshot else load_generator(path)
     ds = load_image_folder(data, G.cfg.resolution, masks="ignore")
     if ds.channels != G.cfg.img_channels:
         raise click.ClickException(
