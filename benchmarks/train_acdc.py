@@ -29,6 +29,7 @@ from datasetgan.atomic import atomic_write_text
 
 HERE = Path(__file__).resolve().parent
 FID_N = 2000
+OVERFIT_KEYS = ("kimg", "p", "r_train", "r_heldout", "r_augmented", "logit_train", "logit_heldout", "logit_augmented")
 
 
 def snapshots(run: Path) -> list[dict]:
@@ -48,6 +49,15 @@ def goal_text(snap: dict | None, goal: float) -> str:
     if snap.get("fid2000") is None:
         return f"not measured: the snapshot at {snap['kimg']:g} kimg is not on disk (train with --keep 0)"
     return f"{snap['fid2000']:.1f} at {snap['kimg']:g} kimg ({'met' if snap['fid2000'] <= goal else 'not met'})"
+
+
+def never_behind_text(behind: list[tuple[float, float]], compared: int) -> str:
+    if not compared:
+        return "no common snapshot after that yet."
+    if not behind:
+        return f"met ({compared} common snapshots)."
+    gaps = ", ".join(f"{k:g} kimg by {d:.1f}" for k, d in behind)
+    return f"not met at {len(behind)} of {compared} common snapshots: behind at {gaps}."
 
 
 def fid2000(run: Path, nimg: int, data: str) -> float | None:
@@ -71,7 +81,11 @@ def fid2000(run: Path, nimg: int, data: str) -> float | None:
 
 @torch.no_grad()
 def d_overfit(run: Path, train_dir: str, heldout_dir: str) -> list[tuple]:
-    """[(kimg, r train, r held-out, mean logit train, mean logit held-out)] for every snapshot on disk."""
+    """[(kimg, p, r train, r held-out, r augmented train, mean logit train, held-out, augmented train)] for
+    every snapshot on disk. r is the share of positive logits; "augmented train" applies the run's
+    pipeline at the snapshot's p, as training does (ADA's premise: D's logits on the training images
+    drift away from those on unseen ones; issue 15's question: does D give up on augmented reals?)."""
+    from datasetgan.augment import AugmentPipe
     from datasetgan.data import load_image_folder
     from datasetgan.networks import Discriminator
     from datasetgan.presets import TrainConfig
@@ -87,15 +101,19 @@ def d_overfit(run: Path, train_dir: str, heldout_dir: str) -> list[tuple]:
                 - 1
                 for key, folder in (("train", train_dir), ("heldout", heldout_dir))
             }
+        p = meta["state"]["ada"]["p"]
+        gen = torch.Generator().manual_seed(0)
+        images["augmented"] = AugmentPipe(cfg.augpipe)(images["train"], p, gen)
         D = Discriminator(cfg.discriminator_config()).eval()
         D.load_state_dict({k[2:]: v for k, v in tensors.items() if k.startswith("D.")})
-        row = [meta["state"]["nimg"] / 1000]
         logits = {}
         for key, imgs in images.items():
             n = len(imgs) - len(imgs) % cfg.batch  # whole minibatches, as in training (minibatch std)
             logits[key] = torch.cat([D(imgs[i : i + cfg.batch]).flatten() for i in range(0, n, cfg.batch)])
-        row += [float(torch.sign(logits[k]).mean()) for k in ("train", "heldout")]
-        row += [float(logits[k].mean()) for k in ("train", "heldout")]
+        keys = ("train", "heldout", "augmented")
+        row = [meta["state"]["nimg"] / 1000, p]
+        row += [float(torch.sign(logits[k]).mean()) for k in keys]
+        row += [float(logits[k].mean()) for k in keys]
         out.append(tuple(row))
     return out
 
@@ -137,7 +155,7 @@ def main():
     ap.add_argument("--after-kimg", type=float, default=16.0)
     ap.add_argument("--fid2000-every", type=float, default=0, help="also FID-2000 every this many kimg (0: none)")
     ap.add_argument("--code", default="", help="the commit that trained the runs (recorded)")
-    ap.add_argument("--heldout", help="held-out real images: also print how far each run's D overfits")
+    ap.add_argument("--heldout", help="held-out real images: also measure how far each run's D overfits")
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -179,7 +197,8 @@ def main():
         "```",
         "PYTHONPATH=$PWD python benchmarks/train_acdc.py "
         + " ".join(str(r) for r in args.runs)
-        + f" --names {a} {b} --data {args.data} --budget-hours {args.budget_hours:g}",
+        + f" --names {a} {b} --data {args.data} --budget-hours {args.budget_hours:g}"
+        + (f" --heldout {args.heldout}" if args.heldout else ""),
         "```",
         "",
         f"FID-500 at every snapshot (eigenvalue distance, 500 generated images vs all training images); "
@@ -206,11 +225,21 @@ def main():
         f"- **FID-{FID_N} of {a} within {args.budget_hours:g} CPU h ≤ {args.goal_fid:g}:** "
         + goal_text(at_budget[a], args.goal_fid),
         f"- **{a} never behind {b} after {args.after_kimg:g} kimg (FID-500, equal images seen):** "
-        + ("met" if not behind else "not met: behind at " + ", ".join(f"{k:g} kimg by {d:.1f}" for k, d in behind))
-        + f" ({sum(r['kimg'] > args.after_kimg for r in common)} common snapshots).",
+        + never_behind_text(behind, sum(r["kimg"] > args.after_kimg for r in common)),
         "",
         "![curves](train_acdc_curves.png)",
     ]
+    overfit = {n: d_overfit(r, args.data, args.heldout) for n, r in folders.items()} if args.heldout else {}
+    for name, rows in overfit.items():
+        lines += [
+            "",
+            f"D of {name} on the training images, {args.heldout} (held out) and the training images augmented "
+            "at the snapshot's p: share of positive logits (r) and mean logit.",
+            "",
+            "| kimg | p | r train | r held-out | r augmented | logit train | logit held-out | logit augmented |",
+            "|---|---|---|---|---|---|---|---|",
+            *("| {:.0f} | {:.3f} | {:.3f} | {:.3f} | {:.3f} | {:.2f} | {:.2f} | {:.2f} |".format(*row) for row in rows),
+        ]
     section = "\n".join(lines) + "\n"
     print(section)
     results.write_section(section)
@@ -223,6 +252,7 @@ def main():
         "runs": {
             n: {
                 "folder": str(folders[n]),
+                "d_overfit": [dict(zip(OVERFIT_KEYS, row)) for row in overfit.get(n, [])],
                 "snapshots": [
                     {k: r.get(k) for k in ("kimg", "nimg", "train_cpu_seconds", "fid", "fid2000", "p", "r_t")}
                     for r in s
@@ -237,12 +267,6 @@ def main():
         },
     }
     results.write_json("train_acdc", doc)
-    if args.heldout:
-        for name, run in folders.items():
-            print(f"\nD of {name} (no augmentation applied): share of positive logits and mean logit\n")
-            print("| kimg | sign train | sign held-out | logit train | logit held-out |\n|---|---|---|---|---|")
-            for row in d_overfit(run, args.data, args.heldout):
-                print("| {:.0f} | {:.3f} | {:.3f} | {:.2f} | {:.2f} |".format(*row))
 
 
 if __name__ == "__main__":
