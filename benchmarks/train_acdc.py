@@ -157,8 +157,10 @@ def main():
     ap.add_argument("--code", default="", help="the commit that trained the runs (recorded)")
     ap.add_argument("--heldout", help="held-out real images: also measure how far each run's D overfits")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--out", type=Path, default=HERE, help="where RESULTS.md, results/ and the curves go")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    args.out.mkdir(parents=True, exist_ok=True)
     budget_s = args.budget_hours * 3600
     names = args.names
     folders = dict(zip(names, args.runs))
@@ -175,7 +177,7 @@ def main():
             every = args.fid2000_every and r["nimg"] % round(args.fid2000_every * 1000) == 0
             if r is last or every:
                 r["fid2000"] = fid2000(folders[name], r["nimg"], args.data)
-    plot(runs, logs, args.budget_hours, HERE / "train_acdc_curves.png")
+    plot(runs, logs, args.budget_hours, args.out / "train_acdc_curves.png")
 
     a, b = names
     fid_b = {r["nimg"]: r["fid"] for r in runs[b]}
@@ -242,7 +244,7 @@ def main():
         ]
     section = "\n".join(lines) + "\n"
     print(section)
-    results.write_section(section)
+    results.write_section(section, args.out / "RESULTS.md")
     doc = {
         "command": "benchmarks/train_acdc.py",
         "date": str(datetime.date.today()),
@@ -266,7 +268,7 @@ def main():
             "behind_after_kimg": [{"kimg": k, "fid500_gap": d} for k, d in behind],
         },
     }
-    results.write_json("train_acdc", doc)
+    results.write_json("train_acdc", doc, args.out / "results")
 
 
 if __name__ == "__main__":
