@@ -5,10 +5,11 @@ Reads RUN/training/log.jsonl of each run (FID-500 at every snapshot, `train_cpu_
 measures FID-2000 (pytorch-fid's distance, `datasetgan fid --n 2000` on the snapshot) at the last
 snapshot each run reached within ``--budget-hours`` of training CPU time, plus every ``--fid2000-every``
 kimg; those scores are cached in RUN/fid2000.json, so a rerun only scores new snapshots. Writes the
-curves (benchmarks/train_acdc_curves.png), the section "cpu-small on ACDC: default vs no augmentation"
+curves (benchmarks/train_acdc_curves.png), the section "cpu-small on ACDC: default vs none (issue 15)"
 of RESULTS.md and benchmarks/results/train_acdc.json. The first run is the one the goals are about:
 its FID-2000 within the budget (``--goal-fid``), and never behind the second run at a snapshot after
-``--after-kimg``, at equal images seen.
+``--after-kimg``, at equal images seen. ``--export FILE`` writes the first run's generator at the
+budget's snapshot (e.g. benchmarks/models/acdc64.safetensors).
 
     PYTHONPATH=$PWD python benchmarks/train_acdc.py /work/runs/acdc64-s15/ada /work/runs/acdc64-s15/none \\
         --names default none --data ../shared/data/acdc/train --code eef6c79 [--heldout ../shared/data/acdc/val]
@@ -32,10 +33,8 @@ FID_N = 2000
 OVERFIT_KEYS = ("kimg", "p", "r_train", "r_heldout", "r_augmented", "logit_train", "logit_heldout", "logit_augmented")
 
 
-def snapshots(run: Path) -> list[dict]:
-    """The log rows of the run's snapshots (the rows with a FID), in order."""
-    rows = [json.loads(line) for line in (run / "training/log.jsonl").read_text().splitlines() if line.strip()]
-    return [r for r in rows if r.get("fid") is not None]
+def read_log(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "training/log.jsonl").read_text().splitlines() if line.strip()]
 
 
 def within_budget(snaps: list[dict], budget_s: float) -> dict | None:
@@ -145,7 +144,7 @@ def plot(runs: dict[str, list[dict]], logs: dict[str, list[dict]], budget_h: flo
     fig.savefig(path)
 
 
-def main():
+def parse_args():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("runs", nargs=2, type=Path, help="the default's run folder, then the no-augmentation run's")
     ap.add_argument("--names", nargs=2, default=["default", "none"])
@@ -156,52 +155,36 @@ def main():
     ap.add_argument("--fid2000-every", type=float, default=0, help="also FID-2000 every this many kimg (0: none)")
     ap.add_argument("--code", default="", help="the commit that trained the runs (recorded)")
     ap.add_argument("--heldout", help="held-out real images: also measure how far each run's D overfits")
+    ap.add_argument("--export", type=Path, help="write the first run's generator at the budget's snapshot here")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", type=Path, default=HERE, help="where RESULTS.md, results/ and the curves go")
-    args = ap.parse_args()
-    torch.set_num_threads(args.threads)
-    args.out.mkdir(parents=True, exist_ok=True)
-    budget_s = args.budget_hours * 3600
-    names = args.names
-    folders = dict(zip(names, args.runs))
-    logs = {
-        n: [json.loads(x) for x in (r / "training/log.jsonl").read_text().splitlines() if x.strip()]
-        for n, r in folders.items()
-    }
-    runs = {n: snapshots(r) for n, r in folders.items()}
+    return ap.parse_args()
 
-    # FID-2000 at the budget's last snapshot (and every --fid2000-every kimg).
-    for name, snaps in runs.items():
-        last = within_budget(snaps, budget_s)
-        for r in snaps:
-            every = args.fid2000_every and r["nimg"] % round(args.fid2000_every * 1000) == 0
-            if r is last or every:
-                r["fid2000"] = fid2000(folders[name], r["nimg"], args.data)
-    plot(runs, logs, args.budget_hours, args.out / "train_acdc_curves.png")
 
-    a, b = names
-    fid_b = {r["nimg"]: r["fid"] for r in runs[b]}
-    common = [r for r in runs[a] if r["nimg"] in fid_b]
-    behind = [
-        (r["kimg"], r["fid"] - fid_b[r["nimg"]])
-        for r in common
-        if r["kimg"] > args.after_kimg and r["fid"] > fid_b[r["nimg"]]
-    ]
-    at_budget = {n: within_budget(s, budget_s) for n, s in runs.items()}
-    goal = at_budget[a].get("fid2000") if at_budget[a] else None
-    load = os.getloadavg()
+def comparison(runs: dict[str, list[dict]], after_kimg: float) -> tuple[list[tuple], list[tuple]]:
+    """[(first's snapshot, second's)] at equal images seen, and [(kimg, FID gap)] where the first is
+    behind after ``after_kimg``."""
+    a, b = runs.values()
+    by_nimg = {r["nimg"]: r for r in b}
+    pairs = [(r, by_nimg[r["nimg"]]) for r in a if r["nimg"] in by_nimg]
+    behind = [(r["kimg"], r["fid"] - q["fid"]) for r, q in pairs if r["kimg"] > after_kimg and r["fid"] > q["fid"]]
+    return pairs, behind
 
+
+def section(args, runs: dict, pairs: list, behind: list, overfit: dict, load: tuple) -> str:
+    a, b = args.names
+    command = (
+        "PYTHONPATH=$PWD python benchmarks/train_acdc.py "
+        + " ".join(str(r) for r in args.runs)
+        + f" --names {a} {b} --data {args.data} --budget-hours {args.budget_hours:g}"
+        + (f" --heldout {args.heldout}" if args.heldout else "")
+    )
     lines = [
         f"## cpu-small on ACDC: {a} vs {b} (issue 15)",
         "",
         f"{datetime.date.today()}, load average {load[0]:.1f}; code {args.code or 'not recorded'}. Command:",
         "",
-        "```",
-        "PYTHONPATH=$PWD python benchmarks/train_acdc.py "
-        + " ".join(str(r) for r in args.runs)
-        + f" --names {a} {b} --data {args.data} --budget-hours {args.budget_hours:g}"
-        + (f" --heldout {args.heldout}" if args.heldout else ""),
-        "```",
+        f"```\n{command}\n```",
         "",
         f"FID-500 at every snapshot (eigenvalue distance, 500 generated images vs all training images); "
         f"FID-{FID_N} with pytorch-fid's distance where measured. CPU h = training CPU time (`train_cpu_seconds`, "
@@ -209,29 +192,30 @@ def main():
         "",
         f"| kimg | CPU h {a} | FID-500 {a} | p {a} | CPU h {b} | FID-500 {b} | {a} - {b} |",
         "|---|---|---|---|---|---|---|",
-    ]
-    by_nimg_b = {r["nimg"]: r for r in runs[b]}
-    for r in common:
-        q = by_nimg_b[r["nimg"]]
-        lines.append(
+        *(
             f"| {r['kimg']:g} | {r['train_cpu_seconds'] / 3600:.2f} | {r['fid']:.1f} | {r['p']:.3f} | "
             f"{q['train_cpu_seconds'] / 3600:.2f} | {q['fid']:.1f} | {r['fid'] - q['fid']:+.1f} |"
-        )
-    lines += ["", f"FID-{FID_N} (pytorch-fid distance):", "", "| run | kimg | CPU h | FID-2000 |", "|---|---|---|---|"]
-    for name, snaps in runs.items():
-        for r in snaps:
-            if r.get("fid2000") is not None:
-                lines.append(f"| {name} | {r['kimg']:g} | {r['train_cpu_seconds'] / 3600:.2f} | {r['fid2000']:.1f} |")
-    lines += [
+            for r, q in pairs
+        ),
+        "",
+        f"FID-{FID_N} (pytorch-fid distance):",
+        "",
+        "| run | kimg | CPU h | FID-2000 |",
+        "|---|---|---|---|",
+        *(
+            f"| {name} | {r['kimg']:g} | {r['train_cpu_seconds'] / 3600:.2f} | {r['fid2000']:.1f} |"
+            for name, snaps in runs.items()
+            for r in snaps
+            if r.get("fid2000") is not None
+        ),
         "",
         f"- **FID-{FID_N} of {a} within {args.budget_hours:g} CPU h ≤ {args.goal_fid:g}:** "
-        + goal_text(at_budget[a], args.goal_fid),
+        + goal_text(within_budget(runs[a], args.budget_hours * 3600), args.goal_fid),
         f"- **{a} never behind {b} after {args.after_kimg:g} kimg (FID-500, equal images seen):** "
-        + never_behind_text(behind, sum(r["kimg"] > args.after_kimg for r in common)),
+        + never_behind_text(behind, sum(r["kimg"] > args.after_kimg for r, _ in pairs)),
         "",
         "![curves](train_acdc_curves.png)",
     ]
-    overfit = {n: d_overfit(r, args.data, args.heldout) for n, r in folders.items()} if args.heldout else {}
     for name, rows in overfit.items():
         lines += [
             "",
@@ -242,10 +226,13 @@ def main():
             "|---|---|---|---|---|---|---|---|",
             *("| {:.0f} | {:.3f} | {:.3f} | {:.3f} | {:.3f} | {:.2f} | {:.2f} | {:.2f} |".format(*row) for row in rows),
         ]
-    section = "\n".join(lines) + "\n"
-    print(section)
-    results.write_section(section, args.out / "RESULTS.md")
-    doc = {
+    return "\n".join(lines) + "\n"
+
+
+def json_doc(args, folders: dict, runs: dict, behind: list, overfit: dict, load: tuple) -> dict:
+    at_budget = within_budget(runs[args.names[0]], args.budget_hours * 3600)
+    keys = ("kimg", "nimg", "train_cpu_seconds", "fid", "fid2000", "p", "r_t")
+    return {
         "command": "benchmarks/train_acdc.py",
         "date": str(datetime.date.today()),
         "load_average": list(load),
@@ -255,20 +242,52 @@ def main():
             n: {
                 "folder": str(folders[n]),
                 "d_overfit": [dict(zip(OVERFIT_KEYS, row)) for row in overfit.get(n, [])],
-                "snapshots": [
-                    {k: r.get(k) for k in ("kimg", "nimg", "train_cpu_seconds", "fid", "fid2000", "p", "r_t")}
-                    for r in s
-                ],
+                "snapshots": [{k: r.get(k) for k in keys} for r in s],
             }
             for n, s in runs.items()
         },
         "goals": {
-            "fid2000_within_budget": goal,
+            "fid2000_within_budget": at_budget.get("fid2000") if at_budget else None,
             "fid2000_goal": args.goal_fid,
             "behind_after_kimg": [{"kimg": k, "fid500_gap": d} for k, d in behind],
         },
     }
-    results.write_json("train_acdc", doc, args.out / "results")
+
+
+def main():
+    args = parse_args()
+    torch.set_num_threads(args.threads)
+    args.out.mkdir(parents=True, exist_ok=True)
+    budget_s = args.budget_hours * 3600
+    folders = dict(zip(args.names, args.runs))
+    logs = {n: read_log(r) for n, r in folders.items()}
+    runs = {n: [r for r in rows if r.get("fid") is not None] for n, rows in logs.items()}
+    for name, snaps in runs.items():  # FID-2000 at the budget's last snapshot (and every --fid2000-every kimg)
+        last = within_budget(snaps, budget_s)
+        for r in snaps:
+            every = args.fid2000_every and r["nimg"] % round(args.fid2000_every * 1000) == 0
+            if r is last or every:
+                r["fid2000"] = fid2000(folders[name], r["nimg"], args.data)
+    plot(runs, logs, args.budget_hours, args.out / "train_acdc_curves.png")
+    pairs, behind = comparison(runs, args.after_kimg)
+    overfit = {n: d_overfit(r, args.data, args.heldout) for n, r in folders.items()} if args.heldout else {}
+    load = os.getloadavg()
+    text = section(args, runs, pairs, behind, overfit, load)
+    print(text)
+    results.write_section(text, args.out / "RESULTS.md")
+    results.write_json("train_acdc", json_doc(args, folders, runs, behind, overfit, load), args.out / "results")
+    if args.export:
+        export(folders[args.names[0]], within_budget(runs[args.names[0]], budget_s), args)
+
+
+def export(run: Path, snap: dict | None, args) -> None:
+    from datasetgan.training import export_snapshot, snapshot_name
+
+    path = run / "training" / snapshot_name(snap["nimg"]) if snap else None
+    if path is None or not path.exists():
+        raise SystemExit(f"error: no snapshot file within the budget to export ({path})")
+    export_snapshot(path, args.export, args.data)
+    print(f"exported {path} ({snap['kimg']:g} kimg) to {args.export}")
 
 
 if __name__ == "__main__":

@@ -32,7 +32,8 @@ def test_goals_count_only_snapshots_within_the_cpu_budget_and_after_the_start(tm
     out = tmp_path / "out"
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(SCRIPT.parents[1]), os.environ.get("PYTHONPATH", "")]))
     cmd = [sys.executable, str(SCRIPT), str(tmp_path / "default"), str(tmp_path / "none"), "--data", str(tmp_path)]
-    res = subprocess.run([*cmd, "--budget-hours", "1", "--out", str(out)], capture_output=True, text=True, env=env)
+    run_opts = dict(capture_output=True, text=True, env=env)
+    res = subprocess.run([*cmd, "--budget-hours", "1", "--out", str(out)], **run_opts)
     assert res.returncode == 0, res.stderr
     doc = json.loads((out / "results" / "train_acdc.json").read_text())
     # Behind at 48 kimg only: 16 kimg is not after --after-kimg 16, 32 and 64 kimg are ahead.
@@ -44,3 +45,7 @@ def test_goals_count_only_snapshots_within_the_cpu_budget_and_after_the_start(tm
     assert "the snapshot at 32 kimg is not on disk" in section
     assert "not met at 1 of 3 common snapshots: behind at 48 kimg by 10.0" in section
     assert (out / "train_acdc_curves.png").stat().st_size > 0
+    # --export needs the budget's snapshot file: a one-line error, nothing written.
+    res = subprocess.run([*cmd, "--out", str(out), "--export", str(tmp_path / "g.safetensors")], **run_opts)
+    assert res.returncode != 0 and "no snapshot file within the budget" in res.stderr and "Traceback" not in res.stderr
+    assert not (tmp_path / "g.safetensors").exists()
