@@ -215,9 +215,9 @@ class Runner:
             (self.root / f"{key}.pid").unlink(missing_ok=True)
         info["sessions"][-1].update(end=time.time(), returncode=rc, to_nimg=images_seen(run))
         write_json_file(run / "study.json", info)
-        print(
-            f"{time.strftime('%H:%M:%S')} {'done' if rc == 0 else f'FAILED ({rc})'} {key} at {kimg:g} kimg", flush=True
-        )
+        status = "done" if rc == 0 else "stopped" if self.stopping else f"FAILED ({rc})"
+        reached = info["sessions"][-1]["to_nimg"] / 1000
+        print(f"{time.strftime('%H:%M:%S')} {status} {key} at {reached:g} kimg (leg to {kimg:g})", flush=True)
         return rc == 0
 
     def stop(self, *_):
