@@ -131,3 +131,5 @@ def test_fid_command(tmp_path, monkeypatch, inception):
     assert fast["distance"] == "eigenvalues" and fast["fid"] == pytest.approx(out["fid"], rel=1e-6, abs=1e-6)
     res = CliRunner().invoke(main, ["fid", str(tmp_path / "data"), str(data)])  # a folder without a generator
     assert res.exit_code != 0 and "run `datasetgan train` first" in res.output and "Traceback" not in res.output
+    res = CliRunner().invoke(main, ["fid", str(data / "0.png"), str(data)])  # an image, not weights
+    assert res.exit_code != 0 and "0.png: not a run folder, a generator or a training snapshot" in res.output

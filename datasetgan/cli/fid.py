@@ -61,6 +61,8 @@ def command(source, data, n_images, truncation, seed, batch, threads, fast, as_j
     path = RunFolder(source).generator if source.is_dir() else source
     if not path.is_file():
         raise click.ClickException(f"{path} does not exist; run `datasetgan train` first")
+    if path.suffix != ".safetensors":
+        raise click.ClickException(f"{path}: not a run folder, a generator or a training snapshot (.safetensors)")
     snapshot = load_meta(path).get("kind") == SNAPSHOT_KIND
     G = snapshot_generator(path)[0] if snapshot else load_generator(path)
     ds = load_image_folder(data, G.cfg.resolution, masks="ignore")
