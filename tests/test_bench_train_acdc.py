@@ -45,6 +45,14 @@ def test_goals_count_only_snapshots_within_the_cpu_budget_and_after_the_start(tm
     assert "the snapshot at 32 kimg is not on disk" in section
     assert "not met at 1 of 3 common snapshots: behind at 48 kimg by 10.0" in section
     assert (out / "train_acdc_curves.png").stat().st_size > 0
+    # Scores cached in RUN/fid2000.json stand for the snapshot files; a run short of its budget says "so far".
+    (tmp_path / "default" / "fid2000.json").write_text(json.dumps({"32000": 120.0, "64000": 99.0}))
+    assert subprocess.run([*cmd, "--budget-hours", "1", "--out", str(out)], **run_opts).returncode == 0
+    assert (
+        "**FID-2000 of default within 1 CPU h ≤ 100:** 120.0 at 32 kimg (not met)\n" in (out / "RESULTS.md").read_text()
+    )
+    assert subprocess.run([*cmd, "--goal-fid", "90", "--out", str(out)], **run_opts).returncode == 0
+    assert "99.0 at 64 kimg (not met so far (the run has trained 1.78 of 4 CPU h))" in (out / "RESULTS.md").read_text()
     # --export needs the budget's snapshot file: a one-line error, nothing written.
     res = subprocess.run([*cmd, "--out", str(out), "--export", str(tmp_path / "g.safetensors")], **run_opts)
     assert res.returncode != 0 and "no snapshot file within the budget" in res.stderr and "Traceback" not in res.stderr
