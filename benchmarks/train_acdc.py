@@ -27,14 +27,11 @@ import results
 import torch
 
 from datasetgan.atomic import atomic_write_text
+from datasetgan.training import read_log
 
 HERE = Path(__file__).resolve().parent
 FID_N = 2000
 OVERFIT_KEYS = ("kimg", "p", "r_train", "r_heldout", "r_augmented", "logit_train", "logit_heldout", "logit_augmented")
-
-
-def read_log(run: Path) -> list[dict]:
-    return [json.loads(line) for line in (run / "training/log.jsonl").read_text().splitlines() if line.strip()]
 
 
 def within_budget(snaps: list[dict], budget_s: float) -> dict | None:
@@ -268,7 +265,7 @@ def main():
     args.out.mkdir(parents=True, exist_ok=True)
     budget_s = args.budget_hours * 3600
     folders = dict(zip(args.names, args.runs))
-    logs = {n: read_log(r) for n, r in folders.items()}
+    logs = {n: read_log(r / "training/log.jsonl") for n, r in folders.items()}
     runs = {n: [r for r in rows if r.get("fid") is not None] for n, rows in logs.items()}
     for name, snaps in runs.items():  # FID-2000 at the budget's last snapshot (and every --fid2000-every kimg)
         last = within_budget(snaps, budget_s)
