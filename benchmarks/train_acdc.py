@@ -266,6 +266,9 @@ def main():
     budget_s = args.budget_hours * 3600
     folders = dict(zip(args.names, args.runs))
     logs = {n: read_log(r / "training/log.jsonl") for n, r in folders.items()}
+    for name, rows in logs.items():
+        if not rows:
+            raise SystemExit(f"error: {folders[name] / 'training/log.jsonl'} is missing or empty (not a training run?)")
     runs = {n: [r for r in rows if r.get("fid") is not None] for n, rows in logs.items()}
     for name, snaps in runs.items():  # FID-2000 at the budget's last snapshot (and every --fid2000-every kimg)
         last = within_budget(snaps, budget_s)
